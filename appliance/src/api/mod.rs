@@ -1,0 +1,112 @@
+//! The HTTP API: routes, shared state and the JSON error shape.
+
+mod settings;
+mod system;
+
+use crate::control::Control;
+use crate::store::{Store, StoreError};
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body any route accepts (bigger bodies get 413).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// State shared by every request.
+pub struct AppState {
+    /// The database, absent in degraded mode.
+    pub store: Option<Store>,
+    /// Why the appliance runs degraded and read-only, if it does.
+    pub degraded: Option<String>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// When this process started.
+    pub started: Instant,
+    /// The connection to init.
+    pub control: Control,
+    /// TLS certificate fingerprint.
+    pub fingerprint: String,
+    /// Running as the appliance (under cairn-init) rather than hosted.
+    pub appliance: bool,
+}
+
+/// Shared state handle.
+pub type Shared = Arc<AppState>;
+
+/// An API error: `{"error": {"code": "...", "message": "..."}}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Full(m) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", m)
+            }
+            StoreError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_only", m)
+            }
+            StoreError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", m),
+        }
+    }
+}
+
+impl AppState {
+    /// The store for a write, or the degraded-mode error.
+    pub fn writable_store(&self) -> Result<&Store, ApiError> {
+        match (&self.store, &self.degraded) {
+            (Some(s), None) => Ok(s),
+            (_, reason) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_only",
+                format!(
+                    "the appliance is in degraded, read-only mode: {}",
+                    reason
+                        .as_deref()
+                        .unwrap_or("the data partition is unavailable")
+                ),
+            )),
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Every route of the API.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .merge(system::routes())
+        .merge(settings::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}

@@ -1,0 +1,109 @@
+//! `/healthz`, `/api/v1/system` and power control.
+
+use super::{ApiError, Shared};
+use crate::sysinfo;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_init::bootinfo::{BootInfo, PowerAction};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/system", get(system))
+        .route("/api/v1/system/power", post(power))
+}
+
+async fn healthz(State(s): State<Shared>) -> Json<Value> {
+    let status = if s.degraded.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    Json(json!({"status": status}))
+}
+
+fn boot_info() -> Option<BootInfo> {
+    let text = std::fs::read(cairn_init::layout::BOOT_INFO).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+async fn system(State(s): State<Shared>) -> Json<Value> {
+    let boot = boot_info();
+    let mut processes = Vec::new();
+    if s.appliance {
+        if let Some(rss) = sysinfo::rss_kib(1) {
+            processes.push(sysinfo::Process {
+                name: "cairn-init".into(),
+                pid: 1,
+                rss_kib: rss,
+            });
+        }
+    }
+    let me = std::process::id();
+    processes.push(sysinfo::Process {
+        name: "cairn".into(),
+        pid: me,
+        rss_kib: sysinfo::rss_kib(me).unwrap_or(0),
+    });
+    let data = json!({
+        "mode": if s.degraded.is_some() { "degraded" } else { "read-write" },
+        "reason": s.degraded,
+        "path": s.data_dir,
+        "schema_version": s.store.as_ref().and_then(|st| st.schema_version().ok()),
+    });
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "arch": std::env::consts::ARCH,
+        "kernel": sysinfo::kernel(),
+        "hostname": sysinfo::hostname(),
+        "mode": if s.appliance { "appliance" } else { "hosted" },
+        "uptime_secs": sysinfo::uptime_secs(),
+        "appliance_uptime_secs": s.started.elapsed().as_secs_f64(),
+        "tls_fingerprint": s.fingerprint,
+        "boot": boot,
+        "data": data,
+        "memory": sysinfo::memory(),
+        "disks": sysinfo::disk(&s.data_dir).into_iter().collect::<Vec<_>>(),
+        "network": sysinfo::interfaces(),
+        "cpu": sysinfo::cpu(),
+        "processes": processes,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerRequest {
+    action: PowerAction,
+}
+
+async fn power(
+    State(s): State<Shared>,
+    body: Result<Json<PowerRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {{\"action\": \"reboot\" | \"poweroff\"}}: {e}"),
+        )
+    })?;
+    if !s.control.is_present() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_an_appliance",
+            "power control needs cairn-init; this instance runs hosted",
+        ));
+    }
+    s.control.power(req.action).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "init_unreachable",
+            e.to_string(),
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": req.action}))))
+}

@@ -1,0 +1,13 @@
+//! Cairn, the agent operating system: the appliance process.
+//!
+//! It runs as the single service of the bootable image (started and supervised by
+//! cairn-init) or hosted on a normal Linux machine with `cairn serve --data DIR`. This crate
+//! holds the HTTPS API, the persistent store and the TLS identity; later components (agent
+//! runtime, model router, memory, console) join it as modules.
+
+pub mod api;
+pub mod control;
+pub mod serve;
+pub mod store;
+pub mod sysinfo;
+pub mod tls;

@@ -1,0 +1,171 @@
+//! `cairn serve`: the HTTPS server, in the image (under cairn-init) or hosted.
+//!
+//! Start-up: open the store (a failure degrades to read-only mode instead of exiting, so the
+//! operator can still see what is wrong), load or create the TLS identity, bind, tell init it
+//! is ready. Each connection gets a TLS handshake deadline and a header-read deadline so idle
+//! or slow clients cannot pin resources. SIGTERM stops accepting, lets requests in flight
+//! finish (up to five seconds) and closes the database cleanly.
+
+use crate::api::{self, AppState};
+use crate::control::Control;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tracing::{debug, error, info, warn};
+
+/// How long a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client gets to send request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of `cairn serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Data directory (the data partition in the image).
+    pub data: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Running under cairn-init.
+    pub appliance: bool,
+    /// Degraded, read-only mode with this reason.
+    pub degraded: Option<String>,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
+    let started = Instant::now();
+    let mut degraded = opts.degraded.clone();
+    let store = if degraded.is_some() {
+        None
+    } else {
+        let dir = opts.data.clone();
+        match tokio::task::spawn_blocking(move || Store::open(&dir)).await? {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!("{e}: continuing in degraded, read-only mode");
+                degraded = Some(e.to_string());
+                None
+            }
+        }
+    };
+    let hostname = crate::sysinfo::hostname();
+    let tls_dir = (degraded.is_none()).then(|| opts.data.join("tls"));
+    let identity = crate::tls::load_or_create(tls_dir.as_deref(), &hostname).or_else(|e| {
+        warn!("TLS identity on disk unusable ({e}); using a temporary one");
+        crate::tls::load_or_create(None, &hostname)
+    })?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let port = listener.local_addr()?.port();
+    let state = Arc::new(AppState {
+        store,
+        degraded: degraded.clone(),
+        data_dir: opts.data.clone(),
+        started,
+        control,
+        fingerprint: identity.fingerprint.clone(),
+        appliance: opts.appliance,
+    });
+    let app = api::router(state.clone());
+
+    if let Some(r) = &degraded {
+        warn!("DEGRADED, READ-ONLY: {r}");
+    }
+    info!(
+        "listening on https://{} (TLS SHA-256 {}), ready in {} ms",
+        listener.local_addr()?,
+        identity.fingerprint,
+        started.elapsed().as_millis()
+    );
+    if state.control.is_present() {
+        let notes = degraded
+            .iter()
+            .map(|r| format!("Appliance:   degraded, read-only ({r})"))
+            .collect();
+        if let Err(e) = state.control.ready(&identity.fingerprint, port, notes) {
+            warn!("could not notify init: {e}");
+        }
+    }
+
+    let active = Arc::new(AtomicUsize::new(0));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let active = active.clone();
+        active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder
+                        .http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT);
+                    let svc = TowerToHyperService::new(app);
+                    if let Err(e) = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await
+                    {
+                        debug!("connection from {peer}: {e}");
+                    }
+                }
+                Ok(Err(e)) => debug!("TLS handshake from {peer} failed: {e}"),
+                Err(_) => debug!("TLS handshake from {peer} timed out"),
+            }
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    info!("shutting down");
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(app);
+    // The database closes when the last state handle drops.
+    drop(state);
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The appliance's persistent state: one redb database on the data partition.
+//!
+//! Every write the API acknowledges is committed with `Durability::Immediate` (fsync) before
+//! the response. The `meta` table records the schema version; opening a database written by a
+//! newer Cairn is refused rather than risked, and older ones are migrated forward in one
+//! transaction. Table ownership: `meta` (this module), `settings` (settings API); later issues
+//! add memory, agents, runs and audit tables here.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+
+/// Schema version this code writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// File name of the database inside the data directory.
+pub const FILE_NAME: &str = "cairn.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+
+/// Why a store operation failed, in terms the API maps to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full (HTTP 507).
+    #[error("the data partition is full: {0}")]
+    Full(String),
+    /// The data partition is unavailable (degraded mode, HTTP 503).
+    #[error("the data partition is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (HTTP 500).
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+fn classify(
+    e: impl std::fmt::Display + std::fmt::Debug,
+    io: Option<&std::io::Error>,
+) -> StoreError {
+    match io.map(|e| e.kind()) {
+        Some(std::io::ErrorKind::StorageFull) | Some(std::io::ErrorKind::QuotaExceeded) => {
+            StoreError::Full(e.to_string())
+        }
+        Some(std::io::ErrorKind::ReadOnlyFilesystem) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn io_of_storage(e: &redb::StorageError) -> Option<&std::io::Error> {
+    match e {
+        redb::StorageError::Io(io) => Some(io),
+        _ => None,
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        classify(&e, io_of_storage(&e))
+    }
+}
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        let io = match &e {
+            redb::CommitError::Storage(s) => io_of_storage(s),
+            _ => None,
+        };
+        classify(&e, io)
+    }
+}
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        let io = match &e {
+            redb::TransactionError::Storage(s) => io_of_storage(s),
+            _ => None,
+        };
+        classify(&e, io)
+    }
+}
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        let io = match &e {
+            redb::TableError::Storage(s) => io_of_storage(s),
+            _ => None,
+        };
+        classify(&e, io)
+    }
+}
+
+/// The open database.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, migrating it to [`SCHEMA_VERSION`].
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| classify(format!("creating {}: {e}", dir.display()), Some(&e)))?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::builder()
+            .set_cache_size(32 << 20)
+            .create(&path)
+            .map_err(|e| {
+                let io = match &e {
+                    redb::DatabaseError::Storage(s) => io_of_storage(s),
+                    _ => None,
+                };
+                classify(format!("opening {}: {e}", path.display()), io)
+            })?;
+        let store = Store { db, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0);
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::Other(format!(
+                    "the database has schema version {found}, newer than this Cairn ({SCHEMA_VERSION}); \
+                     refusing to open it"
+                )));
+            }
+            // Forward migrations run here in order: 0 -> 1 creates the tables.
+            if found < 1 {
+                txn.open_table(SETTINGS)?;
+            }
+            meta.insert("schema_version", SCHEMA_VERSION)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The schema version on disk.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// All settings, as stored JSON text.
+    pub fn settings(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SETTINGS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// One setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SETTINGS)?;
+        Ok(t.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    /// Stores a setting durably (returns after fsync).
+    pub fn put_setting(&self, key: &str, json: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(SETTINGS)?;
+            t.insert(key, json)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a setting durably; returns whether it existed.
+    pub fn delete_setting(&self, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut t = txn.open_table(SETTINGS)?;
+            t.remove(key)?.is_some()
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_setting("greeting", "\"hello\"").unwrap();
+            s.put_setting("n", "3").unwrap();
+            assert!(s.delete_setting("n").unwrap());
+            assert!(!s.delete_setting("n").unwrap());
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.setting("greeting").unwrap().as_deref(), Some("\"hello\""));
+        assert_eq!(s.settings().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![0x42u8; 8192]).unwrap();
+        assert!(Store::open(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The console's TLS certificate: generated on first start (ECDSA P-256, self-signed), kept on
+//! the data partition, and identified to operators by its SHA-256 fingerprint, which the boot
+//! banner shows so the first connection can be verified.
+
+use anyhow::{Context, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A certificate and key ready for rustls.
+pub struct Identity {
+    /// DER certificate chain (one self-signed certificate).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of the leaf certificate, colon-separated upper-case hex.
+    pub fingerprint: String,
+}
+
+/// Formats a certificate fingerprint the way the banner and the CLI show it.
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn generate(hostname: &str) -> Result<(String, String)> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "cairn".to_string(),
+        "cairn.local".to_string(),
+    ];
+    if !names.iter().any(|n| n == hostname) && !hostname.is_empty() {
+        names.push(hostname.to_string());
+    }
+    let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Cairn appliance {hostname}"),
+    );
+    // Valid from a day before now (clock skew) for ten years.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(3650);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Loads the identity from `dir` (`cert.pem`, `key.pem`), creating it on first start. With
+/// `dir` = `None` (degraded mode) a fresh identity lives in memory only.
+pub fn load_or_create(dir: Option<&Path>, hostname: &str) -> Result<Identity> {
+    let (cert_pem, key_pem) = match dir {
+        Some(d) => {
+            let (c, k) = (d.join("cert.pem"), d.join("key.pem"));
+            if c.exists() && k.exists() {
+                (std::fs::read_to_string(&c)?, std::fs::read_to_string(&k)?)
+            } else {
+                std::fs::create_dir_all(d)?;
+                let (cp, kp) = generate(hostname)?;
+                write_private(&k, kp.as_bytes())?;
+                write_private(&c, cp.as_bytes())?;
+                tracing::info!("generated a new TLS certificate in {}", d.display());
+                (cp, kp)
+            }
+        }
+        None => generate(hostname)?,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("reading the certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the key")?;
+    let leaf = chain.first().context("certificate file is empty")?;
+    Ok(Identity {
+        fingerprint: fingerprint(leaf),
+        chain,
+        key,
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A rustls server configuration for the identity (TLS 1.2 and 1.3, h2 and http/1.1).
+pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(Some(dir.path()), "edge-1").unwrap();
+        let b = load_or_create(Some(dir.path()), "edge-1").unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 32 * 3 - 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        server_config(&a).unwrap();
+        let c = load_or_create(None, "x").unwrap();
+        assert_ne!(c.fingerprint, a.fingerprint);
+    }
+}

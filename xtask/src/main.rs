@@ -1,0 +1,146 @@
+//! `cargo xtask`: every build, run, test and benchmark job of Cairn.
+
+mod build;
+mod deps;
+mod flash;
+mod run;
+
+use anyhow::Result;
+use cairn_image::Arch;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, flash, test and benchmark Cairn"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse()
+}
+
+fn host_arch() -> Arch {
+    Arch::host().unwrap_or(Arch::X86_64)
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the bootable artifacts into target/cairn/<arch>/.
+    Image {
+        /// x86_64 or aarch64 (default: this machine's).
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<Arch>,
+        /// Use this kernel .deb instead of Debian's current linux-image package.
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+        /// Size of the data partition in the image, MiB (it grows to fill the disk on first boot).
+        #[arg(long)]
+        data_mib: Option<u64>,
+        /// Rebuild even when nothing changed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build what is stale and boot the image in QEMU (console here, HTTPS on 127.0.0.1:8443).
+    Run {
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<Arch>,
+        /// Boot vmlinuz + initramfs directly instead of the disk through UEFI.
+        #[arg(long)]
+        direct: bool,
+        /// Host port forwarded to the appliance's HTTPS port.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Recreate the VM disk (drops its data partition).
+        #[arg(long)]
+        fresh: bool,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+    },
+    /// Write the image to a USB stick or disk (erases it).
+    Flash {
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<Arch>,
+        /// Skip the confirmation prompt.
+        #[arg(long)]
+        yes: bool,
+        /// The whole-disk device, e.g. /dev/sdb.
+        device: PathBuf,
+    },
+    /// Install (or name) the host packages every command needs.
+    Deps,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Image {
+            arch,
+            kernel_deb,
+            data_mib,
+            force,
+        } => {
+            let arch = arch.unwrap_or_else(host_arch);
+            let out = build::image(
+                arch,
+                &build::ImageOptions {
+                    kernel_deb,
+                    data_mib,
+                    force,
+                },
+            )?;
+            for p in [
+                &out.image,
+                &out.vmlinuz,
+                &out.initramfs,
+                &out.cmdline,
+                &out.manifest,
+            ] {
+                println!("{}", build::rel(p));
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            arch,
+            direct,
+            port,
+            fresh,
+            memory,
+        } => run::run(&run::RunOptions {
+            arch: arch.unwrap_or_else(host_arch),
+            direct,
+            port,
+            fresh,
+            memory_mib: memory,
+        }),
+        Cmd::Flash { arch, yes, device } => {
+            flash::flash(arch.unwrap_or_else(host_arch), &device, yes)
+        }
+        Cmd::Deps => {
+            let mut needs = deps::for_image();
+            needs.extend(deps::for_unit_tests());
+            for a in Arch::ALL {
+                needs.extend(deps::for_build(a));
+                needs.extend(deps::for_qemu(a));
+            }
+            deps::ensure(&needs)?;
+            for a in Arch::ALL {
+                deps::ensure_rust_target(&cairn_image::Target::load(a)?.rust_target)?;
+            }
+            eprintln!("xtask: host dependencies present");
+            Ok(())
+        }
+    }
+}
