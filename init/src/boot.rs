@@ -219,11 +219,11 @@ fn disks(
         }
     }
     let esp = f.esp.clone();
-    if let Some(esp) = &esp {
-        if let Err(e) = crate::disk::mount_esp(esp) {
-            warn!("{e}");
-            info.warnings.push(e);
-        }
+    if let Some(esp) = &esp
+        && let Err(e) = crate::disk::mount_esp(esp)
+    {
+        warn!("{e}");
+        info.warnings.push(e);
     }
     let Some(data) = f.data.clone() else {
         return DataInfo {
@@ -524,55 +524,55 @@ fn event_loop(
         }
 
         // Hotplug: drivers for new devices, new power buttons.
-        if let Some(u) = &uevents {
-            if ready_fd(u.raw_fd()) {
-                let events = match cp {
-                    Some(c) => c.drain(u),
-                    None => std::iter::from_fn(|| u.next()).collect(),
-                };
-                if events.iter().any(|e| e.get("SUBSYSTEM") == Some("input")) {
-                    buttons.rescan();
-                }
+        if let Some(u) = &uevents
+            && ready_fd(u.raw_fd())
+        {
+            let events = match cp {
+                Some(c) => c.drain(u),
+                None => std::iter::from_fn(|| u.next()).collect(),
+            };
+            if events.iter().any(|e| e.get("SUBSYSTEM") == Some("input")) {
+                buttons.rescan();
             }
         }
 
         // Messages from the appliance.
-        if let Some(c) = control {
-            if ready_fd(c) {
-                let mut buf = [0u8; 4096];
-                match sys::read_fd(c, &mut buf) {
-                    Ok(0) => sup.close_control(),
-                    Ok(n) => match ToInit::decode(buf.get(..n).unwrap_or_default()) {
-                        Ok(ToInit::Ready {
+        if let Some(c) = control
+            && ready_fd(c)
+        {
+            let mut buf = [0u8; 4096];
+            match sys::read_fd(c, &mut buf) {
+                Ok(0) => sup.close_control(),
+                Ok(n) => match ToInit::decode(buf.get(..n).unwrap_or_default()) {
+                    Ok(ToInit::Ready {
+                        fingerprint,
+                        port,
+                        notes,
+                    }) => {
+                        if info.timeline.ready_ms.is_none() {
+                            info.timeline.ready_ms = Some(sys::boot_ms());
+                        }
+                        info.appliance.pid = sup.pid();
+                        ready = Some(ReadyFacts {
                             fingerprint,
                             port,
                             notes,
-                        }) => {
-                            if info.timeline.ready_ms.is_none() {
-                                info.timeline.ready_ms = Some(sys::boot_ms());
-                            }
-                            info.appliance.pid = sup.pid();
-                            ready = Some(ReadyFacts {
-                                fingerprint,
-                                port,
-                                notes,
-                            });
-                            sync_net(info, net_state);
-                            write_boot_info(info);
-                            if let Some(r) = &ready {
-                                crate::console::to_all_consoles(&banner::render(info, r));
-                            }
-                            info!("{}", layout::READY_MARKER);
-                            shown_addresses = info.network.addresses.clone();
+                        });
+                        sync_net(info, net_state);
+                        write_boot_info(info);
+                        if let Some(r) = &ready {
+                            crate::console::to_all_consoles(&banner::render(info, r));
                         }
-                        Ok(ToInit::Power { action }) => {
-                            power::shutdown(sup, action, "requested through the API")
-                        }
-                        Err(e) => warn!("{e}"),
-                    },
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => sup.close_control(),
-                }
+                        info!("{}", layout::READY_MARKER);
+                        shown_addresses = info.network.addresses.clone();
+                    }
+                    Ok(ToInit::Power { action }) => {
+                        power::shutdown(sup, action, "requested through the API")
+                    }
+                    Err(e) => warn!("{e}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => sup.close_control(),
             }
         }
 
@@ -592,11 +592,11 @@ fn event_loop(
             }
             sync_net(info, net_state);
             write_boot_info(info);
-            if let Some(r) = &ready {
-                if info.network.addresses != shown_addresses {
-                    shown_addresses = info.network.addresses.clone();
-                    crate::console::to_all_consoles(&banner::render(info, r));
-                }
+            if let Some(r) = &ready
+                && info.network.addresses != shown_addresses
+            {
+                shown_addresses = info.network.addresses.clone();
+                crate::console::to_all_consoles(&banner::render(info, r));
             }
         }
     }

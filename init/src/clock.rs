@@ -56,14 +56,14 @@ pub fn ensure_sane(build_epoch: i64) -> ClockInfo {
         };
     }
     // The kernel may not have set the clock (RTC driver loaded as a module): try ourselves.
-    if let Some(rtc) = read_rtc().filter(|t| *t >= build_epoch) {
-        if crate::sys::set_wall_secs(rtc).is_ok() {
-            info!("clock set from RTC");
-            return ClockInfo {
-                source: "rtc".into(),
-                at_boot: rtc,
-            };
-        }
+    if let Some(rtc) = read_rtc().filter(|t| *t >= build_epoch)
+        && crate::sys::set_wall_secs(rtc).is_ok()
+    {
+        info!("clock set from RTC");
+        return ClockInfo {
+            source: "rtc".into(),
+            at_boot: rtc,
+        };
     }
     match crate::sys::set_wall_secs(build_epoch) {
         Ok(()) => warn!("no trustworthy RTC: clock set to the build time"),

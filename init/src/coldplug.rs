@@ -275,10 +275,10 @@ impl Coldplug {
     fn drain_names(&self, uevents: &Uevents) -> Vec<String> {
         let mut names = Vec::new();
         while let Some(ev) = uevents.next() {
-            if ev.action == "add" {
-                if let Some(a) = ev.get("MODALIAS") {
-                    names.extend(self.wanted(a));
-                }
+            if ev.action == "add"
+                && let Some(a) = ev.get("MODALIAS")
+            {
+                names.extend(self.wanted(a));
             }
         }
         names
@@ -289,10 +289,10 @@ impl Coldplug {
         let mut events = Vec::new();
         let mut names = Vec::new();
         while let Some(ev) = uevents.next() {
-            if ev.action == "add" {
-                if let Some(a) = ev.get("MODALIAS") {
-                    names.extend(self.wanted(a));
-                }
+            if ev.action == "add"
+                && let Some(a) = ev.get("MODALIAS")
+            {
+                names.extend(self.wanted(a));
             }
             events.push(ev);
         }

@@ -11,11 +11,11 @@ const SEED_BYTES: usize = 512;
 
 /// Mixes the saved seed into the pool (without crediting it) and writes a fresh one.
 pub fn load_and_refresh() {
-    if let Ok(seed) = std::fs::read(SEED_FILE) {
-        if let Ok(mut u) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") {
-            let _ = u.write_all(&seed);
-            debug!("random seed mixed in ({} bytes)", seed.len());
-        }
+    if let Ok(seed) = std::fs::read(SEED_FILE)
+        && let Ok(mut u) = std::fs::OpenOptions::new().write(true).open("/dev/urandom")
+    {
+        let _ = u.write_all(&seed);
+        debug!("random seed mixed in ({} bytes)", seed.len());
     }
     save();
 }

@@ -7,6 +7,7 @@
 //! agree on one layout. Only 512-byte logical sectors are supported (USB sticks, virtio, NVMe
 //! formatted 512e); a 4Kn disk is reported as unsupported rather than misread.
 
+use crate::bytes::{bytes16, le32, le64, put, set};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -165,28 +166,8 @@ impl From<io::Error> for GptError {
     }
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
 fn guid_at(b: &[u8], at: usize) -> Guid {
-    let mut g = [0u8; 16];
-    if let Some(s) = b.get(at..at + 16) {
-        g.copy_from_slice(s);
-    }
-    Guid(g)
+    Guid(bytes16(b, at))
 }
 
 /// A parsed header (either copy).
@@ -236,7 +217,7 @@ fn parse_header(sector: &[u8], expect_lba: u64) -> Result<Header, String> {
             hdr.my_lba
         ));
     }
-    if hdr.entry_size < 128 || hdr.entry_size % 8 != 0 || hdr.entry_size > 4096 {
+    if hdr.entry_size < 128 || !hdr.entry_size.is_multiple_of(8) || hdr.entry_size > 4096 {
         return Err(format!("entry size {} unsupported", hdr.entry_size));
     }
     if hdr.num_entries == 0 || hdr.num_entries > 4096 {
@@ -266,7 +247,7 @@ fn write_at<D: Write + Seek>(dev: &mut D, lba: u64, data: &[u8]) -> io::Result<(
 fn decode_name(raw: &[u8]) -> String {
     let units: Vec<u16> = raw
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .map(|c| crate::bytes::le16(c, 0))
         .take_while(|u| *u != 0)
         .collect();
     String::from_utf16_lossy(&units)
@@ -290,10 +271,8 @@ impl Gpt {
             Err(e) => (None, e),
         };
         let mut candidates = vec![sectors - 1];
-        if let Some(h) = &hdr {
-            if h.alternate_lba < sectors && h.alternate_lba != sectors - 1 {
-                candidates.insert(0, h.alternate_lba);
-            }
+        if let Some(h) = hdr.as_ref().filter(|h| h.alternate_lba < sectors - 1) {
+            candidates.insert(0, h.alternate_lba);
         }
         let mut why = format!("primary: {why_primary}");
         for lba in candidates {
@@ -403,10 +382,10 @@ impl Gpt {
         }
         spans.sort();
         for w in spans.windows(2) {
-            if let [a, b] = w {
-                if b.0 <= a.1 {
-                    return Err(format!("partitions {} and {} overlap", a.2, b.2));
-                }
+            if let [a, b] = w
+                && b.0 <= a.1
+            {
+                return Err(format!("partitions {} and {} overlap", a.2, b.2));
             }
         }
         Ok(())
@@ -417,13 +396,13 @@ impl Gpt {
         for p in &self.partitions {
             let at = (p.number.saturating_sub(1) * ENTRY_SIZE) as usize;
             if let Some(e) = raw.get_mut(at..at + ENTRY_SIZE as usize) {
-                e[0..16].copy_from_slice(&p.type_guid.0);
-                e[16..32].copy_from_slice(&p.guid.0);
-                e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
-                e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
-                e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+                put(e, 0, &p.type_guid.0);
+                put(e, 16, &p.guid.0);
+                put(e, 32, &p.first_lba.to_le_bytes());
+                put(e, 40, &p.last_lba.to_le_bytes());
+                put(e, 48, &p.attributes.to_le_bytes());
                 for (i, u) in p.name.encode_utf16().take(36).enumerate() {
-                    e[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+                    put(e, 56 + 2 * i, &u.to_le_bytes());
                 }
             }
         }
@@ -438,20 +417,20 @@ impl Gpt {
             (last, 1, last - ENTRY_SECTORS)
         };
         let mut h = vec![0u8; SECTOR as usize];
-        h[0..8].copy_from_slice(SIGNATURE);
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
-        h[24..32].copy_from_slice(&my.to_le_bytes());
-        h[32..40].copy_from_slice(&alt.to_le_bytes());
-        h[40..48].copy_from_slice(&self.first_usable().to_le_bytes());
-        h[48..56].copy_from_slice(&self.last_usable().to_le_bytes());
-        h[56..72].copy_from_slice(&self.disk_guid.0);
-        h[72..80].copy_from_slice(&entries.to_le_bytes());
-        h[80..84].copy_from_slice(&NUM_ENTRIES.to_le_bytes());
-        h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
-        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32fast::hash(&h[..HEADER_SIZE as usize]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        put(&mut h, 0, SIGNATURE);
+        put(&mut h, 8, &0x0001_0000u32.to_le_bytes());
+        put(&mut h, 12, &HEADER_SIZE.to_le_bytes());
+        put(&mut h, 24, &my.to_le_bytes());
+        put(&mut h, 32, &alt.to_le_bytes());
+        put(&mut h, 40, &self.first_usable().to_le_bytes());
+        put(&mut h, 48, &self.last_usable().to_le_bytes());
+        put(&mut h, 56, &self.disk_guid.0);
+        put(&mut h, 72, &entries.to_le_bytes());
+        put(&mut h, 80, &NUM_ENTRIES.to_le_bytes());
+        put(&mut h, 84, &ENTRY_SIZE.to_le_bytes());
+        put(&mut h, 88, &entries_crc.to_le_bytes());
+        let crc = crc32fast::hash(h.get(..HEADER_SIZE as usize).unwrap_or_default());
+        put(&mut h, 16, &crc.to_le_bytes());
         h
     }
 
@@ -459,14 +438,12 @@ impl Gpt {
         let mut m = vec![0u8; SECTOR as usize];
         let size = (self.sectors - 1).min(u32::MAX as u64) as u32;
         // One partition of type 0xEE covering the disk, as UEFI requires.
-        let e = &mut m[446..462];
-        e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
-        e[4] = 0xEE;
-        e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
-        e[8..12].copy_from_slice(&1u32.to_le_bytes());
-        e[12..16].copy_from_slice(&size.to_le_bytes());
-        m[510] = 0x55;
-        m[511] = 0xAA;
+        put(&mut m, 446 + 1, &[0x00, 0x02, 0x00]);
+        set(&mut m, 446 + 4, 0xEE);
+        put(&mut m, 446 + 5, &[0xFF, 0xFF, 0xFF]);
+        put(&mut m, 446 + 8, &1u32.to_le_bytes());
+        put(&mut m, 446 + 12, &size.to_le_bytes());
+        put(&mut m, 510, &[0x55, 0xAA]);
         m
     }
 
@@ -497,12 +474,12 @@ impl Gpt {
         g.sectors = device_sectors;
         let last_part = g.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
         let limit = g.last_usable();
-        if let Some(p) = g.partitions.iter_mut().find(|p| p.number == grow_number) {
-            if p.last_lba == last_part {
-                let end = ((limit + 1) / 8) * 8;
-                if end > p.last_lba + 1 {
-                    p.last_lba = end - 1;
-                }
+        if let Some(p) = g.partitions.iter_mut().find(|p| p.number == grow_number)
+            && p.last_lba == last_part
+        {
+            let end = ((limit + 1) / 8) * 8;
+            if end > p.last_lba + 1 {
+                p.last_lba = end - 1;
             }
         }
         Some(g)
@@ -618,7 +595,7 @@ mod tests {
         let grown = read.grown(big, 2).unwrap();
         assert_eq!(grown.by_name("CAIRN-DATA").unwrap().first_lba, 4096);
         let last = grown.by_name("CAIRN-DATA").unwrap().last_lba;
-        assert!(last <= grown.last_usable() && (last + 1) % 8 == 0);
+        assert!(last <= grown.last_usable() && (last + 1).is_multiple_of(8));
         assert!(last > big - 100);
         grown.write(&mut d).unwrap();
         let again = Gpt::read(&mut d, big).unwrap();

@@ -21,6 +21,7 @@
 )]
 
 pub mod bootinfo;
+pub mod bytes;
 pub mod cmdline;
 pub mod config;
 pub mod gpt;

@@ -6,6 +6,7 @@
 //! and the appliance's request over its control socket.
 
 use crate::bootinfo::PowerAction;
+use crate::bytes::{ne_i32, ne16};
 use crate::supervise::Supervisor;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -81,9 +82,9 @@ impl PowerButtons {
                 .unwrap_or_default()
                 .chunks_exact(INPUT_EVENT_SIZE)
             {
-                let kind = u16::from_ne_bytes([ev[16], ev[17]]);
-                let code = u16::from_ne_bytes([ev[18], ev[19]]);
-                let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                let kind = ne16(ev, 16);
+                let code = ne16(ev, 18);
+                let value = ne_i32(ev, 20);
                 if kind == EV_KEY && code == KEY_POWER && value == 1 {
                     pressed = true;
                 }

@@ -429,10 +429,10 @@ impl Vm {
     pub fn wait_https(&mut self, port: u16, path: &str, timeout: Duration) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = http::request("GET", port, path, None, Duration::from_secs(5)) {
-                if r.status == 200 {
-                    return Ok(self.started.elapsed());
-                }
+            if let Ok(r) = http::request("GET", port, path, None, Duration::from_secs(5))
+                && r.status == 200
+            {
+                return Ok(self.started.elapsed());
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 bail!(

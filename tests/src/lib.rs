@@ -1,1 +1,196 @@
+//! Helpers for Cairn's end-to-end tests: find the built artifacts, make scratch disks, boot
+//! them in QEMU the way a user would (direct kernel boot, or UEFI from a USB stick), and talk
+//! to the appliance over HTTPS through the forwarded port.
+//!
+//! The tests boot real images, so they are `#[ignore]`d for a plain `cargo test`;
+//! `cargo xtask test` builds both images and runs them with `--ignored`.
 
+use anyhow::{Context, Result, bail};
+pub use cairn_qemu::Arch;
+use cairn_qemu::{Attach, Boot, Drive, Forward, Vm, VmConfig, http};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a boot may take under TCG on a slow, busy machine before a test gives up.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Built artifacts of one architecture (`target/cairn/<arch>`).
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// Architecture.
+    pub arch: Arch,
+    /// The directory.
+    pub dir: PathBuf,
+    /// GPT disk image.
+    pub image: PathBuf,
+    /// Kernel.
+    pub vmlinuz: PathBuf,
+    /// Initramfs.
+    pub initramfs: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// The artifacts `cargo xtask image --arch <arch>` produced.
+pub fn artifacts(arch: Arch) -> Result<Artifacts> {
+    let dir = repo_root().join("target/cairn").join(arch.name());
+    let a = Artifacts {
+        arch,
+        image: dir.join("cairn.img"),
+        vmlinuz: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs"),
+        cmdline: std::fs::read_to_string(dir.join("cmdline"))
+            .with_context(|| {
+                format!("no {arch} artifacts in {}: run `cargo xtask image --arch {arch}` (or `cargo xtask test`)", dir.display())
+            })?
+            .trim()
+            .to_string(),
+        dir,
+    };
+    for p in [&a.image, &a.vmlinuz, &a.initramfs] {
+        if !p.exists() {
+            bail!(
+                "{} is missing: run `cargo xtask image --arch {arch}`",
+                p.display()
+            );
+        }
+    }
+    Ok(a)
+}
+
+/// A fresh scratch directory for one test (kept afterwards: serial logs are the artifacts).
+pub fn scratch(arch: Arch, test: &str) -> Result<PathBuf> {
+    let d = repo_root()
+        .join("target/cairn/e2e")
+        .join(arch.name())
+        .join(test);
+    if d.exists() {
+        std::fs::remove_dir_all(&d)?;
+    }
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// A private copy of the image as a disk of `bytes` (sparse).
+pub fn disk_copy(a: &Artifacts, dir: &Path, bytes: u64) -> Result<PathBuf> {
+    let p = dir.join("disk.img");
+    std::fs::copy(&a.image, &p).with_context(|| format!("copying {}", a.image.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)?
+        .set_len(bytes)?;
+    Ok(p)
+}
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// UEFI from a USB stick (true) or direct kernel boot with a virtio disk (false).
+    pub uefi_usb: bool,
+    /// Attach a NIC with the HTTPS port forwarded.
+    pub network: bool,
+    /// Extra kernel command line (direct boot only).
+    pub extra_cmdline: String,
+}
+
+impl Default for BootPlan {
+    fn default() -> Self {
+        BootPlan {
+            uefi_usb: false,
+            network: true,
+            extra_cmdline: String::new(),
+        }
+    }
+}
+
+/// A booted appliance.
+pub struct Booted {
+    /// The VM.
+    pub vm: Vm,
+    /// Host port forwarded to the appliance's HTTPS port (0 without network).
+    pub port: u16,
+}
+
+/// Starts a VM on `disk` (not waiting for anything).
+pub fn start(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<Booted> {
+    let target = cairn_image::Target::load(a.arch)?;
+    let boot = if plan.uefi_usb {
+        Boot::Uefi {
+            code: target.uefi.code.clone(),
+            vars: target.uefi.vars.clone(),
+        }
+    } else {
+        Boot::Direct {
+            kernel: a.vmlinuz.clone(),
+            initrd: a.initramfs.clone(),
+            cmdline: format!("{} {}", a.cmdline, plan.extra_cmdline)
+                .trim()
+                .to_string(),
+        }
+    };
+    let mut cfg = VmConfig::new(a.arch, boot, dir);
+    cfg.drives.push(Drive {
+        path: disk.to_path_buf(),
+        attach: if plan.uefi_usb {
+            Attach::UsbStick
+        } else {
+            Attach::Virtio
+        },
+    });
+    let port = if plan.network {
+        cairn_qemu::free_port()?
+    } else {
+        0
+    };
+    cfg.network = plan.network.then(|| {
+        vec![Forward {
+            host: port,
+            guest: cairn_init::layout::HTTPS_PORT,
+        }]
+    });
+    // Tests see a reboot as QEMU exiting.
+    cfg.no_reboot = true;
+    let vm = Vm::start(&cfg)?;
+    Ok(Booted { vm, port })
+}
+
+/// Boots and waits until the appliance reports ready on the console and over HTTPS.
+pub fn boot(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<Booted> {
+    let mut b = start(a, dir, disk, plan)?;
+    b.vm.wait_for_console(cairn_init::layout::READY_MARKER, BOOT_TIMEOUT)?;
+    if plan.network {
+        b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
+    }
+    Ok(b)
+}
+
+impl Booted {
+    /// GET a JSON document.
+    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = http::request("GET", self.port, path, None, Duration::from_secs(30))?;
+        Ok((r.status, r.json().unwrap_or(Value::Null)))
+    }
+
+    /// A request with a JSON body.
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let b = serde_json::to_vec(body)?;
+        let r = http::request(method, self.port, path, Some(&b), Duration::from_secs(30))?;
+        Ok((r.status, r.json().unwrap_or(Value::Null)))
+    }
+
+    /// `/api/v1/system`.
+    pub fn system(&self) -> Result<Value> {
+        let (st, v) = self.get("/api/v1/system")?;
+        if st != 200 {
+            bail!("/api/v1/system answered {st}: {v}");
+        }
+        Ok(v)
+    }
+}

@@ -40,10 +40,10 @@ pub fn source_date_epoch() -> u64 {
         .args(["log", "-1", "--format=%ct"])
         .current_dir(repo_root())
         .output();
-    if let Ok(o) = git {
-        if let Ok(v) = String::from_utf8_lossy(&o.stdout).trim().parse() {
-            return v;
-        }
+    if let Ok(o) = git
+        && let Ok(v) = String::from_utf8_lossy(&o.stdout).trim().parse()
+    {
+        return v;
     }
     1_767_225_600 // 2026-01-01
 }

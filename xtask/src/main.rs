@@ -1,9 +1,11 @@
 //! `cargo xtask`: every build, run, test and benchmark job of Cairn.
 
+mod bench;
 mod build;
 mod deps;
 mod flash;
 mod run;
+mod test;
 
 use anyhow::Result;
 use cairn_image::Arch;
@@ -72,6 +74,34 @@ enum Cmd {
         /// The whole-disk device, e.g. /dev/sdb.
         device: PathBuf,
     },
+    /// Lints, every unit and integration test, both images, and the QEMU end-to-end tests.
+    Test {
+        /// Only this architecture's images and boots.
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<Arch>,
+        /// Skip the end-to-end tests that boot QEMU.
+        #[arg(long)]
+        no_e2e: bool,
+        /// Skip cargo fmt --check and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// QEMU tests run at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
+    /// Measure an area against its named peer in the same run (areas: boot).
+    Bench {
+        /// What to measure.
+        area: String,
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<Arch>,
+        /// Boots per configuration (at least 5).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install (or name) the host packages every command needs.
     Deps,
 }
@@ -128,6 +158,23 @@ fn real_main() -> Result<()> {
         Cmd::Flash { arch, yes, device } => {
             flash::flash(arch.unwrap_or_else(host_arch), &device, yes)
         }
+        Cmd::Test {
+            arch,
+            no_e2e,
+            no_lint,
+            jobs,
+        } => test::test(&test::TestOptions {
+            arch,
+            no_e2e,
+            no_lint,
+            jobs,
+        }),
+        Cmd::Bench {
+            area,
+            arch,
+            runs,
+            json,
+        } => bench::bench(&area, arch, runs, json),
         Cmd::Deps => {
             let mut needs = deps::for_image();
             needs.extend(deps::for_unit_tests());

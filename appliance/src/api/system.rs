@@ -34,14 +34,14 @@ fn boot_info() -> Option<BootInfo> {
 async fn system(State(s): State<Shared>) -> Json<Value> {
     let boot = boot_info();
     let mut processes = Vec::new();
-    if s.appliance {
-        if let Some(rss) = sysinfo::rss_kib(1) {
-            processes.push(sysinfo::Process {
-                name: "cairn-init".into(),
-                pid: 1,
-                rss_kib: rss,
-            });
-        }
+    if s.appliance
+        && let Some(rss) = sysinfo::rss_kib(1)
+    {
+        processes.push(sysinfo::Process {
+            name: "cairn-init".into(),
+            pid: 1,
+            rss_kib: rss,
+        });
     }
     let me = std::process::id();
     processes.push(sysinfo::Process {

@@ -127,10 +127,10 @@ fn run(plan: NetPlan, state: &Arc<Mutex<NetState>>, wake: &OwnedFd) {
             return;
         }
     };
-    if let Some(lo) = ifindex("lo") {
-        if let Err(e) = nl.link_up(lo) {
-            warn!("loopback: {e}");
-        }
+    if let Some(lo) = ifindex("lo")
+        && let Err(e) = nl.link_up(lo)
+    {
+        warn!("loopback: {e}");
     }
     if plan.mode == NetMode::Off {
         info!("network: off by configuration");
@@ -252,10 +252,10 @@ fn run_dhcp(
         if let Some(ev) = client.poll(&mut dev, now()) {
             match ev {
                 dhcp::LeaseEvent::Bound(lease) => {
-                    if let Some(old) = &current {
-                        if old.address != lease.address || old.prefix != lease.prefix {
-                            let _ = nl.del_address(index, old.address, old.prefix);
-                        }
+                    if let Some(old) = &current
+                        && (old.address != lease.address || old.prefix != lease.prefix)
+                    {
+                        let _ = nl.del_address(index, old.address, old.prefix);
                     }
                     let r = nl
                         .add_address(index, lease.address, lease.prefix)
@@ -301,11 +301,11 @@ fn run_dhcp(
             }
         }
         let delay = client.delay(now());
-        if !delay.is_zero() {
-            if let Err(e) = crate::sys::poll(&[dev.raw_fd()], Some(delay)) {
-                debug!("network: poll: {e}");
-                crate::sys::sleep(Duration::from_millis(100));
-            }
+        if !delay.is_zero()
+            && let Err(e) = crate::sys::poll(&[dev.raw_fd()], Some(delay))
+        {
+            debug!("network: poll: {e}");
+            crate::sys::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Five message kinds with fixed layouts do not justify a netlink crate in PID 1; each request
 //! is built by hand, sent with NLM_F_ACK, and its acknowledgement checked.
 
+use crate::bytes::{ne_i32, ne16, ne32, put};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -48,9 +49,13 @@ struct Msg {
 impl Msg {
     fn new(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Msg {
         let mut buf = vec![0u8; 16];
-        buf[4..6].copy_from_slice(&kind.to_ne_bytes());
-        buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+        put(&mut buf, 4, &kind.to_ne_bytes());
+        put(
+            &mut buf,
+            6,
+            &(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes(),
+        );
+        put(&mut buf, 8, &seq.to_ne_bytes());
         buf.extend_from_slice(payload);
         Msg { buf }
     }
@@ -60,7 +65,7 @@ impl Msg {
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(data);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         self
@@ -68,7 +73,7 @@ impl Msg {
 
     fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        put(&mut self.buf, 0, &len.to_ne_bytes());
         self.buf
     }
 }
@@ -78,7 +83,7 @@ fn ifaddrmsg(prefix: u8, index: u32) -> [u8; 8] {
     p[0] = libc::AF_INET as u8;
     p[1] = prefix;
     p[3] = 0; // RT_SCOPE_UNIVERSE
-    p[4..8].copy_from_slice(&index.to_ne_bytes());
+    put(&mut p, 4, &index.to_ne_bytes());
     p
 }
 
@@ -143,16 +148,14 @@ impl Netlink {
             let n = crate::sys::read_fd(self.fd.as_raw_fd(), &mut buf)?;
             let mut off = 0;
             while off + 16 <= n {
-                let h = buf.get(off..off + 16).unwrap_or_default();
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let kind = u16::from_ne_bytes([h[4], h[5]]);
-                let mseq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+                let len = ne32(&buf, off) as usize;
+                let kind = ne16(&buf, off + 4);
+                let mseq = ne32(&buf, off + 8);
                 if len < 16 {
                     break;
                 }
                 if kind == NLMSG_ERROR && mseq == seq {
-                    let e = buf.get(off + 16..off + 20).unwrap_or(&[0, 0, 0, 0]);
-                    let code = i32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
+                    let code = ne_i32(&buf, off + 16);
                     return if code == 0 {
                         Ok(())
                     } else {
@@ -168,9 +171,9 @@ impl Netlink {
     pub fn link_up(&mut self, index: u32) -> io::Result<()> {
         let mut p = [0u8; 16];
         p[0] = libc::AF_UNSPEC as u8;
-        p[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        p[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
-        p[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        put(&mut p, 4, &(index as i32).to_ne_bytes());
+        put(&mut p, 8, &(libc::IFF_UP as u32).to_ne_bytes());
+        put(&mut p, 12, &(libc::IFF_UP as u32).to_ne_bytes());
         let m = Msg::new(RTM_NEWLINK, 0, self.seq, &p).finish();
         self.request(m)
     }

@@ -1,0 +1,276 @@
+//! `cargo xtask bench <area>`: Cairn measured against a named peer in the same run.
+//!
+//! `boot`: per architecture, the median of N boots from QEMU start to "appliance ready",
+//! next to the same kernel on the same virtual hardware booting a hello-world init (the floor),
+//! as a ratio; idle RSS of cairn-init and cairn; image size without models.
+
+use crate::build::{self, ImageOptions};
+use crate::deps;
+use anyhow::{Context, Result, bail};
+use cairn_image::Arch;
+use cairn_image::initramfs::{Node, Tree};
+use cairn_qemu::{Attach, Boot, Drive, Forward, Vm, VmConfig};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn figure(
+    name: &str,
+    unit: &str,
+    value: f64,
+    peer: Option<(&str, f64)>,
+    target: Option<Value>,
+) -> Value {
+    let mut f = json!({"name": name, "unit": unit, "value": (value * 10.0).round() / 10.0});
+    if let Some((peer_name, peer_value)) = peer {
+        f["peer"] = json!(peer_name);
+        f["peer_value"] = json!((peer_value * 10.0).round() / 10.0);
+        f["ratio"] = json!((value / peer_value * 1000.0).round() / 1000.0);
+    }
+    if let Some(t) = target {
+        f["target"] = t;
+    }
+    f
+}
+
+/// The floor's initramfs: only the hello-world init.
+fn floor_initramfs(floor_bin: &Path, out: &Path) -> Result<()> {
+    let mut t = Tree::new();
+    t.add("dev", Node::Dir)?;
+    t.add("dev/console", Node::CharDev(5, 1))?;
+    t.file("init", std::fs::read(floor_bin)?, 0o755)?;
+    let cpio = t.to_cpio(0)?;
+    std::fs::write(out, cairn_image::initramfs::gzip(&cpio)?)?;
+    Ok(())
+}
+
+fn vm_config(
+    arch: Arch,
+    work: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    disk: &Path,
+    port: u16,
+) -> VmConfig {
+    let mut cfg = VmConfig::new(
+        arch,
+        Boot::Direct {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            cmdline: cmdline.to_string(),
+        },
+        work,
+    );
+    cfg.drives.push(Drive {
+        path: disk.to_path_buf(),
+        attach: Attach::Virtio,
+    });
+    cfg.network = Some(vec![Forward {
+        host: port,
+        guest: cairn_init::layout::HTTPS_PORT,
+    }]);
+    cfg.no_reboot = true;
+    cfg
+}
+
+/// One boot of the floor: ms from QEMU start to the hello line.
+fn floor_once(cfg: &VmConfig) -> Result<f64> {
+    let mut vm = Vm::start(cfg)?;
+    let d = vm.wait_for_console("cairn-floor: hello", BOOT_TIMEOUT)?;
+    let _ = vm.wait_exit(Duration::from_secs(60));
+    Ok(d.as_secs_f64() * 1000.0)
+}
+
+/// One boot of Cairn: ms from QEMU start to ready, the guest's own timeline, and (when asked)
+/// the idle RSS after `idle`.
+fn cairn_once(
+    cfg: &VmConfig,
+    port: u16,
+    idle: Option<Duration>,
+) -> Result<(f64, Value, Option<Value>)> {
+    let mut vm = Vm::start(cfg)?;
+    let d = vm.wait_for_console(cairn_init::layout::READY_MARKER, BOOT_TIMEOUT)?;
+    vm.wait_https(port, "/healthz", Duration::from_secs(60))?;
+    let sys =
+        cairn_qemu::http::request("GET", port, "/api/v1/system", None, Duration::from_secs(30))?
+            .json()?;
+    let timeline = sys["boot"]["timeline"].clone();
+    let rss = match idle {
+        Some(wait) => {
+            std::thread::sleep(wait);
+            let s = cairn_qemu::http::request(
+                "GET",
+                port,
+                "/api/v1/system",
+                None,
+                Duration::from_secs(30),
+            )?
+            .json()?;
+            Some(s["processes"].clone())
+        }
+        None => None,
+    };
+    vm.powerdown()?;
+    vm.wait_exit(Duration::from_secs(120))?;
+    Ok((d.as_secs_f64() * 1000.0, timeline, rss))
+}
+
+fn bench_boot_arch(arch: Arch, runs: usize) -> Result<Value> {
+    deps::ensure(&deps::for_qemu(arch))?;
+    let out = build::image(arch, &ImageOptions::default())?;
+    let bins = build::static_binaries(arch)?;
+    let work = build::artifacts_dir(arch).join("bench-boot");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let floor_rd = work.join("floor-initramfs");
+    floor_initramfs(&bins.floor, &floor_rd)?;
+    let cmdline = std::fs::read_to_string(&out.cmdline)?.trim().to_string();
+    let disk = work.join("disk.img");
+    cairn_image::disk::enlarged_copy(&out.image, &disk, 2 << 30)?;
+    let port = cairn_qemu::free_port()?;
+    let ours = vm_config(
+        arch,
+        &work.join("cairn"),
+        &out.vmlinuz,
+        &out.initramfs,
+        &cmdline,
+        &disk,
+        port,
+    );
+    let floor = vm_config(
+        arch,
+        &work.join("floor"),
+        &out.vmlinuz,
+        &floor_rd,
+        &cmdline,
+        &disk,
+        port,
+    );
+    // First boot grows the disk and makes the certificate: prepare, do not measure.
+    eprintln!("bench boot {arch}: first boot (not measured)");
+    cairn_once(&ours, port, None)?;
+    let (mut f, mut c) = (Vec::new(), Vec::new());
+    let mut kernel_ms = Vec::new();
+    let mut init_to_ready = Vec::new();
+    let mut rss = Value::Null;
+    for i in 0..runs {
+        // Interleave so both see the same machine load.
+        let fl = floor_once(&floor)?;
+        let last = i + 1 == runs;
+        let (ms, tl, r) = cairn_once(&ours, port, last.then_some(Duration::from_secs(5)))?;
+        if let Some(r) = r {
+            rss = r;
+        }
+        let (k, ready) = (
+            tl["init_ms"].as_f64().unwrap_or(0.0),
+            tl["ready_ms"].as_f64().unwrap_or(0.0),
+        );
+        eprintln!(
+            "bench boot {arch}: run {}/{runs}: floor {fl:.0} ms, cairn {ms:.0} ms (guest: kernel {k:.0}, ready {ready:.0})",
+            i + 1
+        );
+        f.push(fl);
+        c.push(ms);
+        kernel_ms.push(k);
+        init_to_ready.push(ready - k);
+    }
+    let (fm, cm) = (median(&mut f), median(&mut c));
+    let proc_rss = |name: &str| {
+        rss.as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["rss_kib"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let image_bytes = std::fs::metadata(&out.image)?.len() as f64;
+    let accel = cairn_qemu::accel::detect(arch);
+    Ok(json!({
+        "accel": accel.to_string(),
+        "runs": runs,
+        "figures": [
+            figure("qemu_start_to_ready", "ms", cm, Some(("hello-world init, same kernel and VM (QEMU start to init)", fm)), Some(json!({"max_ratio": 1.3}))),
+            figure("guest_kernel_to_init", "ms", median(&mut kernel_ms), None, None),
+            figure("guest_init_to_ready", "ms", median(&mut init_to_ready), None, None),
+            figure("idle_rss_cairn_init", "KiB", proc_rss("cairn-init"), None, Some(json!({"max": 2048}))),
+            figure("idle_rss_cairn", "KiB", proc_rss("cairn"), None, Some(json!({"max": 30720}))),
+            figure("image_size_without_models", "MiB", image_bytes / (1 << 20) as f64, None, Some(json!({"max": 64}))),
+        ],
+        "samples_ms": {"floor": f, "cairn": c},
+    }))
+}
+
+/// Runs a benchmark area and prints the report.
+pub fn bench(area: &str, arch: Option<Arch>, runs: usize, as_json: bool) -> Result<()> {
+    let report = match area {
+        "boot" => {
+            if runs < 5 {
+                bail!("the boot benchmark takes at least 5 runs (got {runs})");
+            }
+            let mut per_arch = serde_json::Map::new();
+            for a in arch.map(|a| vec![a]).unwrap_or_else(|| Arch::ALL.to_vec()) {
+                per_arch.insert(
+                    a.name().into(),
+                    bench_boot_arch(a, runs).with_context(|| format!("boot benchmark for {a}"))?,
+                );
+            }
+            json!({"area": "boot", "peer": "the same Debian kernel booting a hello-world init", "arches": per_arch})
+        }
+        other => bail!("unknown benchmark area {other:?}; available: boot"),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &Value) {
+    println!(
+        "benchmark: {} (peer: {})",
+        report["area"].as_str().unwrap_or(""),
+        report["peer"].as_str().unwrap_or("")
+    );
+    if let Some(arches) = report["arches"].as_object() {
+        for (arch, r) in arches {
+            println!(
+                "\n{arch} ({}, {} runs, medians)",
+                r["accel"].as_str().unwrap_or(""),
+                r["runs"]
+            );
+            for f in r["figures"].as_array().into_iter().flatten() {
+                let mut line = format!(
+                    "  {:<28} {:>10} {:<4}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["value"],
+                    f["unit"].as_str().unwrap_or("")
+                );
+                if f.get("peer_value").is_some() {
+                    line.push_str(&format!(
+                        "  peer {:>8} {}  ratio {}",
+                        f["peer_value"],
+                        f["unit"].as_str().unwrap_or(""),
+                        f["ratio"]
+                    ));
+                }
+                if let Some(t) = f.get("target") {
+                    line.push_str(&format!("  target {t}"));
+                }
+                println!("{line}");
+            }
+        }
+    }
+}

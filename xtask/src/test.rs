@@ -1,0 +1,88 @@
+//! `cargo xtask test`: formatting and lints, every unit and integration test, both images,
+//! then the end-to-end tests that boot them in QEMU.
+
+use crate::build::{self, ImageOptions, cargo};
+use crate::deps;
+use anyhow::{Result, bail};
+use cairn_image::Arch;
+use std::time::Instant;
+
+/// Options of `xtask test`.
+#[derive(Debug, Clone, Default)]
+pub struct TestOptions {
+    /// Only this architecture's images and boots.
+    pub arch: Option<Arch>,
+    /// Skip the QEMU tests.
+    pub no_e2e: bool,
+    /// Skip fmt and clippy.
+    pub no_lint: bool,
+    /// Parallel QEMU tests.
+    pub jobs: usize,
+}
+
+fn step(name: &str, cmd: &mut std::process::Command) -> Result<()> {
+    let t = Instant::now();
+    eprintln!("xtask: == {name}");
+    let st = cmd.current_dir(build::repo_root()).status()?;
+    if !st.success() {
+        bail!("{name} failed");
+    }
+    eprintln!("xtask: == {name}: ok ({} s)", t.elapsed().as_secs());
+    Ok(())
+}
+
+/// Runs everything.
+pub fn test(opts: &TestOptions) -> Result<()> {
+    let started = Instant::now();
+    let arches: Vec<Arch> = match opts.arch {
+        Some(a) => vec![a],
+        None => Arch::ALL.to_vec(),
+    };
+    let mut needs = deps::for_image();
+    needs.extend(deps::for_unit_tests());
+    for a in &arches {
+        needs.extend(deps::for_build(*a));
+        needs.extend(deps::for_qemu(*a));
+    }
+    deps::ensure(&needs)?;
+    if !opts.no_lint {
+        step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--", "--check"]),
+        )?;
+        step(
+            "cargo clippy",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    step(
+        "unit and integration tests",
+        cargo().args(["test", "--workspace", "--locked"]),
+    )?;
+    if opts.no_e2e {
+        return Ok(());
+    }
+    for a in &arches {
+        build::image(*a, &ImageOptions::default())?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "cairn-e2e", "--locked", "--", "--ignored"])
+        .arg(format!("--test-threads={}", opts.jobs.max(1)));
+    if let Some(a) = opts.arch {
+        cmd.arg(a.name());
+    }
+    step("end-to-end tests in QEMU", &mut cmd)?;
+    eprintln!(
+        "xtask: all tests passed in {} s",
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
