@@ -59,25 +59,37 @@ async fn shutdown_signal() {
 pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     let started = Instant::now();
     let mut degraded = opts.degraded.clone();
-    let store = if degraded.is_some() {
-        None
-    } else {
+    // The store and the TLS identity are independent: open them at the same time.
+    let store_task = {
         let dir = opts.data.clone();
-        match tokio::task::spawn_blocking(move || Store::open(&dir)).await? {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error!("{e}: continuing in degraded, read-only mode");
-                degraded = Some(e.to_string());
-                None
-            }
-        }
+        let skip = degraded.is_some();
+        tokio::task::spawn_blocking(move || (!skip).then(|| Store::open(&dir)))
     };
-    let hostname = crate::sysinfo::hostname();
-    let tls_dir = (degraded.is_none()).then(|| opts.data.join("tls"));
-    let identity = crate::tls::load_or_create(tls_dir.as_deref(), &hostname).or_else(|e| {
-        warn!("TLS identity on disk unusable ({e}); using a temporary one");
-        crate::tls::load_or_create(None, &hostname)
-    })?;
+    let tls_task = {
+        let tls_dir = (degraded.is_none()).then(|| opts.data.join("tls"));
+        tokio::task::spawn_blocking(move || {
+            let hostname = crate::sysinfo::hostname();
+            crate::tls::load_or_create(tls_dir.as_deref(), &hostname).or_else(|e| {
+                warn!("TLS identity on disk unusable ({e}); using a temporary one");
+                crate::tls::load_or_create(None, &hostname)
+            })
+        })
+    };
+    let store = match store_task.await? {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            error!("{e}: continuing in degraded, read-only mode");
+            degraded = Some(e.to_string());
+            None
+        }
+        None => None,
+    };
+    debug!("store ready after {} ms", started.elapsed().as_millis());
+    let identity = tls_task.await??;
+    debug!(
+        "TLS identity ready after {} ms",
+        started.elapsed().as_millis()
+    );
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await

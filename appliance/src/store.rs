@@ -117,6 +117,10 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
+        // A read first: an up-to-date database needs no write (and no fsync) at start-up.
+        if self.schema_version()? == SCHEMA_VERSION {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -137,10 +141,14 @@ impl Store {
         Ok(())
     }
 
-    /// The schema version on disk.
+    /// The schema version on disk (0 for a new database).
     pub fn schema_version(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
         Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
     }
 

@@ -363,9 +363,6 @@ fn run() -> Result<std::convert::Infallible, String> {
         warn!("hostname: {e}");
     }
     info.hostname = hostname;
-    if data_ok {
-        crate::entropy::load_and_refresh();
-    }
 
     // Network, on its own thread.
     let net_state = Arc::new(Mutex::new(NetState::default()));
@@ -431,6 +428,18 @@ fn run() -> Result<std::convert::Infallible, String> {
         .clone()
         .unwrap_or_else(|| format!("{}", opts.log));
     let mut sup = Supervisor::new(layout::APPLIANCE_BIN, args, vec![("RUST_LOG".into(), log)]);
+    // Start the appliance first; what it does not need (the random seed's fsync, the power
+    // button scan) follows. The pool is already seeded by the kernel (virtio-rng, jitter), the
+    // saved seed only adds to it.
+    sup.tick(Instant::now());
+    if data_ok {
+        let spawned = std::thread::Builder::new()
+            .name("seed".into())
+            .spawn(crate::entropy::load_and_refresh);
+        if spawned.is_err() {
+            crate::entropy::load_and_refresh();
+        }
+    }
     write_boot_info(&info);
     let ctx = LoopContext {
         signals,

@@ -1,0 +1,9 @@
+//! cairn.toml: any text parses or gives an error naming its line, never a panic.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(cfg) = cairn_init::config::Config::parse(text, "fuzz.toml") {
+            let _ = cfg.static_net();
+        }
+    }
+});

@@ -1,0 +1,6 @@
+//! The kernel command line: any bytes give options and warnings, never a panic.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let line = String::from_utf8_lossy(data);
+    let (_opts, _warnings) = cairn_init::cmdline::boot_options(&line);
+});
