@@ -475,6 +475,14 @@ fn event_loop(
         &ctx.net_state,
         &ctx.wake,
     );
+    // Drivers keep loading after coldplug settles (late USB devices, hotplug): every write of
+    // boot.json carries the current module report.
+    let publish = |info: &mut BootInfo| {
+        if let Some(c) = cp {
+            info.modules = c.report();
+        }
+        write_boot_info(info);
+    };
     let mut buttons = PowerButtons::default();
     buttons.rescan();
     let mut ready: Option<ReadyFacts> = None;
@@ -510,7 +518,7 @@ fn event_loop(
                                 info.appliance.restarts = sup.policy.restarts;
                                 info.appliance.crash_loop = sup.policy.crash_loop;
                                 info.appliance.pid = None;
-                                write_boot_info(info);
+                                publish(info);
                             }
                         }
                     }
@@ -543,6 +551,9 @@ fn event_loop(
             if events.iter().any(|e| e.get("SUBSYSTEM") == Some("input")) {
                 buttons.rescan();
             }
+            if events.iter().any(|e| e.action == "add") {
+                publish(info);
+            }
         }
 
         // Messages from the appliance.
@@ -568,7 +579,7 @@ fn event_loop(
                             notes,
                         });
                         sync_net(info, net_state);
-                        write_boot_info(info);
+                        publish(info);
                         if let Some(r) = &ready {
                             crate::console::to_all_consoles(&banner::render(info, r));
                         }
@@ -600,7 +611,7 @@ fn event_loop(
                 }
             }
             sync_net(info, net_state);
-            write_boot_info(info);
+            publish(info);
             if let Some(r) = &ready
                 && info.network.addresses != shown_addresses
             {
