@@ -96,8 +96,12 @@ impl Coldplug {
                     }
                     any = true;
                 }
+                // Already present (loaded by the kernel's own request through the module
+                // helper, or by another worker): it is loaded all the same.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    st.loaded.insert(m);
+                    if st.loaded.insert(m.clone()) {
+                        st.report.loaded.push(m);
+                    }
                 }
                 Err(e) => {
                     warn!("module {m} failed to load: {e}");

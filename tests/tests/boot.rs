@@ -120,7 +120,8 @@ fn uefi_usb_stick_boot_reaches_healthz(arch: Arch) -> Result<()> {
         sys["boot"]["modules"]["loaded"]
             .as_array()
             .is_some_and(|m| m.iter().any(|x| x == "usb_storage")),
-        "usb_storage not loaded"
+        "usb_storage not loaded: {}",
+        sys["boot"]["modules"]
     );
     ensure!(
         sys["boot"]["data"]["esp"].as_str().is_some(),
