@@ -109,6 +109,7 @@ impl Level {
     }
 
     /// Whether the level has the x86-64 AVX2 instruction set (all x86 SIMD levels do).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_avx2(self) -> bool {
         matches!(
             self,
@@ -116,17 +117,14 @@ impl Level {
         )
     }
 
-    /// Whether the level has AVX-512 F/BW/VL.
-    pub(crate) fn has_avx512(self) -> bool {
-        matches!(self, Level::Avx512 | Level::Avx512Vnni)
-    }
-
     /// Whether the level has aarch64 NEON.
+    #[cfg(target_arch = "aarch64")]
     pub(crate) fn has_neon(self) -> bool {
         matches!(self, Level::Neon | Level::Dotprod | Level::I8mm)
     }
 
     /// Whether the level has aarch64 `sdot`.
+    #[cfg(target_arch = "aarch64")]
     pub(crate) fn has_dotprod(self) -> bool {
         matches!(self, Level::Dotprod | Level::I8mm)
     }

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod quant;
 
 mod arch;
+mod buf;
 
 pub use dispatch::{Level, force_level, level, with_level};
 pub use matmul::{matmul, matmul_many};

@@ -19,6 +19,7 @@
 use half::f16;
 
 use super::KernelError;
+use super::buf::{AlignedBytes, AlignedF32};
 
 /// Elements per 32-block.
 pub const QK: usize = 32;
@@ -373,12 +374,16 @@ pub(crate) struct Q8Acts {
     pub nb: usize,
     /// Block pairs per row (`nb` rounded up to even, halved); the pad block is zero.
     pub npairs: usize,
+    /// Row stride of `s`: `nb` rounded up to a multiple of 8.
+    pub sstride: usize,
     /// `n · npairs · 64` int8 values.
-    pub qs: Vec<i8>,
+    pub qs: AlignedBytes,
     /// `n · npairs · 8` scales: per pair `[d0 ×4, d1 ×4]`.
-    pub dv: Vec<f32>,
+    pub dv: AlignedF32,
     /// `n · npairs · 4`: per pair `[0, s0, 0, s1]` with `s = d·Σq`.
-    pub s4: Vec<f32>,
+    pub s4: AlignedF32,
+    /// `n · sstride`: `s` per block, zero-padded.
+    pub s: AlignedF32,
 }
 
 impl Q8Acts {
@@ -387,39 +392,75 @@ impl Q8Acts {
         self.n = n;
         self.nb = cols / QK;
         self.npairs = self.nb.div_ceil(2);
-        self.qs.resize(n * self.npairs * 64, 0);
-        self.dv.resize(n * self.npairs * 8, 0.0);
-        self.s4.resize(n * self.npairs * 4, 0.0);
+        self.sstride = self.nb.div_ceil(8) * 8;
+        self.qs.resize(n * self.npairs * 64);
+        self.dv.resize(n * self.npairs * 8);
+        self.s4.resize(n * self.npairs * 4);
+        self.s.resize(n * self.sstride);
     }
 
     /// The scale of block `b` of row `c`.
     #[inline(always)]
     pub fn d(&self, c: usize, b: usize) -> f32 {
-        self.dv[c * self.npairs * 8 + (b / 2) * 8 + (b % 2) * 4]
+        self.dv.as_slice()[c * self.npairs * 8 + (b / 2) * 8 + (b % 2) * 4]
     }
 
     /// `d·Σq` of block `b` of row `c`.
     #[inline(always)]
     pub fn s(&self, c: usize, b: usize) -> f32 {
-        self.s4[c * self.npairs * 4 + (b / 2) * 4 + (b % 2) * 2 + 1]
+        self.s.as_slice()[c * self.sstride + b]
     }
+
+    /// The int8 values of row `c`.
+    #[inline(always)]
+    pub fn qs_row(&self, c: usize) -> &[i8] {
+        &self.qs.as_i8()[c * self.npairs * 64..(c + 1) * self.npairs * 64]
+    }
+
+    /// Mutable views of row `c`: (qs, dv, s4, s).
+    pub fn row_mut(&mut self, c: usize) -> (&mut [i8], &mut [f32], &mut [f32], &mut [f32]) {
+        let np = self.npairs;
+        let ss = self.sstride;
+        (
+            &mut self.qs.as_i8_mut()[c * np * 64..(c + 1) * np * 64],
+            &mut self.dv.as_mut_slice()[c * np * 8..(c + 1) * np * 8],
+            &mut self.s4.as_mut_slice()[c * np * 4..(c + 1) * np * 4],
+            &mut self.s.as_mut_slice()[c * ss..(c + 1) * ss],
+        )
+    }
+}
+
+/// Stores the scale `d` and sum `s` of block `b` into a row's `dv`, `s4` and `s`.
+#[inline(always)]
+pub(crate) fn store_block_scales(
+    dv: &mut [f32],
+    s4: &mut [f32],
+    s: &mut [f32],
+    b: usize,
+    d: f32,
+    sum: f32,
+) {
+    let (k, h) = (b / 2, b % 2);
+    dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(d);
+    s4[k * 4 + h * 2] = 0.0;
+    s4[k * 4 + h * 2 + 1] = sum;
+    s[b] = sum;
 }
 
 /// Portable quantization of one row `x` (length `nb·32`) into row `c` of `a`.
 pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8Acts, c: usize) {
+    let nb = a.nb;
     let np = a.npairs;
-    let qs = &mut a.qs[c * np * 64..(c + 1) * np * 64];
-    let dv = &mut a.dv[c * np * 8..(c + 1) * np * 8];
-    let s4 = &mut a.s4[c * np * 4..(c + 1) * np * 4];
+    let (qs, dv, s4, s) = a.row_mut(c);
     for b in 0..np * 2 {
-        let (d, sum) = if b < a.nb {
+        let (d, sum) = if b < nb {
             let xb = &x[b * QK..(b + 1) * QK];
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (e, &v) in xb.iter().enumerate() {
-                let q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
                 qs[pair_offset(b, e)] = q;
                 sum += q as i32;
             }
@@ -430,10 +471,86 @@ pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8Acts, c: usize) {
             }
             (0.0, 0)
         };
-        let (k, h) = (b / 2, b % 2);
-        dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(d);
-        s4[k * 4 + h * 2] = 0.0;
-        s4[k * 4 + h * 2 + 1] = d * sum as f32;
+        store_block_scales(dv, s4, s, b, d, d * sum as f32);
+    }
+    s[np * 2..].fill(0.0);
+}
+
+/// Weight rows of a 32-block format unpacked into the pair-interleaved layout of [`Q8Acts`]
+/// (one byte per value: 0..16 for Q4_0/Q4_1, signed for Q8_0), for the GEMM.
+#[derive(Default, Debug)]
+pub(crate) struct Packed32 {
+    /// Rows held.
+    pub rows: usize,
+    /// Block pairs per row.
+    pub npairs: usize,
+    /// Row stride of `m`.
+    pub sstride: usize,
+    /// Whether values are signed (Q8_0) rather than unsigned nibbles.
+    pub signed: bool,
+    /// `rows · npairs · 64` values.
+    pub qs: AlignedBytes,
+    /// `rows · npairs · 8` scales: per pair `[d0 ×4, d1 ×4]`.
+    pub dv: AlignedF32,
+    /// `rows · sstride` block offsets `m` (Q4_1 `m`, Q4_0 `−8d`, Q8_0 zero), zero-padded.
+    pub m: AlignedF32,
+}
+
+/// Unpacks rows `r0..r1` of `w` (a 32-block format) into `p`.
+pub(crate) fn pack_q32(w: &QMatrix<'_>, r0: usize, r1: usize, p: &mut Packed32) {
+    let nb = w.cols() / QK;
+    let np = nb.div_ceil(2);
+    let ss = nb.div_ceil(8) * 8;
+    let rows = r1 - r0;
+    p.rows = rows;
+    p.npairs = np;
+    p.sstride = ss;
+    p.signed = w.ty() == QType::Q8_0;
+    p.qs.resize(rows * np * 64);
+    p.dv.resize(rows * np * 8);
+    p.m.resize(rows * ss);
+    let ty = w.ty();
+    let ts = ty.type_size();
+    let qs_all = p.qs.as_mut_slice();
+    let dv_all = p.dv.as_mut_slice();
+    let m_all = p.m.as_mut_slice();
+    for i in 0..rows {
+        let row = w.row(r0 + i);
+        let qs = &mut qs_all[i * np * 64..(i + 1) * np * 64];
+        let dv = &mut dv_all[i * np * 8..(i + 1) * np * 8];
+        let m = &mut m_all[i * ss..(i + 1) * ss];
+        m.fill(0.0);
+        for b in 0..np * 2 {
+            let base = (b / 2) * 64 + (b % 2) * 16;
+            let (k, h) = (b / 2, b % 2);
+            if b >= nb {
+                qs[base..base + 16].fill(0);
+                qs[base + 32..base + 48].fill(0);
+                dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(0.0);
+                continue;
+            }
+            let blk = &row[b * ts..(b + 1) * ts];
+            let d = f16_at(blk, 0);
+            dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(d);
+            match ty {
+                QType::Q8_0 => {
+                    qs[base..base + 16].copy_from_slice(&blk[2..18]);
+                    qs[base + 32..base + 48].copy_from_slice(&blk[18..34]);
+                }
+                _ => {
+                    let (mm, nib) = if ty == QType::Q4_1 {
+                        (f16_at(blk, 2), &blk[4..20])
+                    } else {
+                        (-8.0 * d, &blk[2..18])
+                    };
+                    m[b] = mm;
+                    for j in 0..16 {
+                        qs[base + j] = nib[j] & 15;
+                        qs[base + 32 + j] = nib[j] >> 4;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -473,13 +590,11 @@ pub(crate) fn quantize_q8k_row_portable(x: &[f32], a: &mut Q8KActs, c: usize) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let qs = &mut a.qs[(c * nsb + sb) * QK_K..(c * nsb + sb + 1) * QK_K];
         for (q, &v) in qs.iter_mut().zip(xb) {
-            *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
         for j in 0..16 {
-            a.bsums[(c * nsb + sb) * 16 + j] = qs[j * 16..(j + 1) * 16]
-                .iter()
-                .map(|&q| q as i16)
-                .sum();
+            a.bsums[(c * nsb + sb) * 16 + j] =
+                qs[j * 16..(j + 1) * 16].iter().map(|&q| q as i16).sum();
         }
         a.d[c * nsb + sb] = d;
     }
