@@ -6,3 +6,12 @@
 //! inference work.
 
 pub mod catalog;
+pub mod chat;
+pub mod embed;
+pub mod engine;
+pub mod gguf;
+pub mod kernels;
+pub mod llama;
+pub mod sampling;
+pub mod store;
+pub mod tokenizer;
