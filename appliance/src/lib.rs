@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod control;
+pub mod inference;
+pub mod metrics;
 pub mod serve;
 pub mod store;
 pub mod sysinfo;

@@ -1,6 +1,11 @@
 //! The `cairn` command: `cairn serve` runs the appliance; other subcommands come with the CLI.
 
 use anyhow::Result;
+
+// musl's own malloc is the whole musl penalty in inference (docs/inference.md).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +33,18 @@ enum Command {
         /// Run in degraded, read-only mode, giving the reason.
         #[arg(long, value_name = "REASON")]
         degraded: Option<String>,
+        /// Model store (one folder per model; default /models in the image, else the fetch cache).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Where models run.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: cairn::inference::DeviceChoice,
+        /// CPU threads for inference (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Load models at start-up or on first use.
+        #[arg(long, value_enum, default_value = "lazy")]
+        load_models: cairn::inference::LoadPolicy,
     },
 }
 
@@ -53,6 +70,10 @@ fn main() -> Result<()> {
             listen,
             appliance,
             degraded,
+            models,
+            device,
+            threads,
+            load_models,
         } => {
             // Take init's control socket before any thread exists.
             let control = cairn::control::Control::from_env();
@@ -69,11 +90,27 @@ fn main() -> Result<()> {
                 .worker_threads(workers)
                 .enable_all()
                 .build()?;
+            let store = models.or_else(|| {
+                let image = PathBuf::from(cairn_init::layout::MODELS_MOUNT);
+                if appliance {
+                    Some(image)
+                } else {
+                    Some(cairn_models::store::default_dir())
+                }
+            });
+            let inference = cairn::inference::InferenceOptions {
+                store,
+                registry: Some(data.join("models.toml")),
+                device,
+                threads,
+                load: load_models,
+            };
             let opts = cairn::serve::ServeOptions {
                 data,
                 listen,
                 appliance,
                 degraded,
+                inference,
             };
             if let Err(e) = rt.block_on(cairn::serve::run(opts, control)) {
                 tracing::error!("{e:#}");

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub appliance: bool,
     /// Degraded, read-only mode with this reason.
     pub degraded: Option<String>,
+    /// Local models.
+    pub inference: crate::inference::InferenceOptions,
 }
 
 async fn shutdown_signal() {
@@ -90,6 +92,22 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         "TLS identity ready after {} ms",
         started.elapsed().as_millis()
     );
+    let inference = {
+        let opts = opts.inference.clone();
+        tokio::task::spawn_blocking(move || crate::inference::Inference::new(&opts))
+            .await?
+            .map_err(|e| anyhow::anyhow!("models: {e}"))?
+    };
+    info!(
+        "models: {} on {}",
+        inference
+            .list()
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        inference.device()
+    );
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -103,6 +121,8 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         control,
         fingerprint: identity.fingerprint.clone(),
         appliance: opts.appliance,
+        inference: Arc::new(inference),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
     });
     let app = api::router(state.clone());
 

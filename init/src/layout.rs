@@ -17,6 +17,10 @@ pub const DATA_TYPE: Guid = TYPE_LINUX_DATA;
 pub const BOOT_MOUNT: &str = "/boot";
 /// Where init mounts the data partition (read-write).
 pub const DATA_MOUNT: &str = "/data";
+/// Where init mounts the model store partition (read-only), when the image has one.
+pub const MODELS_MOUNT: &str = "/models";
+/// GPT name of the model store partition.
+pub const MODELS_LABEL: &str = "CAIRN-MODELS";
 /// Runtime state shared by init and the appliance (tmpfs).
 pub const RUN_DIR: &str = "/run/cairn";
 /// Boot facts init publishes for the appliance (JSON, see `bootinfo`).

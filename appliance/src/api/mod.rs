@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
+mod openai;
 mod settings;
 mod system;
 
@@ -14,8 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Largest request body any route accepts (bigger bodies get 413).
+/// Largest request body of the management routes (bigger bodies get 413).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body of the model routes (`/v1/...`).
+pub const MAX_MODEL_BODY: usize = 4 << 20;
 
 /// State shared by every request.
 pub struct AppState {
@@ -33,6 +36,10 @@ pub struct AppState {
     pub fingerprint: String,
     /// Running as the appliance (under cairn-init) rather than hosted.
     pub appliance: bool,
+    /// Local models.
+    pub inference: std::sync::Arc<crate::inference::Inference>,
+    /// Inference counters.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Shared state handle.
@@ -106,7 +113,9 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(settings::routes())
-        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Conversations and embedding batches are bigger than settings.
+        .merge(openai::routes().layer(DefaultBodyLimit::max(MAX_MODEL_BODY)))
+        .fallback(not_found)
         .with_state(state)
 }

@@ -71,6 +71,12 @@ async fn system(State(s): State<Shared>) -> Json<Value> {
         "network": sysinfo::interfaces(),
         "cpu": sysinfo::cpu(),
         "processes": processes,
+        "inference": {
+            "device": s.inference.device(),
+            "kernels": cairn_models::kernels::level().name(),
+            "models": s.inference.list(),
+            "counters": s.metrics.snapshot(),
+        },
     }))
 }
 

@@ -1,0 +1,370 @@
+//! The appliance's local models: which exist (the catalog's models present in the model store,
+//! plus operator-registered files), loading them (at start or on first use), and the device
+//! they run on.
+
+use cairn_models::catalog::{Catalog, Kind};
+use cairn_models::embed::Embedder;
+use cairn_models::engine::{ChatModel, Engine, EngineOptions};
+use cairn_models::kernels::Pool;
+use cairn_models::llama::Backend;
+use cairn_models::store::ModelStore;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// When models are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadPolicy {
+    /// At start-up (ready means ready to answer).
+    Boot,
+    /// On first use (fast start, low idle memory).
+    Lazy,
+}
+
+/// Which device runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA if built in and present, else Metal, else the CPU.
+    Auto,
+    /// Cairn's CPU kernels.
+    Cpu,
+    /// An NVIDIA GPU (the `cuda` build).
+    Cuda,
+    /// An Apple GPU (the `metal` build).
+    Metal,
+}
+
+/// A model the operator registered from their own file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registered {
+    /// Identifier clients use.
+    pub id: String,
+    /// `chat` (GGUF) or `embedding` (a directory with model.safetensors, config.json,
+    /// tokenizer.json).
+    pub kind: String,
+    /// The GGUF file or the embedding model's directory.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    model: Vec<Registered>,
+}
+
+/// A model the appliance can serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelEntry {
+    /// Identifier.
+    pub id: String,
+    /// `chat` or `embedding`.
+    pub kind: &'static str,
+    /// File or directory.
+    pub path: PathBuf,
+    /// Loaded in memory now.
+    pub loaded: bool,
+    /// Where it comes from (`catalog` or `registered`).
+    pub origin: &'static str,
+}
+
+/// Why a model is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// No such model.
+    #[error("model {0:?} does not exist")]
+    Unknown(String),
+    /// The model is of the other kind.
+    #[error("model {id:?} is a {kind} model")]
+    WrongKind {
+        /// The model.
+        id: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// Loading failed.
+    #[error("model {id:?} could not be loaded: {why}")]
+    Load {
+        /// The model.
+        id: String,
+        /// The error.
+        why: String,
+    },
+}
+
+/// Settings of the inference service.
+#[derive(Debug, Clone)]
+pub struct InferenceOptions {
+    /// The model store (`/models` in the image).
+    pub store: Option<PathBuf>,
+    /// Operator registrations (`models.toml` on the data partition).
+    pub registry: Option<PathBuf>,
+    /// Device.
+    pub device: DeviceChoice,
+    /// CPU threads (0: all cores).
+    pub threads: usize,
+    /// Load policy.
+    pub load: LoadPolicy,
+}
+
+/// The service.
+pub struct Inference {
+    entries: BTreeMap<String, ModelEntry>,
+    backend: Backend,
+    device_name: String,
+    chat: Mutex<BTreeMap<String, Arc<Engine>>>,
+    embed: Mutex<BTreeMap<String, Arc<Embedder>>>,
+    /// Serialises loads so two first requests do not load one model twice.
+    loading: Mutex<()>,
+}
+
+fn pick_backend(choice: DeviceChoice, threads: usize) -> Result<(Backend, String), String> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    let cpu = || {
+        (
+            Backend::Cpu(Arc::new(Pool::new(threads))),
+            format!(
+                "cpu ({threads} threads, {})",
+                cairn_models::kernels::level().name()
+            ),
+        )
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(cpu()),
+        DeviceChoice::Cuda => candle_cuda()
+            .map(|d| (Backend::Gpu(d), "cuda:0".to_string()))
+            .ok_or_else(|| {
+                "CUDA requested, but this build has no CUDA support or no GPU is present"
+                    .to_string()
+            }),
+        DeviceChoice::Metal => candle_metal()
+            .map(|d| (Backend::Gpu(d), "metal:0".to_string()))
+            .ok_or_else(|| {
+                "Metal requested, but this build has no Metal support or no GPU is present"
+                    .to_string()
+            }),
+        DeviceChoice::Auto => Ok(candle_cuda()
+            .map(|d| (Backend::Gpu(d), "cuda:0".to_string()))
+            .or_else(|| candle_metal().map(|d| (Backend::Gpu(d), "metal:0".to_string())))
+            .unwrap_or_else(cpu)),
+    }
+}
+
+fn candle_cuda() -> Option<candle_core::Device> {
+    if candle_core::utils::cuda_is_available() {
+        candle_core::Device::new_cuda(0).ok()
+    } else {
+        None
+    }
+}
+
+fn candle_metal() -> Option<candle_core::Device> {
+    if candle_core::utils::metal_is_available() {
+        candle_core::Device::new_metal(0).ok()
+    } else {
+        None
+    }
+}
+
+impl Inference {
+    /// Finds the models and, with `LoadPolicy::Boot`, loads them.
+    pub fn new(opts: &InferenceOptions) -> Result<Inference, String> {
+        let (backend, device_name) = pick_backend(opts.device, opts.threads)?;
+        let mut entries = BTreeMap::new();
+        if let Some(dir) = &opts.store {
+            let store = ModelStore::new(dir);
+            let catalog = Catalog::builtin();
+            for m in store.available(&catalog) {
+                let path = match m.kind {
+                    Kind::Chat => store.file(m, "weights"),
+                    Kind::Embedding => store
+                        .file(m, "weights")
+                        .and_then(|p| p.parent().map(Path::to_path_buf)),
+                };
+                if let Some(path) = path {
+                    entries.insert(
+                        m.id.clone(),
+                        ModelEntry {
+                            id: m.id.clone(),
+                            kind: if m.kind == Kind::Chat {
+                                "chat"
+                            } else {
+                                "embedding"
+                            },
+                            path,
+                            loaded: false,
+                            origin: "catalog",
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(reg) = &opts.registry {
+            match std::fs::read_to_string(reg) {
+                Ok(text) => {
+                    let file: RegistryFile =
+                        toml::from_str(&text).map_err(|e| format!("{}: {e}", reg.display()))?;
+                    for r in file.model {
+                        let kind = match r.kind.as_str() {
+                            "chat" => "chat",
+                            "embedding" => "embedding",
+                            other => {
+                                return Err(format!(
+                                    "{}: model {}: unknown kind {other:?}",
+                                    reg.display(),
+                                    r.id
+                                ));
+                            }
+                        };
+                        entries.insert(
+                            r.id.clone(),
+                            ModelEntry {
+                                id: r.id,
+                                kind,
+                                path: r.path,
+                                loaded: false,
+                                origin: "registered",
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", reg.display())),
+            }
+        }
+        let me = Inference {
+            entries,
+            backend,
+            device_name,
+            chat: Mutex::new(BTreeMap::new()),
+            embed: Mutex::new(BTreeMap::new()),
+            loading: Mutex::new(()),
+        };
+        if opts.load == LoadPolicy::Boot {
+            for (id, e) in &me.entries {
+                let r = match e.kind {
+                    "chat" => me.chat_engine(id).map(|_| ()),
+                    _ => me.embedder(id).map(|_| ()),
+                };
+                if let Err(err) = r {
+                    tracing::warn!("{err}");
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// Where models run.
+    pub fn device(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Every model, with whether it is loaded.
+    pub fn list(&self) -> Vec<ModelEntry> {
+        let chat = self
+            .chat
+            .lock()
+            .map(|c| c.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let embed = self
+            .embed
+            .lock()
+            .map(|c| c.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.entries
+            .values()
+            .map(|e| ModelEntry {
+                loaded: chat.contains(&e.id) || embed.contains(&e.id),
+                ..e.clone()
+            })
+            .collect()
+    }
+
+    /// The first chat model (what requests without a known model get in the console).
+    pub fn default_chat(&self) -> Option<String> {
+        self.entries
+            .values()
+            .find(|e| e.kind == "chat")
+            .map(|e| e.id.clone())
+    }
+
+    fn entry(&self, id: &str, kind: &'static str) -> Result<&ModelEntry, InferenceError> {
+        let e = self
+            .entries
+            .get(id)
+            .ok_or_else(|| InferenceError::Unknown(id.to_string()))?;
+        if e.kind != kind {
+            return Err(InferenceError::WrongKind {
+                id: id.to_string(),
+                kind: e.kind,
+            });
+        }
+        Ok(e)
+    }
+
+    /// The engine of a chat model, loading it on first use.
+    pub fn chat_engine(&self, id: &str) -> Result<Arc<Engine>, InferenceError> {
+        let e = self.entry(id, "chat")?;
+        if let Some(engine) = self.chat.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(engine);
+        }
+        let _guard = self.loading.lock();
+        if let Some(engine) = self.chat.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(engine);
+        }
+        let started = std::time::Instant::now();
+        let model = ChatModel::load(id, &e.path, self.backend.clone()).map_err(|err| {
+            InferenceError::Load {
+                id: id.into(),
+                why: err.to_string(),
+            }
+        })?;
+        let engine = Arc::new(Engine::start(model, EngineOptions::default()));
+        tracing::info!(
+            "loaded chat model {id} on {} in {} ms",
+            self.device_name,
+            started.elapsed().as_millis()
+        );
+        if let Ok(mut c) = self.chat.lock() {
+            c.insert(id.to_string(), engine.clone());
+        }
+        Ok(engine)
+    }
+
+    /// An embedding model, loading it on first use.
+    pub fn embedder(&self, id: &str) -> Result<Arc<Embedder>, InferenceError> {
+        let e = self.entry(id, "embedding")?;
+        if let Some(m) = self.embed.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(m);
+        }
+        let _guard = self.loading.lock();
+        if let Some(m) = self.embed.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(m);
+        }
+        let started = std::time::Instant::now();
+        let device = match &self.backend {
+            Backend::Gpu(d) => d.clone(),
+            Backend::Cpu(_) => candle_core::Device::Cpu,
+        };
+        let m = Arc::new(Embedder::load(&e.path, &device, 256).map_err(|err| {
+            InferenceError::Load {
+                id: id.into(),
+                why: err.to_string(),
+            }
+        })?);
+        tracing::info!(
+            "loaded embedding model {id} in {} ms",
+            started.elapsed().as_millis()
+        );
+        if let Ok(mut c) = self.embed.lock() {
+            c.insert(id.to_string(), m.clone());
+        }
+        Ok(m)
+    }
+}
