@@ -148,8 +148,8 @@ fn gemv_q4<const HAS_M: bool>(
     let data = w.data().as_ptr();
     let xq = a.qs_row(c).as_ptr();
     let xd = a.dv.as_slice()[c * np * 8..].as_ptr();
-    let xs4 = a.s4.as_slice()[c * np * 4..].as_ptr();
-    let xs = a.s.as_slice()[c * a.sstride..].as_ptr();
+    let ss = a.sstride;
+    let xs = a.s.as_slice()[c * ss..(c + 1) * ss].as_ptr();
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let idx = if HAS_M {
@@ -159,10 +159,10 @@ fn gemv_q4<const HAS_M: bool>(
     };
     let full = nb / 2;
 
-    // One block pair of one row: accumulates into (acc, accm).
+    // One block pair of one row: accumulates the scaled products into `acc`.
     // SAFETY (for callers of this closure): `b0` points at a whole block of the row and, when
     // `two`, at two consecutive whole blocks; `k < np`, so the activation reads are in bounds.
-    let pair = |b0: *const u8, k: usize, two: bool, acc: &mut __m256, accm: &mut __m128| {
+    let pair = |b0: *const u8, k: usize, two: bool, acc: &mut __m256| {
         // SAFETY: see the closure's contract above; all loads are unaligned-safe intrinsics.
         unsafe {
             let lo = _mm_loadu_si128(b0.add(qoff).cast());
@@ -199,23 +199,32 @@ fn gemv_q4<const HAS_M: bool>(
                 _mm256_load_ps(xd.add(k * 8)),
             );
             *acc = _mm256_fmadd_ps(f, sc, *acc);
-            let sv = if HAS_M {
-                _mm_loadu_ps(xs4.add(k * 4))
-            } else {
-                _mm_castpd_ps(_mm_load_sd(xs.add(k * 2).cast()))
-            };
-            *accm = _mm_fmadd_ps(dm, sv, *accm);
         }
     };
 
-    let finish = |acc: __m256, accm: __m128| -> f32 {
-        let m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
-        let m = if HAS_M {
-            _mm_cvtss_f32(_mm_movehdup_ps(m))
-        } else {
-            -8.0 * _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
-        };
-        hsum(acc) + m
+    // The block offsets (Q4_1 `m`, Q4_0 `−8d`) times the activations' block sums, added 8
+    // blocks at a time after the products and reduced with `hsum`: the GEMM's exact order of
+    // operations, so a token's result does not depend on how many tokens share the call.
+    let finish = |row: *const u8, mut acc: __m256| -> f32 {
+        let mut j = 0;
+        while j < ss {
+            let mut m = [0f32; 8];
+            for (l, v) in m.iter_mut().enumerate().take(nb.saturating_sub(j).min(8)) {
+                // SAFETY: block j + l < nb lies inside the row.
+                let h = unsafe {
+                    (row.add((j + l) * ts + if HAS_M { 2 } else { 0 }) as *const u16)
+                        .read_unaligned()
+                };
+                let f = half::f16::from_bits(h).to_f32();
+                *v = if HAS_M { f } else { f * -8.0 };
+            }
+            // SAFETY: `m` holds 8 floats; j + 8 <= ss keeps the block sums in row c of `s`.
+            acc = unsafe {
+                _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr()), _mm256_loadu_ps(xs.add(j)), acc)
+            };
+            j += 8;
+        }
+        hsum(acc)
     };
 
     let mut r = r0;
@@ -231,20 +240,13 @@ fn gemv_q4<const HAS_M: bool>(
             ]
         };
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut accm = [_mm_setzero_ps(); 4];
         for k in 0..full {
             for j in 0..4 {
                 // Prefetch the same blocks of the row 4 rows ahead (never faults; the
                 // address is only computed, not dereferenced, when past the matrix).
                 _mm_prefetch::<_MM_HINT_T0>(rows[j].wrapping_add(4 * rb + 2 * k * ts).cast());
                 // SAFETY: blocks 2k and 2k+1 < nb are inside row j.
-                pair(
-                    unsafe { rows[j].add(2 * k * ts) },
-                    k,
-                    true,
-                    &mut acc[j],
-                    &mut accm[j],
-                );
+                pair(unsafe { rows[j].add(2 * k * ts) }, k, true, &mut acc[j]);
             }
         }
         if nb % 2 == 1 {
@@ -255,12 +257,11 @@ fn gemv_q4<const HAS_M: bool>(
                     full,
                     false,
                     &mut acc[j],
-                    &mut accm[j],
                 );
             }
         }
         for j in 0..4 {
-            out[r - r0 + j] = finish(acc[j], accm[j]);
+            out[r - r0 + j] = finish(rows[j], acc[j]);
         }
         r += 4;
     }
@@ -268,22 +269,15 @@ fn gemv_q4<const HAS_M: bool>(
         // SAFETY: row r < w.rows() lies within `w.data()`.
         let row = unsafe { data.add(r * rb) };
         let mut acc = _mm256_setzero_ps();
-        let mut accm = _mm_setzero_ps();
         for k in 0..full {
             // SAFETY: blocks 2k and 2k+1 < nb are inside the row.
-            pair(unsafe { row.add(2 * k * ts) }, k, true, &mut acc, &mut accm);
+            pair(unsafe { row.add(2 * k * ts) }, k, true, &mut acc);
         }
         if nb % 2 == 1 {
             // SAFETY: block nb-1 is inside the row; only it is read.
-            pair(
-                unsafe { row.add(2 * full * ts) },
-                full,
-                false,
-                &mut acc,
-                &mut accm,
-            );
+            pair(unsafe { row.add(2 * full * ts) }, full, false, &mut acc);
         }
-        out[r - r0] = finish(acc, accm);
+        out[r - r0] = finish(row, acc);
         r += 1;
     }
 }
@@ -373,9 +367,10 @@ fn gemv_q8_0(w: &QMatrix<'_>, r0: usize, r1: usize, a: &Q8Acts, c: usize, out: &
                 );
             }
         }
-        let s = hsum4(acc[0], acc[1], acc[2], acc[3]);
-        // SAFETY: out has r1-r0 elements and r-r0+4 <= r1-r0.
-        unsafe { _mm_storeu_ps(out.as_mut_ptr().add(r - r0), s) };
+        // `hsum` per row, as the GEMM reduces (see `gemv_q4`).
+        for j in 0..4 {
+            out[r - r0 + j] = hsum(acc[j]);
+        }
         r += 4;
     }
     while r < r1 {
@@ -689,43 +684,42 @@ pub(crate) fn gemv_f(w: &QMatrix<'_>, r0: usize, r1: usize, x: &[f32], out: &mut
     let cols = w.cols();
     let f16 = w.ty() == QType::F16;
     let es = w.ty().type_size();
-    assert!(r1 <= w.rows() && out.len() == r1 - r0 && x.len() >= cols);
+    // `x` is an activation row padded with zeros to a multiple of 16 (as the GEMM's rows).
+    assert!(r1 <= w.rows() && out.len() == r1 - r0 && x.len() >= cols.div_ceil(8) * 8);
     for (o, r) in out.iter_mut().zip(r0..r1) {
         let row = w.row(r);
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
+        // One accumulator, 8 columns a step, the tail zero-padded, reduced with `hsum`: the
+        // GEMM's exact order of operations, so the result does not depend on the batch.
+        let mut acc = _mm256_setzero_ps();
         let mut k = 0;
-        // SAFETY: k + 16 <= cols keeps the 16 weight values (es bytes each) inside `row` and
-        // the 16 activations inside `x`.
-        unsafe {
-            while k + 16 <= cols {
-                let (w0, w1) = if f16 {
-                    (
-                        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(k * es).cast())),
-                        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add((k + 8) * es).cast())),
-                    )
-                } else {
-                    (
-                        _mm256_loadu_ps(row.as_ptr().add(k * es).cast()),
-                        _mm256_loadu_ps(row.as_ptr().add((k + 8) * es).cast()),
-                    )
-                };
-                acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(k)), acc0);
-                acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(k + 8)), acc1);
-                k += 16;
-            }
-        }
-        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
         while k < cols {
-            let v = if f16 {
-                crate::kernels::quant::f16_at(row, k * 2)
+            let wv = if k + 8 <= cols {
+                // SAFETY: k + 8 <= cols keeps the 8 weight values (es bytes each) in `row`.
+                unsafe {
+                    if f16 {
+                        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(k * es).cast()))
+                    } else {
+                        _mm256_loadu_ps(row.as_ptr().add(k * es).cast())
+                    }
+                }
             } else {
-                f32::from_le_bytes([row[k * 4], row[k * 4 + 1], row[k * 4 + 2], row[k * 4 + 3]])
+                let mut t = [0f32; 8];
+                for (j, v) in t.iter_mut().enumerate().take(cols - k) {
+                    *v = if f16 {
+                        crate::kernels::quant::f16_at(row, (k + j) * 2)
+                    } else {
+                        let i = (k + j) * 4;
+                        f32::from_le_bytes([row[i], row[i + 1], row[i + 2], row[i + 3]])
+                    };
+                }
+                // SAFETY: `t` holds 8 floats.
+                unsafe { _mm256_loadu_ps(t.as_ptr()) }
             };
-            sum += v * x[k];
-            k += 1;
+            // SAFETY: k + 8 <= x.len() (asserted padding).
+            acc = unsafe { _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(k)), acc) };
+            k += 8;
         }
-        *o = sum;
+        *o = hsum(acc);
     }
 }
 

@@ -131,7 +131,6 @@ pub(crate) unsafe fn gemv_q32<const DOT: bool>(
         let row = w.row(r);
         let rp = row.as_ptr();
         let mut acc = vdupq_n_f32(0.0);
-        let mut accm = 0f32;
         for b in 0..nb {
             let blk = &row[b * ts..(b + 1) * ts];
             let base = (b / 2) * 64 + (b % 2) * 16;
@@ -157,13 +156,29 @@ pub(crate) unsafe fn gemv_q32<const DOT: bool>(
                 }
             };
             acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), d);
-            match ty {
-                QType::Q4_1 => accm += f16_at(blk, 2) * a.s(c, b),
-                QType::Q4_0 => accm -= 8.0 * f16_at(blk, 0) * a.s(c, b),
-                _ => {}
+        }
+        // The block offsets (Q4_1 `m`, Q4_0 `−8d`) times the activations' block sums, 4
+        // blocks at a time after the products: the GEMM's exact order of operations, so a
+        // token's result does not depend on how many tokens share the call.
+        if ty != QType::Q8_0 {
+            let mut j = 0;
+            while j < a.sstride {
+                let mut m = [0f32; 4];
+                for (l, v) in m.iter_mut().enumerate().take(nb.saturating_sub(j).min(4)) {
+                    let blk = &row[(j + l) * ts..(j + l + 1) * ts];
+                    *v = if ty == QType::Q4_1 {
+                        f16_at(blk, 2)
+                    } else {
+                        -8.0 * f16_at(blk, 0)
+                    };
+                }
+                let xs = &a.s.as_slice()[c * a.sstride + j..c * a.sstride + j + 4];
+                // SAFETY: both arrays hold 4 floats.
+                acc = unsafe { vfmaq_f32(acc, vld1q_f32(m.as_ptr()), vld1q_f32(xs.as_ptr())) };
+                j += 4;
             }
         }
-        *o = vaddvq_f32(acc) + accm;
+        *o = vaddvq_f32(acc);
     }
 }
 
@@ -262,32 +277,30 @@ pub(crate) unsafe fn gemm_q32<const DOT: bool>(
 #[target_feature(enable = "neon")]
 pub(crate) fn gemv_f(w: &QMatrix<'_>, r0: usize, r1: usize, x: &[f32], out: &mut [f32]) {
     let cols = w.cols();
-    assert!(r1 <= w.rows() && out.len() == r1 - r0 && x.len() >= cols);
-    if w.ty() == QType::F16 {
-        return super::portable::gemv_f(w, r0, r1, x, out);
-    }
+    let f16 = w.ty() == QType::F16;
+    // `x` is an activation row padded with zeros to a multiple of 16 (as the GEMM's rows).
+    assert!(r1 <= w.rows() && out.len() == r1 - r0 && x.len() >= cols.div_ceil(4) * 4);
     for (o, r) in out.iter_mut().zip(r0..r1) {
         let row = w.row(r);
-        let mut acc0 = vdupq_n_f32(0.0);
-        let mut acc1 = vdupq_n_f32(0.0);
+        // One accumulator, 4 columns a step, the tail zero-padded: the GEMM's exact order of
+        // operations, so the result does not depend on the batch.
+        let mut acc = vdupq_n_f32(0.0);
         let mut k = 0;
-        // SAFETY: k + 8 <= cols keeps the reads inside the row (4 bytes per value) and `x`.
-        unsafe {
-            while k + 8 <= cols {
-                let w0 = vld1q_f32(row.as_ptr().add(k * 4).cast());
-                let w1 = vld1q_f32(row.as_ptr().add(k * 4 + 16).cast());
-                acc0 = vfmaq_f32(acc0, w0, vld1q_f32(x.as_ptr().add(k)));
-                acc1 = vfmaq_f32(acc1, w1, vld1q_f32(x.as_ptr().add(k + 4)));
-                k += 8;
-            }
-        }
-        let mut sum = vaddvq_f32(vaddq_f32(acc0, acc1));
         while k < cols {
-            sum += f32::from_le_bytes([row[k * 4], row[k * 4 + 1], row[k * 4 + 2], row[k * 4 + 3]])
-                * x[k];
-            k += 1;
+            let mut t = [0f32; 4];
+            for (j, v) in t.iter_mut().enumerate().take(cols - k) {
+                *v = if f16 {
+                    f16_at(row, (k + j) * 2)
+                } else {
+                    let i = (k + j) * 4;
+                    f32::from_le_bytes([row[i], row[i + 1], row[i + 2], row[i + 3]])
+                };
+            }
+            // SAFETY: `t` holds 4 floats and k + 4 <= x.len() (asserted padding).
+            acc = unsafe { vfmaq_f32(acc, vld1q_f32(t.as_ptr()), vld1q_f32(x.as_ptr().add(k))) };
+            k += 4;
         }
-        *o = sum;
+        *o = vaddvq_f32(acc);
     }
 }
 

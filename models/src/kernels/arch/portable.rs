@@ -62,17 +62,22 @@ pub(crate) fn gemv_q32(
     let xq = a.qs_row(c);
     for (o, r) in out.iter_mut().zip(r0..r1) {
         let row = w.row(r);
+        // Products first, then the block offsets: the GEMM's order of operations, so a
+        // token's result does not depend on how many tokens share the call.
         let mut sum = 0f32;
         for b in 0..a.nb {
             let blk = &row[b * ts..(b + 1) * ts];
-            let d = f16_at(blk, 0);
+            let isum = block_isum(ty, blk, xq, b);
+            sum += f16_at(blk, 0) * a.d(c, b) * isum as f32;
+        }
+        for b in 0..a.nb {
+            let blk = &row[b * ts..(b + 1) * ts];
             let m = match ty {
                 QType::Q4_1 => f16_at(blk, 2),
-                QType::Q4_0 => -8.0 * d,
-                _ => 0.0,
+                QType::Q4_0 => -8.0 * f16_at(blk, 0),
+                _ => continue,
             };
-            let isum = block_isum(ty, blk, xq, b);
-            sum += d * a.d(c, b) * isum as f32 + m * a.s(c, b);
+            sum += m * a.s(c, b);
         }
         *o = sum;
     }
