@@ -271,15 +271,20 @@ impl Engine {
             });
         }
         let (tx, rx) = mpsc::channel();
-        let waiting = self.stats().waiting;
-        match self.jobs.try_send(Job { prompt, req, tx }) {
-            Ok(()) => {
-                if let Ok(mut s) = self.stats.lock() {
-                    s.waiting += 1;
-                }
-                Ok(rx)
+        // Counted before the send: the worker may take the job (and count it out) at once.
+        let waiting = match self.stats.lock() {
+            Ok(mut s) => {
+                s.waiting += 1;
+                s.waiting - 1
             }
+            Err(_) => 0,
+        };
+        match self.jobs.try_send(Job { prompt, req, tx }) {
+            Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.waiting = s.waiting.saturating_sub(1);
+                }
                 Err(SubmitError::Overloaded {
                     waiting: waiting.max(self.options.max_queue),
                     retry_after: Duration::from_secs(2),
@@ -500,6 +505,12 @@ impl Worker {
         self.kept.push_back(a.seq);
     }
 
+    fn set_active(&self, n: usize) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.active = n;
+        }
+    }
+
     fn run(mut self) {
         let mut active: Vec<Active> = Vec::new();
         loop {
@@ -522,9 +533,7 @@ impl Worker {
                 let a = self.begin(job);
                 active.push(a);
             }
-            if let Ok(mut s) = self.stats.lock() {
-                s.active = active.len();
-            }
+            self.set_active(active.len());
             // One step for each active request, in turn.
             let mut i = 0;
             while i < active.len() {
@@ -533,10 +542,13 @@ impl Worker {
                     Ok(None) => i += 1,
                     Ok(Some(reason)) => {
                         let a = active.swap_remove(i);
+                        // Counted out before its client hears it is done.
+                        self.set_active(active.len());
                         self.finish(a, reason);
                     }
                     Err(e) => {
                         let a = active.swap_remove(i);
+                        self.set_active(active.len());
                         let _ = a.job.tx.send(Event::Error(e.to_string()));
                     }
                 }

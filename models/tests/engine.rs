@@ -84,9 +84,16 @@ fn answers_reuses_the_cache_and_accounts_tokens() {
         usage.cached_tokens > usage.prompt_tokens / 2,
         "cache not reused: {usage:?}"
     );
-    // Greedy decoding is deterministic: a fresh engine gives the same answer. (A request that
-    // reuses a kept cache may differ at near-ties: its last prompt token then runs through the
-    // single-row kernel rather than the batched prefill.)
+    // Greedy decoding is deterministic, and the kernels give a token the same result whether
+    // it runs alone or in a batch: asking again (the whole prompt now comes from the kept
+    // cache, its last token through the single-row path) and asking a fresh engine both give
+    // the same answer.
+    let (cached, events) = collect(e.submit(ask("What is the capital of France?", 24)).unwrap());
+    let Some(Event::Done { usage, .. }) = events.last() else {
+        panic!("no Done")
+    };
+    assert!(usage.cached_tokens > 0, "cache not reused: {usage:?}");
+    assert_eq!(cached, text);
     let (again, _) = collect(
         engine(EngineOptions::default())
             .submit(ask("What is the capital of France?", 24))
@@ -128,9 +135,15 @@ fn stops_cancels_and_limits() {
         .submit(ask("Write a long story about the sea.", 400))
         .unwrap();
     while !matches!(rx.recv_timeout(Duration::from_secs(60)), Ok(Event::Text(_))) {}
+    let before = e.stats().generated;
     drop(rx);
     let (text, _) = collect(e.submit(ask("Say hello.", 8)).unwrap());
     assert!(!text.is_empty());
+    // The abandoned request stopped: far fewer than its 400 tokens were generated, and the
+    // engine reports nothing active or waiting.
+    let s = e.stats();
+    assert!(s.generated - before < 40, "kept generating: {s:?}");
+    assert_eq!((s.active, s.waiting), (0, 0), "{s:?}");
 }
 
 #[test]
