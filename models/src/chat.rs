@@ -57,10 +57,18 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Work one rendering may do, in minijinja fuel units (instructions).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 impl ChatTemplate {
     /// Compiles a template; `bos`/`eos` are the token strings templates refer to.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, ChatError> {
         let mut env = Environment::new();
+        // A template comes from the model file, which may be hostile: bound the work one
+        // rendering may do (a real chat template uses a few thousand units per turn) and the
+        // nesting depth.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(64);
         // Hugging Face templates call Python string methods (.strip(), .startswith(), ...).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -156,6 +164,18 @@ mod tests {
             p,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_hostile_template_runs_out_of_fuel_instead_of_hanging() {
+        let t = ChatTemplate::new(
+            "{% for a in range(10000) %}{% for b in range(10000) %}{{ a }}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[Message::new("user", "Hi")], true).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
     }
 
     #[test]
