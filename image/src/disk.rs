@@ -1,6 +1,7 @@
 //! The GPT disk image: protective MBR and GPT (cairn-init's `gpt` module, shared with the
-//! first-boot grower), the ESP at 1 MiB, the data partition after it, and the backup table at
-//! the end. Partition and disk GUIDs are derived from the content.
+//! first-boot grower), the ESP at 1 MiB, the read-only model partition when the image carries
+//! models, the data partition last (so it can grow into a bigger disk), and the backup table
+//! at the end. Partition and disk GUIDs are derived from the content.
 
 use anyhow::{Context, Result};
 use cairn_init::gpt::{ALIGN, Gpt, Guid, Partition, SECTOR};
@@ -37,13 +38,31 @@ pub struct Placed {
     pub last_lba: u64,
 }
 
-/// Writes the disk image: `esp` bytes and the data file system image at `data_path`.
-pub fn assemble(out: &Path, esp: &[u8], data_path: &Path, digest: &[u8]) -> Result<Vec<Placed>> {
+/// Writes the disk image: `esp` bytes, the model file system image at `models_path` (if
+/// any) and the data file system image at `data_path`.
+pub fn assemble(
+    out: &Path,
+    esp: &[u8],
+    models_path: Option<&Path>,
+    data_path: &Path,
+    digest: &[u8],
+) -> Result<Vec<Placed>> {
     let data_len = std::fs::metadata(data_path)?.len();
     let esp_sectors = (esp.len() as u64).div_ceil(SECTOR);
     let data_sectors = data_len.div_ceil(SECTOR);
     let esp_first = ALIGN;
-    let data_first = (esp_first + esp_sectors).div_ceil(ALIGN) * ALIGN;
+    let after_esp = (esp_first + esp_sectors).div_ceil(ALIGN) * ALIGN;
+    let models = match models_path {
+        Some(p) => {
+            let sectors = std::fs::metadata(p)?.len().div_ceil(SECTOR);
+            Some((p, after_esp, after_esp + sectors - 1))
+        }
+        None => None,
+    };
+    let data_first = match models {
+        Some((_, _, last)) => (last + 1).div_ceil(ALIGN) * ALIGN,
+        None => after_esp,
+    };
     let data_last = data_first + data_sectors - 1;
     // One aligned MiB at the end holds the backup table.
     let total = (data_last + 1).div_ceil(ALIGN) * ALIGN + ALIGN;
@@ -61,7 +80,7 @@ pub fn assemble(out: &Path, esp: &[u8], data_path: &Path, digest: &[u8]) -> Resu
                 name: layout::ESP_LABEL.into(),
             },
             Partition {
-                number: 2,
+                number: if models.is_some() { 3 } else { 2 },
                 type_guid: layout::DATA_TYPE,
                 guid: derived_guid(layout::DATA_LABEL, &[digest]),
                 first_lba: data_first,
@@ -71,6 +90,22 @@ pub fn assemble(out: &Path, esp: &[u8], data_path: &Path, digest: &[u8]) -> Resu
             },
         ],
     };
+    let mut gpt = gpt;
+    if let Some((_, first, last)) = models {
+        gpt.partitions.insert(
+            1,
+            Partition {
+                number: 2,
+                type_guid: layout::MODELS_TYPE,
+                guid: derived_guid(layout::MODELS_LABEL, &[digest]),
+                first_lba: first,
+                last_lba: last,
+                // GPT attribute bit 60: read-only.
+                attributes: 1 << 60,
+                name: layout::MODELS_LABEL.into(),
+            },
+        );
+    }
     let tmp = out.with_extension("img.tmp");
     {
         let mut f =
@@ -80,6 +115,11 @@ pub fn assemble(out: &Path, esp: &[u8], data_path: &Path, digest: &[u8]) -> Resu
             .map_err(|e| anyhow::anyhow!("writing GPT: {e}"))?;
         f.seek(SeekFrom::Start(esp_first * SECTOR))?;
         f.write_all(esp)?;
+        if let Some((p, first, _)) = models {
+            f.seek(SeekFrom::Start(first * SECTOR))?;
+            let mut m = std::fs::File::open(p)?;
+            std::io::copy(&mut m, &mut f)?;
+        }
         f.seek(SeekFrom::Start(data_first * SECTOR))?;
         let mut d = std::fs::File::open(data_path)?;
         std::io::copy(&mut d, &mut f)?;
@@ -120,7 +160,7 @@ mod tests {
         std::fs::write(&data, vec![0xddu8; 3 << 20]).unwrap();
         let esp = vec![0xeeu8; 5 << 20];
         let out = dir.join("disk.img");
-        let placed = assemble(&out, &esp, &data, b"digest").unwrap();
+        let placed = assemble(&out, &esp, None, &data, b"digest").unwrap();
         let mut f = std::fs::File::open(&out).unwrap();
         let sectors = f.metadata().unwrap().len() / SECTOR;
         let gpt = Gpt::read(&mut f, sectors).unwrap();
@@ -141,6 +181,32 @@ mod tests {
         // Same digest, same GUIDs.
         assert_eq!(derived_guid("x", &[b"d"]), derived_guid("x", &[b"d"]));
         assert_ne!(derived_guid("x", &[b"d"]), derived_guid("y", &[b"d"]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn models_partition_sits_between_esp_and_data() {
+        let dir = std::env::temp_dir().join(format!("cairn-disk-m-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (data, models) = (dir.join("data.img"), dir.join("models.img"));
+        std::fs::write(&data, vec![0xddu8; 3 << 20]).unwrap();
+        std::fs::write(&models, vec![0xaau8; (2 << 20) + 512]).unwrap();
+        let out = dir.join("disk.img");
+        assemble(&out, &[0xee; 4096], Some(&models), &data, b"digest").unwrap();
+        let mut f = std::fs::File::open(&out).unwrap();
+        let sectors = f.metadata().unwrap().len() / SECTOR;
+        let gpt = Gpt::read(&mut f, sectors).unwrap();
+        let m = gpt.by_name(layout::MODELS_LABEL).unwrap();
+        let d = gpt.by_name(layout::DATA_LABEL).unwrap();
+        assert_eq!((m.number, d.number), (2, 3));
+        assert!(m.last_lba < d.first_lba && d.first_lba.is_multiple_of(ALIGN));
+        assert_eq!(m.attributes >> 60 & 1, 1, "read-only attribute");
+        let bytes = std::fs::read(&out).unwrap();
+        let at = (m.first_lba * SECTOR) as usize;
+        assert!(bytes[at..at + (2 << 20) + 512].iter().all(|b| *b == 0xaa));
+        // The data partition is still the last one, so it can grow.
+        let bigger = gpt.grown(sectors + 100_000, d.number).unwrap();
+        assert!(bigger.by_name(layout::DATA_LABEL).unwrap().last_lba > d.last_lba);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

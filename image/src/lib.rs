@@ -1,7 +1,8 @@
 //! cairn-image: builds Cairn's bootable artifacts for one architecture.
 //!
 //! Outputs in `target/cairn/<arch>/`: `cairn.img` (GPT: FAT32 ESP with the UKI at the
-//! removable-media path, ext4 data partition), `vmlinuz`, `initramfs`, `cmdline` for direct
+//! removable-media path, read-only ext4 model partition when models are baked in, ext4 data
+//! partition), `vmlinuz`, `initramfs`, `cmdline` for direct
 //! boot, and `manifest.json` listing every component with its version and sha256.
 //!
 //! Which crate builds which piece: cpio → `cpio`; gzip → `flate2`; FAT32 → `fatfs`; GPT →
@@ -47,6 +48,26 @@ pub struct Inputs {
     pub version: String,
     /// Rebuild even when the inputs are unchanged.
     pub force: bool,
+    /// Models baked into the read-only model partition (none: no such partition).
+    pub models: Vec<ModelInput>,
+}
+
+/// One model to bake into the image: its catalog id and verified files.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ModelInput {
+    /// Catalog id (the folder name under `/models`).
+    pub id: String,
+    /// Files (stored under their file names).
+    pub files: Vec<ModelFile>,
+}
+
+/// One file of a baked model.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ModelFile {
+    /// Where it is on the build host.
+    pub path: PathBuf,
+    /// Its sha256, already verified against the catalog.
+    pub sha256: String,
 }
 
 /// Paths of the outputs.
@@ -211,6 +232,7 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
         "stub_sha256": stub_pkg.sha256,
         "target": t,
         "example_config": sha256(include_str!("../cairn.toml.example").as_bytes()),
+        "models": inputs.models,
     });
     let recorded_text = serde_json::to_vec_pretty(&recorded)?;
     let stamp = out("build-inputs.json");
@@ -241,7 +263,16 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
     )?;
     fs.add("dev/console", Node::CharDev(5, 1))?;
     fs.add("dev/null", Node::CharDev(1, 3))?;
-    for d in ["proc", "sys", "run", "tmp", "data", "boot", "etc/cairn"] {
+    for d in [
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "data",
+        "boot",
+        "models",
+        "etc/cairn",
+    ] {
         fs.add(d, Node::Dir)?;
     }
     let osrel = uki::os_release(&inputs.version, inputs.arch.name());
@@ -322,10 +353,30 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
         epoch,
     )?;
 
+    // Model partition.
+    let models_tmp = inputs.out_dir.join("models.ext4.tmp");
+    let model_entries = if inputs.models.is_empty() {
+        Vec::new()
+    } else {
+        let uuid = disk::derived_guid("cairn-models-fs", &[&digest])
+            .to_string()
+            .to_lowercase();
+        stage_models(
+            &inputs.models,
+            &inputs.out_dir.join("models.stage"),
+            epoch,
+            |stage| ext4::make_from_dir(&models_tmp, stage, "cairn-models", &uuid, epoch),
+        )?
+    };
+
     // Disk.
     let image = inputs.out_dir.join("cairn.img");
-    let placed = disk::assemble(&image, &esp_img, &data_tmp, &digest)?;
+    let models_part = (!inputs.models.is_empty()).then_some(models_tmp.as_path());
+    let placed = disk::assemble(&image, &esp_img, models_part, &data_tmp, &digest)?;
     std::fs::remove_file(&data_tmp)?;
+    if models_part.is_some() {
+        std::fs::remove_file(&models_tmp)?;
+    }
 
     // Direct-boot files and manifest.
     write_atomic(&out("vmlinuz"), &vmlinuz)?;
@@ -348,7 +399,7 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
         modules: module_entries,
         builtin_modules_requested: selection.builtin.clone(),
         firmware: Vec::new(),
-        models: Vec::new(),
+        models: model_entries,
         partitions: placed,
         artifacts: vec![
             FileEntry {
@@ -370,6 +421,62 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
     write_atomic(&stamp, &recorded_text)?;
     let _ = image;
     Ok(outputs(true))
+}
+
+/// Copies the models into `stage/<id>/<file>` with every time set to `epoch` (mke2fs copies
+/// them into the inodes), runs `make` on it, and removes it. Returns the manifest entries.
+fn stage_models(
+    models: &[ModelInput],
+    stage: &Path,
+    epoch: u64,
+    make: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Vec<FileEntry>> {
+    let _ = std::fs::remove_dir_all(stage);
+    std::fs::create_dir_all(stage)?;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    let mut entries = Vec::new();
+    let mut sorted: Vec<&ModelInput> = models.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut dirs = vec![stage.to_path_buf()];
+    for m in sorted {
+        if m.id.is_empty() || m.id.contains(['/', '\\']) || m.id.starts_with('.') {
+            bail!("model id {:?} is not a plain folder name", m.id);
+        }
+        let dir = stage.join(&m.id);
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("model {} is listed twice or cannot be staged", m.id))?;
+        let mut files: Vec<&ModelFile> = m.files.iter().collect();
+        files.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
+        for f in files {
+            let name = f
+                .path
+                .file_name()
+                .with_context(|| format!("{} has no file name", f.path.display()))?;
+            let dst = dir.join(name);
+            std::fs::copy(&f.path, &dst)
+                .with_context(|| format!("copying {}", f.path.display()))?;
+            std::fs::File::open(&dst)?.set_modified(when)?;
+            entries.push(FileEntry {
+                name: format!("{}/{}", m.id, name.to_string_lossy()),
+                path: format!(
+                    "{}/{}/{}",
+                    cairn_init::layout::MODELS_MOUNT,
+                    m.id,
+                    name.to_string_lossy()
+                ),
+                size: std::fs::metadata(&dst)?.len(),
+                sha256: f.sha256.clone(),
+            });
+        }
+        dirs.push(dir);
+    }
+    for d in dirs.iter().rev() {
+        std::fs::File::open(d)?.set_modified(when)?;
+    }
+    let made = make(stage);
+    let _ = std::fs::remove_dir_all(stage);
+    made?;
+    Ok(entries)
 }
 
 /// Reads the inputs recorded by the last build in `out_dir` (`build-inputs.json`).

@@ -225,6 +225,23 @@ fn disks(
         warn!("{e}");
         info.warnings.push(e);
     }
+    let mut models_dev = None;
+    if let Some(m) = &f.models {
+        match crate::disk::mount_models(m) {
+            Ok(()) => {
+                info!(
+                    "model partition {} mounted at {}",
+                    m.dev.display(),
+                    layout::MODELS_MOUNT
+                );
+                models_dev = Some(m.dev.to_string_lossy().into_owned());
+            }
+            Err(e) => {
+                warn!("{e}; local models are unavailable");
+                info.warnings.push(e);
+            }
+        }
+    }
     let Some(data) = f.data.clone() else {
         return DataInfo {
             state: "degraded".into(),
@@ -235,6 +252,7 @@ fn disks(
     let mut state = DataInfo {
         device: Some(data.dev.to_string_lossy().into_owned()),
         esp: esp.map(|e| e.dev.to_string_lossy().into_owned()),
+        models: models_dev,
         grown,
         ..Default::default()
     };

@@ -66,6 +66,8 @@ pub struct DataInfo {
     pub grown: Option<Growth>,
     /// The ESP's block device, when found.
     pub esp: Option<String>,
+    /// The model partition's block device, when the image has one and it is mounted.
+    pub models: Option<String>,
 }
 
 /// What growing did.

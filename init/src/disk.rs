@@ -1,5 +1,5 @@
-//! Disks: find the ESP and data partition by GPT name and type, grow the data partition to
-//! fill a bigger disk, mount both, and grow ext4 online.
+//! Disks: find the ESP, the model partition and the data partition by GPT name and type,
+//! grow the data partition to fill a bigger disk, mount them, and grow ext4 online.
 //!
 //! Nothing here ever formats a partition. A data partition that does not mount leaves the
 //! appliance in degraded, read-only mode with the reason shown on the console and in the API.
@@ -35,6 +35,8 @@ pub struct Found {
     pub esp: Option<PartDev>,
     /// The data partition.
     pub data: Option<PartDev>,
+    /// The read-only model partition, when the image carries models.
+    pub models: Option<PartDev>,
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -107,12 +109,16 @@ pub fn find(data_label: &str) -> Option<Found> {
             .by_type(layout::ESP_TYPE)
             .and_then(|p| part_dev(&disk, &gpt, p.number));
         let data = part_dev(&disk, &gpt, data);
+        let models = gpt
+            .by_name(layout::MODELS_LABEL)
+            .and_then(|p| part_dev(&disk, &gpt, p.number));
         let found = Found {
             disk,
             sectors,
             gpt,
             esp,
             data,
+            models,
         };
         let better = match &best {
             None => true,
@@ -188,6 +194,19 @@ pub fn mount_esp(esp: &PartDev) -> Result<(), String> {
         Some("umask=0077"),
     )
     .map_err(|e| format!("mounting ESP {}: {e}", esp.dev.display()))
+}
+
+/// Mounts the model partition read-only at `/models` (ext4 without a journal).
+pub fn mount_models(models: &PartDev) -> Result<(), String> {
+    let flags = libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC;
+    crate::sys::mount(
+        &models.dev.to_string_lossy(),
+        layout::MODELS_MOUNT,
+        "ext4",
+        flags,
+        None,
+    )
+    .map_err(|e| format!("mounting model partition {}: {e}", models.dev.display()))
 }
 
 /// Mounts the data partition read-write at `/data` (ext4; never formats).

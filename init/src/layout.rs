@@ -19,8 +19,11 @@ pub const BOOT_MOUNT: &str = "/boot";
 pub const DATA_MOUNT: &str = "/data";
 /// Where init mounts the model store partition (read-only), when the image has one.
 pub const MODELS_MOUNT: &str = "/models";
-/// GPT name of the model store partition.
+/// GPT name of the model store partition (read-only ext4, between the ESP and the data
+/// partition; one folder per model, as `cairn_models::store` lays them out).
 pub const MODELS_LABEL: &str = "CAIRN-MODELS";
+/// Partition type of the model store partition.
+pub const MODELS_TYPE: Guid = TYPE_LINUX_DATA;
 /// Runtime state shared by init and the appliance (tmpfs).
 pub const RUN_DIR: &str = "/run/cairn";
 /// Boot facts init publishes for the appliance (JSON, see `bootinfo`).

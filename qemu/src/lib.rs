@@ -103,6 +103,8 @@ pub struct VmConfig {
     pub console: Console,
     /// Exit instead of rebooting (tests see a reboot as the VM ending).
     pub no_reboot: bool,
+    /// Air-gapped: the NIC reaches nothing outside the VM (`restrict=on`); forwards still work.
+    pub air_gapped: bool,
     /// Extra QEMU arguments.
     pub extra: Vec<String>,
 }
@@ -121,6 +123,7 @@ impl VmConfig {
             accel: Accel::Auto,
             console: Console::Capture,
             no_reboot: false,
+            air_gapped: false,
             extra: Vec::new(),
         }
     }
@@ -291,6 +294,9 @@ pub fn command_line(
     // Network.
     if let Some(forwards) = &cfg.network {
         let mut net = "user,id=net0".to_string();
+        if cfg.air_gapped {
+            net.push_str(",restrict=on");
+        }
         for f in forwards {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
         }

@@ -98,6 +98,10 @@ pub struct BootPlan {
     pub network: bool,
     /// Extra kernel command line (direct boot only).
     pub extra_cmdline: String,
+    /// The NIC reaches nothing but the forwarded port (an air-gapped site).
+    pub air_gapped: bool,
+    /// Guest memory, MiB (0: the harness default).
+    pub memory_mib: u32,
 }
 
 impl Default for BootPlan {
@@ -106,6 +110,8 @@ impl Default for BootPlan {
             uefi_usb: false,
             network: true,
             extra_cmdline: String::new(),
+            air_gapped: false,
+            memory_mib: 0,
         }
     }
 }
@@ -157,6 +163,10 @@ pub fn start(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<
     });
     // Tests see a reboot as QEMU exiting.
     cfg.no_reboot = true;
+    cfg.air_gapped = plan.air_gapped;
+    if plan.memory_mib > 0 {
+        cfg.memory_mib = plan.memory_mib;
+    }
     let vm = Vm::start(&cfg)?;
     Ok(Booted { vm, port })
 }

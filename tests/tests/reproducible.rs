@@ -34,6 +34,9 @@ fn rebuild_twice(arch: Arch) -> Result<()> {
             data_mib: rec["data_mib"].as_u64().context("no data_mib")?,
             version: s("version")?,
             force: true,
+            // The same models as the original build (the e2e images carry the defaults).
+            models: serde_json::from_value(rec["models"].clone())
+                .context("build-inputs.json models")?,
         };
         let out = cairn_image::build(&inputs)?;
         digests.push([

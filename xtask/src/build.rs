@@ -127,6 +127,8 @@ pub struct ImageOptions {
     pub data_mib: Option<u64>,
     /// Rebuild even if up to date.
     pub force: bool,
+    /// Models to bake into the image: `default`, `all`, `none` or ids (`None`: none).
+    pub models: Option<String>,
 }
 
 /// Builds (or keeps, when up to date) the artifacts for `arch`.
@@ -145,6 +147,10 @@ pub fn image(arch: Arch, opts: &ImageOptions) -> Result<cairn_image::Outputs> {
         data_mib: opts.data_mib.unwrap_or(16),
         version: env!("CARGO_PKG_VERSION").to_string(),
         force: opts.force,
+        models: match &opts.models {
+            Some(which) => crate::models::image_inputs(which)?,
+            None => Vec::new(),
+        },
     };
     eprintln!("xtask: assembling the {arch} image");
     let out = cairn_image::build(&inputs)?;

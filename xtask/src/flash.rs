@@ -67,9 +67,15 @@ fn check_target(dev: &Path, image_bytes: u64) -> Result<(String, u64)> {
     ))
 }
 
-/// Writes the image of `arch` to `dev`.
-pub fn flash(arch: Arch, dev: &Path, yes: bool) -> Result<()> {
-    let out = build::image(arch, &ImageOptions::default())?;
+/// Writes the image of `arch`, with `models` baked in, to `dev`.
+pub fn flash(arch: Arch, dev: &Path, yes: bool, models: &str) -> Result<()> {
+    let out = build::image(
+        arch,
+        &ImageOptions {
+            models: Some(models.to_string()),
+            ..ImageOptions::default()
+        },
+    )?;
     let len = std::fs::metadata(&out.image)?.len();
     let (kind, bytes) = check_target(dev, len)?;
     let model = std::fs::read_to_string(

@@ -168,3 +168,30 @@ pub fn fetch_models(which: &str) -> Result<ModelStore> {
     eprintln!("xtask: models in {}", store.root().display());
     Ok(store)
 }
+
+/// Fetches the models `which` names and describes them for the image's model partition.
+pub fn image_inputs(which: &str) -> Result<Vec<cairn_image::ModelInput>> {
+    let catalog = Catalog::parse(catalog::BUILTIN)?;
+    if select(&catalog, which)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = fetch_models(which)?;
+    let mut out = Vec::new();
+    for m in select(&catalog, which)? {
+        let mut files = Vec::new();
+        for f in &m.files {
+            let path = store
+                .file(m, &f.role)
+                .with_context(|| format!("{}: no file for role {}", m.id, f.role))?;
+            files.push(cairn_image::ModelFile {
+                path,
+                sha256: f.sha256.clone(),
+            });
+        }
+        out.push(cairn_image::ModelInput {
+            id: m.id.clone(),
+            files,
+        });
+    }
+    Ok(out)
+}

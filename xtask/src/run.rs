@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use cairn_image::{Arch, Target};
 use cairn_init::gpt::{Gpt, SECTOR};
 use cairn_qemu::{Attach, Boot, Console, Drive, Forward, Vm, VmConfig};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Size of the VM's disk.
@@ -28,19 +28,28 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Guest memory, MiB.
     pub memory_mib: u32,
+    /// Models baked into the image (`default`, `all`, `none` or ids).
+    pub models: String,
 }
 
-fn esp_of(path: &Path) -> Result<(u64, u64)> {
+/// The partitions the image build owns (all but the data partition): name, first and last
+/// sector.
+fn image_parts(path: &Path) -> Result<Vec<(String, u64, u64)>> {
     let mut f = std::fs::File::open(path)?;
     let sectors = f.metadata()?.len() / SECTOR;
     let gpt = Gpt::read(&mut f, sectors).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let esp = gpt
-        .by_name(cairn_init::layout::ESP_LABEL)
+    gpt.by_name(cairn_init::layout::ESP_LABEL)
         .context("image has no ESP")?;
-    Ok((esp.first_lba, esp.last_lba))
+    Ok(gpt
+        .partitions
+        .iter()
+        .filter(|p| p.name != cairn_init::layout::DATA_LABEL)
+        .map(|p| (p.name.clone(), p.first_lba, p.last_lba))
+        .collect())
 }
 
-/// Makes the run disk: a new copy of the image, or the old disk with a refreshed ESP.
+/// Makes the run disk: a new copy of the image, or the old disk with its ESP and model
+/// partition refreshed from the new image (the data partition is kept).
 fn prepare_disk(image: &Path, disk: &Path, fresh: bool) -> Result<()> {
     if fresh || !disk.exists() {
         cairn_image::disk::enlarged_copy(image, disk, RUN_DISK_BYTES)?;
@@ -50,27 +59,32 @@ fn prepare_disk(image: &Path, disk: &Path, fresh: bool) -> Result<()> {
         );
         return Ok(());
     }
-    let new = esp_of(image)?;
-    let old = esp_of(disk)?;
+    let new = image_parts(image)?;
+    let old = image_parts(disk)?;
     if new != old {
         bail!(
-            "the image's ESP moved since {} was made; run with --fresh to recreate the VM disk \
-             (this drops its data partition)",
+            "the image's partition layout (ESP, models) changed since {} was made; run with \
+             --fresh to recreate the VM disk (this drops its data partition)",
             build::rel(disk)
         );
     }
     let mut src = std::fs::File::open(image)?;
     let mut dst = std::fs::OpenOptions::new().write(true).open(disk)?;
-    let start = new.0 * SECTOR;
-    let len = (new.1 - new.0 + 1) * SECTOR;
-    src.seek(SeekFrom::Start(start))?;
-    dst.seek(SeekFrom::Start(start))?;
-    let mut buf = vec![0u8; len as usize];
-    src.read_exact(&mut buf)?;
-    dst.write_all(&buf)?;
+    for (_, first, last) in &new {
+        let start = first * SECTOR;
+        src.seek(SeekFrom::Start(start))?;
+        dst.seek(SeekFrom::Start(start))?;
+        let copied = std::io::copy(&mut (&mut src).take((last - first + 1) * SECTOR), &mut dst)?;
+        if copied != (last - first + 1) * SECTOR {
+            bail!(
+                "{} is shorter than its partition table says",
+                image.display()
+            );
+        }
+    }
     dst.sync_all()?;
     eprintln!(
-        "xtask: VM disk {} kept; ESP refreshed from the new image",
+        "xtask: VM disk {} kept; ESP and models refreshed from the new image",
         build::rel(disk)
     );
     Ok(())
@@ -86,7 +100,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             opts.port
         );
     }
-    let out = build::image(arch, &ImageOptions::default())?;
+    let out = build::image(
+        arch,
+        &ImageOptions {
+            models: Some(opts.models.clone()),
+            ..ImageOptions::default()
+        },
+    )?;
     let target = Target::load(arch)?;
     let work = build::artifacts_dir(arch).join("run");
     std::fs::create_dir_all(&work)?;
