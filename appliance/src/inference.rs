@@ -13,6 +13,34 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// The operator's registrations in `path` (none when it does not exist).
+fn read_registry(path: &Path) -> Result<Vec<(Registered, &'static str)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let file: RegistryFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.model
+        .into_iter()
+        .map(|r| {
+            let kind = match r.kind.as_str() {
+                "chat" => "chat",
+                "embedding" => "embedding",
+                other => {
+                    return Err(format!(
+                        "{}: model {}: unknown kind {other:?} (chat or embedding)",
+                        path.display(),
+                        r.id
+                    ));
+                }
+            };
+            Ok((r, kind))
+        })
+        .collect()
+}
+
 /// When models are loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadPolicy {
@@ -118,6 +146,8 @@ pub struct Inference {
     embed: Mutex<BTreeMap<String, Arc<Embedder>>>,
     /// Serialises loads so two first requests do not load one model twice.
     loading: Mutex<()>,
+    /// Problems found at start (a broken registry), reported by the system API.
+    warnings: Vec<String>,
 }
 
 fn pick_backend(choice: DeviceChoice, threads: usize) -> Result<(Backend, String), String> {
@@ -205,23 +235,13 @@ impl Inference {
                 }
             }
         }
+        // A broken registry must not take the appliance down: its models are left out and
+        // the reason is reported (API and log) until the operator fixes the file.
+        let mut warnings = Vec::new();
         if let Some(reg) = &opts.registry {
-            match std::fs::read_to_string(reg) {
-                Ok(text) => {
-                    let file: RegistryFile =
-                        toml::from_str(&text).map_err(|e| format!("{}: {e}", reg.display()))?;
-                    for r in file.model {
-                        let kind = match r.kind.as_str() {
-                            "chat" => "chat",
-                            "embedding" => "embedding",
-                            other => {
-                                return Err(format!(
-                                    "{}: model {}: unknown kind {other:?}",
-                                    reg.display(),
-                                    r.id
-                                ));
-                            }
-                        };
+            match read_registry(reg) {
+                Ok(list) => {
+                    for (r, kind) in list {
                         entries.insert(
                             r.id.clone(),
                             ModelEntry {
@@ -234,8 +254,10 @@ impl Inference {
                         );
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("{}: {e}", reg.display())),
+                Err(e) => {
+                    tracing::error!("{e}; registered models are unavailable");
+                    warnings.push(e);
+                }
             }
         }
         let me = Inference {
@@ -245,6 +267,7 @@ impl Inference {
             chat: Mutex::new(BTreeMap::new()),
             embed: Mutex::new(BTreeMap::new()),
             loading: Mutex::new(()),
+            warnings,
         };
         if opts.load == LoadPolicy::Boot {
             for (id, e) in &me.entries {
@@ -258,6 +281,11 @@ impl Inference {
             }
         }
         Ok(me)
+    }
+
+    /// Problems found at start that left models out.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Where models run.
@@ -284,6 +312,23 @@ impl Inference {
                 ..e.clone()
             })
             .collect()
+    }
+
+    /// Live figures of each loaded chat model's engine: queue, active requests and tokens.
+    pub fn engine_stats(&self) -> serde_json::Value {
+        let engines = self.chat.lock().map(|c| c.clone()).unwrap_or_default();
+        let map: serde_json::Map<String, serde_json::Value> = engines
+            .iter()
+            .map(|(id, e)| {
+                let s = e.stats();
+                (
+                    id.clone(),
+                    serde_json::json!({"waiting": s.waiting, "active": s.active,
+                                       "generated_tokens": s.generated, "prompt_tokens": s.prompt}),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(map)
     }
 
     /// The first chat model (what requests without a known model get in the console).
@@ -366,5 +411,74 @@ impl Inference {
             c.insert(id.to_string(), m.clone());
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(registry: &Path) -> InferenceOptions {
+        InferenceOptions {
+            store: None,
+            registry: Some(registry.to_path_buf()),
+            device: DeviceChoice::Cpu,
+            threads: 1,
+            load: LoadPolicy::Lazy,
+        }
+    }
+
+    #[test]
+    fn a_broken_registry_is_reported_and_the_service_still_starts() {
+        let dir = std::env::temp_dir().join(format!("cairn-reg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reg = dir.join("models.toml");
+        std::fs::write(
+            &reg,
+            "[[model]]\nid = \"mine\"\nkind = \"chat\"\npath = \"/data/m.gguf\"\n",
+        )
+        .unwrap();
+        let inf = Inference::new(&opts(&reg)).unwrap();
+        assert!(inf.warnings().is_empty());
+        assert_eq!(inf.list().len(), 1);
+        assert_eq!(inf.list()[0].origin, "registered");
+        std::fs::write(
+            &reg,
+            "[[model]]\nid = \"mine\"\nkind = \"vision\"\npath = \"x\"\n",
+        )
+        .unwrap();
+        let inf = Inference::new(&opts(&reg)).unwrap();
+        assert!(inf.list().is_empty());
+        assert!(
+            inf.warnings()[0].contains("unknown kind \"vision\""),
+            "{:?}",
+            inf.warnings()
+        );
+        std::fs::write(&reg, "[[model]\nid = ").unwrap();
+        let inf = Inference::new(&opts(&reg)).unwrap();
+        assert!(
+            inf.warnings()[0].contains("models.toml"),
+            "{:?}",
+            inf.warnings()
+        );
+        // A registered file that is not a model fails to load with 503-class error, not a panic.
+        std::fs::write(
+            &reg,
+            format!(
+                "[[model]]\nid = \"bad\"\nkind = \"chat\"\npath = {:?}\n",
+                reg
+            ),
+        )
+        .unwrap();
+        let inf = Inference::new(&opts(&reg)).unwrap();
+        assert!(matches!(
+            inf.chat_engine("bad"),
+            Err(InferenceError::Load { .. })
+        ));
+        assert!(matches!(
+            inf.chat_engine("nope"),
+            Err(InferenceError::Unknown(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -40,6 +40,9 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     };
     let mut needs = deps::for_image();
     needs.extend(deps::for_unit_tests());
+    needs.extend(crate::pyenv::needs());
+    needs.push(deps::prog("qemu-user", "qemu-aarch64"));
+    needs.extend(deps::for_build(cairn_image::Arch::Aarch64));
     for a in &arches {
         needs.extend(deps::for_build(*a));
         needs.extend(deps::for_qemu(*a));
@@ -67,14 +70,61 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         "unit and integration tests",
         cargo().args(["test", "--workspace", "--locked"]),
     )?;
+    // The tests on real models and the official client run optimised, as the appliance does.
+    crate::models::fetch_models("default")?;
+    let python = crate::pyenv::venv(
+        "openai",
+        &build::repo_root().join("tests/openai/requirements.txt"),
+    )?;
+    step(
+        "model and OpenAI-client tests (release)",
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "--locked",
+                "-p",
+                "cairn-models",
+                "-p",
+                "cairn",
+            ])
+            .args(["--", "--ignored"])
+            .env("CAIRN_OPENAI_PYTHON", &python),
+    )?;
+    // The aarch64 kernels (NEON, dotprod, i8mm) on an emulated CPU that has them all.
+    deps::ensure_rust_target("aarch64-unknown-linux-musl")?;
+    step(
+        "aarch64 kernel tests (qemu-aarch64 -cpu max)",
+        cargo()
+            .args(["test", "--release", "--locked", "-p", "cairn-models"])
+            .args([
+                "--target",
+                "aarch64-unknown-linux-musl",
+                "--test",
+                "kernels",
+            ])
+            .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER",
+                "qemu-aarch64 -cpu max",
+            ),
+    )?;
     if opts.no_e2e {
         return Ok(());
     }
     for a in &arches {
-        build::image(*a, &ImageOptions::default())?;
+        // The end-to-end images carry the default models: the OpenAI API is tested offline.
+        build::image(
+            *a,
+            &ImageOptions {
+                models: Some("default".into()),
+                ..ImageOptions::default()
+            },
+        )?;
     }
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "cairn-e2e", "--locked", "--", "--ignored"])
+    cmd.env("CAIRN_OPENAI_PYTHON", &python)
+        .args(["test", "-p", "cairn-e2e", "--locked", "--", "--ignored"])
         .arg(format!("--test-threads={}", opts.jobs.max(1)));
     if let Some(a) = opts.arch {
         cmd.arg(a.name());

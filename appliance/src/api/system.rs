@@ -76,6 +76,8 @@ async fn system(State(s): State<Shared>) -> Json<Value> {
             "kernels": cairn_models::kernels::level().name(),
             "models": s.inference.list(),
             "counters": s.metrics.snapshot(),
+            "engines": s.inference.engine_stats(),
+            "warnings": s.inference.warnings(),
         },
     }))
 }
