@@ -3,6 +3,11 @@
 //! `boot`: per architecture, the median of N boots from QEMU start to "appliance ready",
 //! next to the same kernel on the same virtual hardware booting a hello-world init (the floor),
 //! as a ratio; idle RSS of cairn-init and cairn; image size without models.
+//!
+//! `inference`: chat and embedding speed next to llama.cpp and sentence-transformers (see
+//! [`inference`]).
+
+mod inference;
 
 use crate::build::{self, ImageOptions};
 use crate::deps;
@@ -224,9 +229,10 @@ fn bench_boot_arch(arch: Arch, runs: usize) -> Result<Value> {
 }
 
 /// Runs a benchmark area and prints the report.
-pub fn bench(area: &str, arch: Option<Arch>, runs: usize, as_json: bool) -> Result<()> {
+pub fn bench(area: &str, arch: Option<Arch>, runs: Option<usize>, as_json: bool) -> Result<()> {
     let report = match area {
         "boot" => {
+            let runs = runs.unwrap_or(5);
             if runs < 5 {
                 bail!("the boot benchmark takes at least 5 runs (got {runs})");
             }
@@ -239,7 +245,19 @@ pub fn bench(area: &str, arch: Option<Arch>, runs: usize, as_json: bool) -> Resu
             }
             json!({"area": "boot", "peer": "the same Debian kernel booting a hello-world init", "arches": per_arch})
         }
-        other => bail!("unknown benchmark area {other:?}; available: boot"),
+        "inference" => {
+            if arch.is_some_and(|a| Some(a) != Arch::host()) {
+                bail!("the inference benchmark runs on this machine's architecture only");
+            }
+            let report = inference::run(runs.unwrap_or(3))?;
+            if as_json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                inference::print_table(&report);
+            }
+            return Ok(());
+        }
+        other => bail!("unknown benchmark area {other:?}; available: boot, inference"),
     };
     if as_json {
         println!("{}", serde_json::to_string(&report)?);

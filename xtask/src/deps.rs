@@ -37,13 +37,15 @@ pub fn which(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-const fn prog(package: &'static str, p: &'static str) -> Need {
+/// A need satisfied by the program `p` on PATH, from Debian package `package`.
+pub const fn prog(package: &'static str, p: &'static str) -> Need {
     Need {
         package,
         check: Check::Program(p),
     }
 }
-const fn file(package: &'static str, f: &'static str) -> Need {
+/// A need satisfied by the file `f`, from Debian package `package`.
+pub const fn file(package: &'static str, f: &'static str) -> Need {
     Need {
         package,
         check: Check::File(f),
@@ -93,6 +95,18 @@ pub fn for_unit_tests() -> Vec<Need> {
         "systemd-boot-efi",
         "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
     )]
+}
+
+/// What `bench inference` needs beyond a Python venv: CMake and a C++ toolchain to build
+/// llama.cpp, pip to fetch its sources.
+pub fn for_bench_inference() -> Vec<Need> {
+    vec![
+        prog("cmake", "cmake"),
+        prog("g++", "g++"),
+        prog("make", "make"),
+        prog("tar", "tar"),
+        prog("python3-pip", "pip3"),
+    ]
 }
 
 /// Installs what is missing, or fails naming the exact command to run.

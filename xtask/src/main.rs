@@ -5,6 +5,7 @@ mod build;
 mod deps;
 mod flash;
 mod models;
+mod pyenv;
 mod run;
 mod test;
 
@@ -47,6 +48,10 @@ enum Cmd {
         /// Rebuild even when nothing changed.
         #[arg(long)]
         force: bool,
+        /// Models to bake into the read-only model partition: `default`, `all`, `none` or a
+        /// comma-separated list of catalog ids (fetched first).
+        #[arg(long, default_value = "none")]
+        models: String,
     },
     /// Build what is stale and boot the image in QEMU (console here, HTTPS on 127.0.0.1:8443).
     Run {
@@ -64,6 +69,9 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 2048)]
         memory: u32,
+        /// Models baked into the image: `default`, `all`, `none` or catalog ids.
+        #[arg(long, default_value = "default")]
+        models: String,
     },
     /// Write the image to a USB stick or disk (erases it).
     Flash {
@@ -74,6 +82,9 @@ enum Cmd {
         yes: bool,
         /// The whole-disk device, e.g. /dev/sdb.
         device: PathBuf,
+        /// Models baked into the image: `default`, `all`, `none` or catalog ids.
+        #[arg(long, default_value = "default")]
+        models: String,
     },
     /// Lints, every unit and integration test, both images, and the QEMU end-to-end tests.
     Test {
@@ -90,15 +101,15 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
-    /// Measure an area against its named peer in the same run (areas: boot).
+    /// Measure an area against its named peer in the same run (areas: boot, inference).
     Bench {
         /// What to measure.
         area: String,
         #[arg(long, value_parser = parse_arch)]
         arch: Option<Arch>,
-        /// Boots per configuration (at least 5).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        /// Repetitions per configuration (boot: at least 5, default 5; inference: default 3).
+        #[arg(long)]
+        runs: Option<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -128,6 +139,7 @@ fn real_main() -> Result<()> {
             kernel_deb,
             data_mib,
             force,
+            models,
         } => {
             let arch = arch.unwrap_or_else(host_arch);
             let out = build::image(
@@ -136,6 +148,7 @@ fn real_main() -> Result<()> {
                     kernel_deb,
                     data_mib,
                     force,
+                    models: Some(models),
                 },
             )?;
             for p in [
@@ -155,16 +168,21 @@ fn real_main() -> Result<()> {
             port,
             fresh,
             memory,
+            models,
         } => run::run(&run::RunOptions {
             arch: arch.unwrap_or_else(host_arch),
             direct,
             port,
             fresh,
             memory_mib: memory,
+            models,
         }),
-        Cmd::Flash { arch, yes, device } => {
-            flash::flash(arch.unwrap_or_else(host_arch), &device, yes)
-        }
+        Cmd::Flash {
+            arch,
+            yes,
+            device,
+            models,
+        } => flash::flash(arch.unwrap_or_else(host_arch), &device, yes, &models),
         Cmd::Test {
             arch,
             no_e2e,
@@ -186,6 +204,7 @@ fn real_main() -> Result<()> {
         Cmd::Deps => {
             let mut needs = deps::for_image();
             needs.extend(deps::for_unit_tests());
+            needs.extend(deps::for_bench_inference());
             for a in Arch::ALL {
                 needs.extend(deps::for_build(a));
                 needs.extend(deps::for_qemu(a));
