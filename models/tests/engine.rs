@@ -57,13 +57,13 @@ fn collect(rx: std::sync::mpsc::Receiver<Event>) -> (String, Vec<Event>) {
 #[ignore = "needs the default models; run with cargo xtask test"]
 fn answers_reuses_the_cache_and_accounts_tokens() {
     let e = engine(EngineOptions::default());
-    // With the template's default system prompt, llama.cpp (llama-simple, greedy) answers this
-    // 24-token continuation for the same model; greedy decoding here must agree with it.
+    // With the template's default system prompt, llama.cpp (llama-simple, greedy) answers
+    // "L'Étoile, la Marseillaise, la femme…". The portable kernels continue exactly so; the
+    // AVX2 kernels (another float summation order) pick another token after "la Mars" (a
+    // near-tie for this small model). Up to there the answers must agree; exact agreement over
+    // a whole answer is llama::tests::greedy_generation_matches_llama_cpp.
     let (text, events) = collect(e.submit(ask("What is the capital of France?", 24)).unwrap());
-    assert!(
-        text.starts_with("L'Étoile, la Marseillaise, la femme"),
-        "answer: {text:?}"
-    );
+    assert!(text.starts_with("L'Étoile, la Mars"), "answer: {text:?}");
     let Some(Event::Done { reason, usage }) = events.last() else {
         panic!("no Done: {events:?}")
     };

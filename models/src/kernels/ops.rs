@@ -157,6 +157,25 @@ pub fn rope(
     Ok(())
 }
 
+/// Rotates one head `v` (its first `2·cos.len()` values, for partial rotary models) by the
+/// angles whose cos/sin are given.
+pub fn rope_head(
+    v: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
+    layout: RopeLayout,
+) -> Result<(), KernelError> {
+    check("rope sin", cos.len(), sin.len())?;
+    let rot = cos.len() * 2;
+    if rot > v.len() {
+        return Err(KernelError::Invalid(
+            "rope: more angles than the head has pairs",
+        ));
+    }
+    arch::rope_head(dispatch::level(), &mut v[..rot], cos, sin, layout);
+    Ok(())
+}
+
 /// `out[i] = silu(a[i]) · b[i]` with `silu(v) = v / (1 + e^(−v))`.
 pub fn silu_mul(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
     check("silu_mul b", a.len(), b.len())?;

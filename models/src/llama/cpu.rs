@@ -94,9 +94,8 @@ impl CustomOp1 for RmsNorm<'_> {
             candle_core::bail!("cairn-rms-norm: {} values for rows of {d}", x.len());
         }
         let mut out = vec![0f32; x.len()];
-        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            super::elementwise::rms_norm(row, self.weight, self.eps, o);
-        }
+        kernels::ops::rms_norm(x, self.weight, self.eps, &mut out)
+            .map_err(|e| kernel_err(self.name(), e))?;
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -132,13 +131,19 @@ impl CustomOp1 for Rope<'_> {
             candle_core::bail!("cairn-rope: position {} beyond the context", self.start + n);
         }
         let mut out = x.to_vec();
+        let layout_kind = if self.neox {
+            kernels::ops::RopeLayout::Neox
+        } else {
+            kernels::ops::RopeLayout::Interleaved
+        };
         for t in 0..n {
             let pos = self.start + t;
             let cos = &self.cos[pos * half..(pos + 1) * half];
             let sin = &self.sin[pos * half..(pos + 1) * half];
             for h in 0..heads {
                 let v = &mut out[(t * heads + h) * self.head_dim..][..self.head_dim];
-                super::elementwise::rope(v, cos, sin, self.rope_dim, self.neox);
+                kernels::ops::rope_head(v, cos, sin, layout_kind)
+                    .map_err(|e| kernel_err(self.name(), e))?;
             }
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -163,7 +168,7 @@ impl CustomOp1 for SiluMul {
         let n = x.len() / (2 * self.ff);
         let (gate, up) = x.split_at(n * self.ff);
         let mut out = vec![0f32; n * self.ff];
-        super::elementwise::silu_mul(gate, up, &mut out);
+        kernels::ops::silu_mul(gate, up, &mut out).map_err(|e| kernel_err(self.name(), e))?;
         Ok((CpuStorage::F32(out), Shape::from((n, self.ff))))
     }
 }
@@ -231,16 +236,26 @@ impl CustomOp2 for Attention<'_> {
             }
         }
         let mut out = vec![0f32; q.len()];
-        let spec = super::elementwise::AttentionSpec {
-            heads: self.heads,
-            kv_heads: kvh,
+        let q_pos: Vec<usize> = (self.start..self.start + n).collect();
+        let shape = kernels::ops::AttnShape {
+            n_heads: self.heads,
+            n_kv_heads: kvh,
             head_dim: hd,
             capacity: self.capacity,
-            start: self.start,
-            n_tokens: n,
         };
-        super::elementwise::attention(self.pool, &spec, q, &cache.k, &cache.v, &mut out)
-            .map_err(|e| kernel_err(self.name(), e))?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        kernels::ops::attention(
+            self.pool,
+            q,
+            &q_pos,
+            &cache.k,
+            &cache.v,
+            self.start + n,
+            shape,
+            scale,
+            &mut out,
+        )
+        .map_err(|e| kernel_err(self.name(), e))?;
         Ok((CpuStorage::F32(out), Shape::from((n, self.heads * hd))))
     }
 }

@@ -6,7 +6,6 @@
 //! same forward pass uses candle's quantized matmul and ops (`gpu`).
 
 mod cpu;
-pub mod elementwise;
 mod gpu;
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
