@@ -805,7 +805,7 @@ pub fn run(runs: usize) -> Result<Value> {
             "threads": embed_detail,
         },
         "figures": figures.into_iter().map(with_direction).collect::<Vec<_>>(),
-        "setup": setup,
+        "durations": setup,
     }))
 }
 
