@@ -40,10 +40,12 @@ pub fn make(path: &Path, bytes: u64, label: &str, uuid: &str, epoch: u64) -> Res
 }
 
 /// Creates a read-only-use ext4 file system at `path` holding a copy of the tree under
-/// `dir` (`mke2fs -d`), sized to fit it. No journal: it is only ever mounted read-only.
-/// Reproducible when the tree's files and directories carry fixed times.
+/// `dir` (`mke2fs -d`, then `debugfs` to pin inode change times), sized to fit it. No journal:
+/// it is only ever mounted read-only. Every inode's times are `epoch`, so the same tree gives
+/// the same bytes.
 pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u64) -> Result<()> {
     let (mut bytes, mut inodes) = (0u64, 16u64);
+    let mut paths = vec!["/".to_string()];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
@@ -51,11 +53,25 @@ pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u6
             let m = e.metadata()?;
             inodes += 1;
             bytes += m.len().div_ceil(4096) * 4096 + 4096;
+            let rel = e.path();
+            let rel = rel
+                .strip_prefix(dir)
+                .unwrap_or(&rel)
+                .to_string_lossy()
+                .into_owned();
+            if rel
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+            {
+                bail!("{rel:?}: names in the model partition may not contain spaces or quotes");
+            }
+            paths.push(format!("/{rel}"));
             if m.is_dir() {
                 stack.push(e.path());
             }
         }
     }
+    paths.sort();
     // Extent trees, bitmaps, group descriptors and inode tables: 3 % plus 8 MiB is ample.
     let size = (bytes + bytes / 32 + (8 << 20)).div_ceil(1 << 20) << 20;
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -85,6 +101,34 @@ pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u6
             dir.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    // mke2fs copies each source file's times, and the host can neither set a ctime nor keep
+    // reading a directory from updating its atime: pin all three with debugfs.
+    let script = path.with_extension("debugfs");
+    let lines: String = paths
+        .iter()
+        .flat_map(|p| {
+            ["atime", "mtime", "ctime"].map(|f| format!("set_inode_field {p} {f} @{epoch}\n"))
+        })
+        .collect();
+    std::fs::write(&script, lines)?;
+    let out = Command::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(path)
+        .output()
+        .context("running debugfs (e2fsprogs)")?;
+    let _ = std::fs::remove_file(&script);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // debugfs prints its banner on stderr and keeps going after a failed command.
+    if !out.status.success()
+        || err
+            .lines()
+            .any(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+    {
+        bail!("debugfs on {} failed: {}", path.display(), err.trim());
     }
     Ok(())
 }
@@ -116,15 +160,27 @@ mod tests {
         std::fs::create_dir_all(tree.join("m")).unwrap();
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
         std::fs::write(tree.join("m/weights.bin"), &payload).unwrap();
-        for p in [tree.join("m/weights.bin"), tree.join("m"), tree.clone()] {
-            std::fs::File::open(&p)
-                .unwrap()
-                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600))
-                .unwrap();
-        }
+        let fix = |tree: &Path| {
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+            let t = std::fs::FileTimes::new()
+                .set_accessed(when)
+                .set_modified(when);
+            for p in [
+                tree.join("m/weights.bin"),
+                tree.join("m"),
+                tree.to_path_buf(),
+            ] {
+                std::fs::File::open(&p).unwrap().set_times(t).unwrap();
+            }
+        };
+        fix(&tree);
         let (a, b) = (dir.join("a.img"), dir.join("b.img"));
         let uuid = "6b2a4f5e-1c2d-4e8f-9a0b-112233445567";
         make_from_dir(&a, &tree, "models", uuid, 1_767_225_600).unwrap();
+        // Reading the tree (and time passing) must not change the result once times are fixed.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let _ = std::fs::read(tree.join("m/weights.bin")).unwrap();
+        fix(&tree);
         make_from_dir(&b, &tree, "models", uuid, 1_767_225_600).unwrap();
         let (da, db) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert_eq!(da, db);

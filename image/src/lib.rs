@@ -7,7 +7,8 @@
 //!
 //! Which crate builds which piece: cpio → `cpio`; gzip → `flate2`; FAT32 → `fatfs`; GPT →
 //! `cairn_init::gpt` (shared with the first-boot grower); UKI → `uki` (hand-written PE
-//! section appender); ext4 → host `mke2fs`; packages → host `apt-get` and `dpkg-deb`.
+//! section appender); ext4 → host `mke2fs` (and `debugfs` to pin the model partition's inode
+//! times); packages → host `apt-get` and `dpkg-deb`.
 
 pub mod deb;
 pub mod disk;
@@ -412,7 +413,12 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
             file_entry("vmlinuz", "vmlinuz", &vmlinuz),
             file_entry("initramfs", "initramfs", &initrd),
         ],
-        host_tools: vec!["apt-get".into(), "dpkg-deb".into(), "mke2fs".into()],
+        host_tools: vec![
+            "apt-get".into(),
+            "dpkg-deb".into(),
+            "mke2fs".into(),
+            "debugfs".into(),
+        ],
     };
     write_atomic(
         &out("manifest.json"),
@@ -423,8 +429,18 @@ pub fn build(inputs: &Inputs) -> Result<Outputs> {
     Ok(outputs(true))
 }
 
-/// Copies the models into `stage/<id>/<file>` with every time set to `epoch` (mke2fs copies
-/// them into the inodes), runs `make` on it, and removes it. Returns the manifest entries.
+/// Sets a staged path's access and modification times (mke2fs copies both into the inode).
+fn set_times(p: &Path, when: std::time::SystemTime) -> Result<()> {
+    let times = std::fs::FileTimes::new()
+        .set_accessed(when)
+        .set_modified(when);
+    std::fs::File::open(p)?
+        .set_times(times)
+        .with_context(|| format!("setting the times of {}", p.display()))
+}
+
+/// Copies the models into `stage/<id>/<file>` with access and modification times set to
+/// `epoch` (mke2fs copies them into the inodes), runs `make` on it, and removes it. Returns the manifest entries.
 fn stage_models(
     models: &[ModelInput],
     stage: &Path,
@@ -455,7 +471,7 @@ fn stage_models(
             let dst = dir.join(name);
             std::fs::copy(&f.path, &dst)
                 .with_context(|| format!("copying {}", f.path.display()))?;
-            std::fs::File::open(&dst)?.set_modified(when)?;
+            set_times(&dst, when)?;
             entries.push(FileEntry {
                 name: format!("{}/{}", m.id, name.to_string_lossy()),
                 path: format!(
@@ -471,7 +487,7 @@ fn stage_models(
         dirs.push(dir);
     }
     for d in dirs.iter().rev() {
-        std::fs::File::open(d)?.set_modified(when)?;
+        set_times(d, when)?;
     }
     let made = make(stage);
     let _ = std::fs::remove_dir_all(stage);

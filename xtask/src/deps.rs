@@ -70,6 +70,7 @@ pub fn for_build(arch: Arch) -> Vec<Need> {
 pub fn for_image() -> Vec<Need> {
     vec![
         prog("e2fsprogs", "mke2fs"),
+        prog("e2fsprogs", "debugfs"),
         prog("dpkg", "dpkg-deb"),
         prog("apt", "apt-get"),
     ]
