@@ -162,7 +162,8 @@ fn gemv_q4<const HAS_M: bool>(
     // One block pair of one row: accumulates the scaled products into `acc`.
     // SAFETY (for callers of this closure): `b0` points at a whole block of the row and, when
     // `two`, at two consecutive whole blocks; `k < np`, so the activation reads are in bounds.
-    let pair = |b0: *const u8, k: usize, two: bool, acc: &mut __m256| {
+    // `mo` receives the pair's block offsets (Q4_1 `m`, Q4_0 `−8d`), added after all products.
+    let pair = |b0: *const u8, k: usize, two: bool, acc: &mut __m256, mo: &mut [f32]| {
         // SAFETY: see the closure's contract above; all loads are unaligned-safe intrinsics.
         unsafe {
             let lo = _mm_loadu_si128(b0.add(qoff).cast());
@@ -199,33 +200,40 @@ fn gemv_q4<const HAS_M: bool>(
                 _mm256_load_ps(xd.add(k * 8)),
             );
             *acc = _mm256_fmadd_ps(f, sc, *acc);
+            let mut t = [0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), dm);
+            let (m0, m1) = if HAS_M {
+                (t[1], t[3])
+            } else {
+                (t[0] * -8.0, t[1] * -8.0)
+            };
+            mo[2 * k] = m0;
+            if two {
+                mo[2 * k + 1] = m1;
+            }
         }
     };
 
     // The block offsets (Q4_1 `m`, Q4_0 `−8d`) times the activations' block sums, added 8
     // blocks at a time after the products and reduced with `hsum`: the GEMM's exact order of
     // operations, so a token's result does not depend on how many tokens share the call.
-    let finish = |row: *const u8, mut acc: __m256| -> f32 {
+    let finish = |mo: &[f32], mut acc: __m256| -> f32 {
         let mut j = 0;
         while j < ss {
-            let mut m = [0f32; 8];
-            for (l, v) in m.iter_mut().enumerate().take(nb.saturating_sub(j).min(8)) {
-                // SAFETY: block j + l < nb lies inside the row.
-                let h = unsafe {
-                    (row.add((j + l) * ts + if HAS_M { 2 } else { 0 }) as *const u16)
-                        .read_unaligned()
-                };
-                let f = half::f16::from_bits(h).to_f32();
-                *v = if HAS_M { f } else { f * -8.0 };
-            }
-            // SAFETY: `m` holds 8 floats; j + 8 <= ss keeps the block sums in row c of `s`.
+            // SAFETY: j + 8 <= ss = mo.len() and keeps the block sums in row c of `s`.
             acc = unsafe {
-                _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr()), _mm256_loadu_ps(xs.add(j)), acc)
+                _mm256_fmadd_ps(
+                    _mm256_loadu_ps(mo.as_ptr().add(j)),
+                    _mm256_loadu_ps(xs.add(j)),
+                    acc,
+                )
             };
             j += 8;
         }
         hsum(acc)
     };
+    // Block offsets of the 4 rows in flight; entries past `nb` stay zero, as in the GEMM.
+    let mut mbuf = vec![0f32; 4 * ss];
 
     let mut r = r0;
     while r + 4 <= r1 {
@@ -246,7 +254,13 @@ fn gemv_q4<const HAS_M: bool>(
                 // address is only computed, not dereferenced, when past the matrix).
                 _mm_prefetch::<_MM_HINT_T0>(rows[j].wrapping_add(4 * rb + 2 * k * ts).cast());
                 // SAFETY: blocks 2k and 2k+1 < nb are inside row j.
-                pair(unsafe { rows[j].add(2 * k * ts) }, k, true, &mut acc[j]);
+                pair(
+                    unsafe { rows[j].add(2 * k * ts) },
+                    k,
+                    true,
+                    &mut acc[j],
+                    &mut mbuf[j * ss..(j + 1) * ss],
+                );
             }
         }
         if nb % 2 == 1 {
@@ -257,11 +271,12 @@ fn gemv_q4<const HAS_M: bool>(
                     full,
                     false,
                     &mut acc[j],
+                    &mut mbuf[j * ss..(j + 1) * ss],
                 );
             }
         }
         for j in 0..4 {
-            out[r - r0 + j] = finish(rows[j], acc[j]);
+            out[r - r0 + j] = finish(&mbuf[j * ss..(j + 1) * ss], acc[j]);
         }
         r += 4;
     }
@@ -271,13 +286,25 @@ fn gemv_q4<const HAS_M: bool>(
         let mut acc = _mm256_setzero_ps();
         for k in 0..full {
             // SAFETY: blocks 2k and 2k+1 < nb are inside the row.
-            pair(unsafe { row.add(2 * k * ts) }, k, true, &mut acc);
+            pair(
+                unsafe { row.add(2 * k * ts) },
+                k,
+                true,
+                &mut acc,
+                &mut mbuf[..ss],
+            );
         }
         if nb % 2 == 1 {
             // SAFETY: block nb-1 is inside the row; only it is read.
-            pair(unsafe { row.add(2 * full * ts) }, full, false, &mut acc);
+            pair(
+                unsafe { row.add(2 * full * ts) },
+                full,
+                false,
+                &mut acc,
+                &mut mbuf[..ss],
+            );
         }
-        out[r - r0] = finish(row, acc);
+        out[r - r0] = finish(&mbuf[..ss], acc);
         r += 1;
     }
 }
