@@ -11,9 +11,10 @@
 //!   pins of `xtask/scripts/st_requirements.txt`, sentences/s at batch 1 and 32, at 1 and 2
 //!   threads.
 //!
-//! Every measured program runs as a child process whose peak RSS comes from `wait4`; the
-//! numbers are medians of `--runs` repetitions after a warm-up. Progress goes to stderr, the
-//! children's own output to `target/bench/logs/`.
+//! Every measured program runs as a child process whose peak RSS comes from `wait4`. Each of
+//! `--runs` rounds runs Cairn's program then the peer's, each warming up before one measured
+//! repetition, so that both see the same load on the machine; the figures are the medians over
+//! the rounds. Progress goes to stderr, the children's own output to `target/bench/logs/`.
 
 use super::{figure, median};
 use crate::build;
@@ -468,7 +469,22 @@ fn samples(t: &Value, key: &str) -> Vec<f64> {
         .collect()
 }
 
-/// One thread count of the chat benchmark: Cairn, then llama.cpp.
+/// The values of `key` in each round's report.
+fn column(rounds: &[Value], key: &str) -> Vec<f64> {
+    rounds
+        .iter()
+        .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// The largest of some values.
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
+}
+
+/// One thread count of the chat benchmark: `runs` rounds of Cairn (one warm-up, one measured
+/// repetition) then llama.cpp (`llama-bench -r 1`, which warms up too), interleaved so both see
+/// the same load on the machine; medians over the rounds.
 fn chat_at(
     threads: usize,
     runs: usize,
@@ -476,93 +492,91 @@ fn chat_at(
     bench_bin: &Path,
     gguf: &Path,
 ) -> Result<(Vec<Value>, Value)> {
-    eprintln!(
-        "bench inference: chat, {threads} thread(s): Cairn ({runs} runs + warm-up, {PROMPT_TOKENS}-token prompt, {GEN_TOKENS} greedy tokens)"
-    );
-    let ours = run_measured(
-        &format!("bench_chat-t{threads}"),
-        Command::new(examples.join("bench_chat"))
-            .args(["--threads", &threads.to_string()])
-            .args(["--runs", &runs.to_string()])
-            .args(["--prompt", &PROMPT_TOKENS.to_string()])
-            .args(["--gen", &GEN_TOKENS.to_string()])
-            .arg("--model")
-            .arg(gguf)
-            .arg("--json"),
-    )?;
-    let o = parse_json("bench_chat", &ours.stdout)?;
-    eprintln!(
-        "bench inference: chat, {threads} thread(s): llama.cpp llama-bench -p {PROMPT_TOKENS} -n {GEN_TOKENS} -t {threads} -r {runs}"
-    );
-    let peer = run_measured(
-        &format!("llama-bench-t{threads}"),
-        Command::new(bench_bin)
-            .arg("-m")
-            .arg(gguf)
-            .args(["-p", &PROMPT_TOKENS.to_string()])
-            .args(["-n", &GEN_TOKENS.to_string()])
-            .args(["-t", &threads.to_string()])
-            .args(["-r", &runs.to_string()])
-            .args(["-o", "json"]),
-    )?;
-    let p: Value = serde_json::from_str(peer.stdout.trim())
-        .with_context(|| format!("llama-bench printed no JSON: {:?}", peer.stdout))?;
-    let pp = llama_test(&p, PROMPT_TOKENS as u64, 0)?;
-    let tg = llama_test(&p, 0, GEN_TOKENS as u64)?;
-    let peer_pp = median(&mut samples(pp, "samples_ts"));
-    let peer_tg = median(&mut samples(tg, "samples_ts"));
-    let peer_pp_ms = median(&mut samples(pp, "samples_ns")) / 1e6;
-    let num = |k: &str| o[k].as_f64().unwrap_or(f64::NAN);
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for r in 1..=runs {
+        eprintln!(
+            "bench inference: chat, {threads} thread(s), round {r}/{runs}: Cairn, then llama-bench -p {PROMPT_TOKENS} -n {GEN_TOKENS} -t {threads}"
+        );
+        let m = run_measured(
+            &format!("bench_chat-t{threads}-r{r}"),
+            Command::new(examples.join("bench_chat"))
+                .args(["--threads", &threads.to_string(), "--runs", "1"])
+                .args(["--prompt", &PROMPT_TOKENS.to_string()])
+                .args(["--gen", &GEN_TOKENS.to_string()])
+                .arg("--model")
+                .arg(gguf)
+                .arg("--json"),
+        )?;
+        let mut o = parse_json("bench_chat", &m.stdout)?;
+        o["process_max_rss_mib"] = json!(m.max_rss_mib);
+        o["wall_s"] = json!(m.wall_s);
+        o["load_1m_before"] = json!(m.load_before);
+        ours.push(o);
+
+        let m = run_measured(
+            &format!("llama-bench-t{threads}-r{r}"),
+            Command::new(bench_bin)
+                .arg("-m")
+                .arg(gguf)
+                .args(["-p", &PROMPT_TOKENS.to_string()])
+                .args(["-n", &GEN_TOKENS.to_string()])
+                .args(["-t", &threads.to_string()])
+                .args(["-r", "1", "-o", "json"]),
+        )?;
+        let p: Value = serde_json::from_str(m.stdout.trim())
+            .with_context(|| format!("llama-bench printed no JSON: {:?}", m.stdout))?;
+        let pp = llama_test(&p, PROMPT_TOKENS as u64, 0)?;
+        let tg = llama_test(&p, 0, GEN_TOKENS as u64)?;
+        peer.push(json!({
+            "build_commit": pp["build_commit"],
+            "cpu_info": pp["cpu_info"],
+            "type_k": pp["type_k"],
+            "type_v": pp["type_v"],
+            "flash_attn": pp["flash_attn"],
+            "pp_tok_s": median(&mut samples(pp, "samples_ts")),
+            "pp_ms": median(&mut samples(pp, "samples_ns")) / 1e6,
+            "tg_tok_s": median(&mut samples(tg, "samples_ts")),
+            "process_max_rss_mib": m.max_rss_mib,
+            "wall_s": m.wall_s,
+            "load_1m_before": m.load_before,
+        }));
+    }
+    let med = |rounds: &[Value], key: &str| median(&mut column(rounds, key));
     let t = format!("t{threads}");
     let figures = vec![
         figure(
             &format!("chat_prefill_{t}"),
             "tok/s",
-            num("prefill_tok_s"),
-            Some(("llama.cpp llama-bench pp128", peer_pp)),
+            med(&ours, "prefill_tok_s"),
+            Some(("llama.cpp llama-bench pp128", med(&peer, "pp_tok_s"))),
             None,
         ),
         figure(
             &format!("chat_decode_{t}"),
             "tok/s",
-            num("decode_tok_s"),
-            Some(("llama.cpp llama-bench tg128", peer_tg)),
+            med(&ours, "decode_tok_s"),
+            Some(("llama.cpp llama-bench tg128", med(&peer, "tg_tok_s"))),
             None,
         ),
         figure(
             &format!("chat_ttft_{t}"),
             "ms",
-            num("ttft_ms"),
-            Some(("llama.cpp pp128 time (prefill only)", peer_pp_ms)),
+            med(&ours, "ttft_ms"),
+            Some(("llama.cpp pp128 time (prefill only)", med(&peer, "pp_ms"))),
             None,
         ),
         figure(
             &format!("chat_peak_rss_{t}"),
             "MiB",
-            ours.max_rss_mib,
-            Some(("llama-bench process", peer.max_rss_mib)),
+            max(&column(&ours, "process_max_rss_mib")),
+            Some((
+                "llama-bench process",
+                max(&column(&peer, "process_max_rss_mib")),
+            )),
             None,
         ),
     ];
-    let pick = |v: &Value, keys: &[&str]| -> Value {
-        keys.iter()
-            .map(|k| ((*k).to_string(), v[*k].clone()))
-            .collect()
-    };
-    let detail = json!({
-        "cairn": o,
-        "cairn_wall_s": ours.wall_s,
-        "cairn_load_1m_before": ours.load_before,
-        "llama_cpp": {
-            "build_commit": pp["build_commit"],
-            "cpu_info": pp["cpu_info"],
-            "pp": pick(pp, &["n_threads", "n_batch", "n_ubatch", "type_k", "type_v", "flash_attn", "avg_ts", "stddev_ts", "samples_ts", "samples_ns"]),
-            "tg": pick(tg, &["n_threads", "avg_ts", "stddev_ts", "samples_ts", "samples_ns"]),
-            "wall_s": peer.wall_s,
-            "load_1m_before": peer.load_before,
-        },
-    });
-    Ok((figures, detail))
+    Ok((figures, json!({"cairn": ours, "llama_cpp": peer})))
 }
 
 /// Largest absolute difference and smallest cosine between two sets of vectors.
@@ -600,7 +614,9 @@ fn compare_vectors(a: &Value, b: &Value) -> Value {
     json!({"compared": a.len(), "max_abs_diff": max_diff, "min_cosine": min_cos})
 }
 
-/// One thread count of the embedding benchmark: Cairn, then sentence-transformers.
+/// One thread count of the embedding benchmark: `runs` rounds of Cairn then
+/// sentence-transformers (each process warms up, then makes one timed pass per batch size),
+/// interleaved so both see the same load on the machine; medians over the rounds.
 fn embed_at(
     threads: usize,
     runs: usize,
@@ -611,93 +627,108 @@ fn embed_at(
 ) -> Result<(Vec<Value>, Value)> {
     let batches = BATCH_SIZES.map(|b| b.to_string()).join(",");
     let t = threads.to_string();
-    eprintln!(
-        "bench inference: embeddings, {threads} thread(s): Cairn ({SENTENCES} sentences, batches {batches}, {runs} runs + warm-up)"
-    );
-    let ours = run_measured(
-        &format!("bench_embed-t{threads}"),
-        Command::new(examples.join("bench_embed"))
-            .env("RAYON_NUM_THREADS", &t)
-            .args(["--threads", &t, "--runs", &runs.to_string()])
-            .args(["--batch-sizes", &batches])
-            .args(["--sentences", &SENTENCES.to_string()])
-            .args(["--check", &CHECK_SENTENCES.to_string()])
-            .arg("--model-dir")
-            .arg(store_dir)
-            .arg("--json"),
-    )?;
-    let o = parse_json("bench_embed", &ours.stdout)?;
-    eprintln!("bench inference: embeddings, {threads} thread(s): sentence-transformers");
-    let peer = run_measured(
-        &format!("st_bench-t{threads}"),
-        Command::new(python)
-            .arg(repo_file(ST_SCRIPT))
-            .arg("--model")
-            .arg(st_dir)
-            .args(["--threads", &t, "--runs", &runs.to_string()])
-            .args(["--batch-sizes", &batches])
-            .args(["--sentences", &SENTENCES.to_string()])
-            .args(["--check", &CHECK_SENTENCES.to_string()])
-            .env("HF_HUB_OFFLINE", "1")
-            .env("TRANSFORMERS_OFFLINE", "1")
-            .env("HF_HUB_DISABLE_TELEMETRY", "1")
-            .env("CUDA_VISIBLE_DEVICES", "")
-            .env("OMP_NUM_THREADS", &t)
-            .env("MKL_NUM_THREADS", &t)
-            .env("RAYON_NUM_THREADS", &t),
-    )?;
-    let p = parse_json("st_bench.py", &peer.stdout)?;
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    let mut check = Value::Null;
+    for r in 1..=runs {
+        eprintln!(
+            "bench inference: embeddings, {threads} thread(s), round {r}/{runs}: Cairn, then sentence-transformers ({SENTENCES} sentences, batches {batches})"
+        );
+        let m = run_measured(
+            &format!("bench_embed-t{threads}-r{r}"),
+            Command::new(examples.join("bench_embed"))
+                .env("RAYON_NUM_THREADS", &t)
+                .args(["--threads", &t, "--runs", "1"])
+                .args(["--batch-sizes", &batches])
+                .args(["--sentences", &SENTENCES.to_string()])
+                .args(["--check", &CHECK_SENTENCES.to_string()])
+                .arg("--model-dir")
+                .arg(store_dir)
+                .arg("--json"),
+        )?;
+        let mut o = parse_json("bench_embed", &m.stdout)?;
+        o["process_max_rss_mib"] = json!(m.max_rss_mib);
+        o["wall_s"] = json!(m.wall_s);
+        o["load_1m_before"] = json!(m.load_before);
+
+        let m = run_measured(
+            &format!("st_bench-t{threads}-r{r}"),
+            Command::new(python)
+                .arg(repo_file(ST_SCRIPT))
+                .arg("--model")
+                .arg(st_dir)
+                .args(["--threads", &t, "--runs", "1"])
+                .args(["--batch-sizes", &batches])
+                .args(["--sentences", &SENTENCES.to_string()])
+                .args(["--check", &CHECK_SENTENCES.to_string()])
+                .env("HF_HUB_OFFLINE", "1")
+                .env("TRANSFORMERS_OFFLINE", "1")
+                .env("HF_HUB_DISABLE_TELEMETRY", "1")
+                .env("CUDA_VISIBLE_DEVICES", "")
+                .env("OMP_NUM_THREADS", &t)
+                .env("MKL_NUM_THREADS", &t)
+                .env("RAYON_NUM_THREADS", &t),
+        )?;
+        let mut p = parse_json("st_bench.py", &m.stdout)?;
+        p["process_max_rss_mib"] = json!(m.max_rss_mib);
+        p["wall_s"] = json!(m.wall_s);
+        p["load_1m_before"] = json!(m.load_before);
+
+        if r == 1 {
+            check = compare_vectors(&o["check_vectors"], &p["check_vectors"]);
+            if check["min_cosine"].as_f64().is_none_or(|c| c < 0.9999) {
+                eprintln!(
+                    "bench inference: warning: Cairn's and sentence-transformers' embeddings differ: {check}"
+                );
+            }
+        }
+        for v in [&mut o, &mut p] {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("check_vectors");
+            }
+        }
+        ours.push(o);
+        peer.push(p);
+    }
     let peer_name = format!(
         "sentence-transformers {} (torch {}, CPU)",
-        p["sentence_transformers"].as_str().unwrap_or("?"),
-        p["torch"].as_str().unwrap_or("?")
+        peer[0]["sentence_transformers"].as_str().unwrap_or("?"),
+        peer[0]["torch"].as_str().unwrap_or("?")
     );
     let mut figures = Vec::new();
     for b in BATCH_SIZES {
-        let rate = |v: &Value| {
-            v["batches"][b.to_string()]["sentences_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN)
+        let rate = |rounds: &[Value]| {
+            let mut v: Vec<f64> = rounds
+                .iter()
+                .map(|r| {
+                    r["batches"][b.to_string()]["sentences_per_s"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect();
+            median(&mut v)
         };
         figures.push(figure(
             &format!("embed_batch{b}_t{threads}"),
             "sentences/s",
-            rate(&o),
-            Some((&peer_name, rate(&p))),
+            rate(&ours),
+            Some((&peer_name, rate(&peer))),
             Some(json!({"min_ratio": EMBED_MIN_RATIO})),
         ));
     }
     figures.push(figure(
         &format!("embed_peak_rss_t{threads}"),
         "MiB",
-        ours.max_rss_mib,
+        max(&column(&ours, "process_max_rss_mib")),
         Some((
             "sentence-transformers process (python + torch)",
-            peer.max_rss_mib,
+            max(&column(&peer, "process_max_rss_mib")),
         )),
         None,
     ));
-    let check = compare_vectors(&o["check_vectors"], &p["check_vectors"]);
-    if check["min_cosine"].as_f64().is_none_or(|c| c < 0.9999) {
-        eprintln!(
-            "bench inference: warning: Cairn's and sentence-transformers' embeddings differ: {check}"
-        );
-    }
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("check_vectors");
-        }
-        v
-    };
     let detail = json!({
-        "cairn": strip(&o),
-        "sentence_transformers": strip(&p),
+        "cairn": ours,
+        "sentence_transformers": peer,
         "embedding_check": check,
-        "cairn_wall_s": ours.wall_s,
-        "cairn_load_1m_before": ours.load_before,
-        "sentence_transformers_wall_s": peer.wall_s,
-        "sentence_transformers_load_1m_before": peer.load_before,
     });
     Ok((figures, detail))
 }
@@ -759,6 +790,8 @@ pub fn run(runs: usize) -> Result<Value> {
             "bench inference: note: load average {load_before:.2} before measuring; other work on this machine makes the figures noisy"
         );
     }
+    // Only this run's logs.
+    let _ = std::fs::remove_dir_all(logs_dir());
     let measure = Instant::now();
     let mut figures = Vec::new();
     let mut chat_detail = serde_json::Map::new();
@@ -777,7 +810,11 @@ pub fn run(runs: usize) -> Result<Value> {
     }
     timed(&mut setup, "measuring_s", measure);
     timed(&mut setup, "total_s", started);
-    let first = chat_detail.values().next().cloned().unwrap_or(Value::Null);
+    let first = chat_detail
+        .values()
+        .next()
+        .map(|d| d["cairn"][0].clone())
+        .unwrap_or(Value::Null);
     Ok(json!({
         "area": "inference",
         "peer": format!("llama.cpp llama-bench (vendored in llama-cpp-python {LLAMA_CPP_PYTHON}, built here) and sentence-transformers on torch's CPU path ({ST_REQUIREMENTS})"),
@@ -786,8 +823,8 @@ pub fn run(runs: usize) -> Result<Value> {
             "cpu": cpu_model(),
             "cores": cores(),
             "os_kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-            "kernel_level_detected": first["cairn"]["kernel_level_detected"],
-            "kernel_level": first["cairn"]["kernel_level"],
+            "kernel_level_detected": first["kernel_level_detected"],
+            "kernel_level": first["kernel_level"],
             "load_avg_1m_before": load_before,
             "load_avg_1m_after": load1(),
         },
