@@ -23,16 +23,21 @@ pub fn make(path: &Path, bytes: u64, label: &str, uuid: &str, epoch: u64) -> Res
         .args(["-m", "1"])
         .arg(path)
         .output();
+    check_tool("mke2fs", out)
+}
+
+/// Turns a run of an e2fsprogs tool into a clear error when it is missing or fails.
+fn check_tool(tool: &str, out: std::io::Result<std::process::Output>) -> Result<()> {
     let out = match out {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mke2fs not found: install it with `apt-get install e2fsprogs`")
+            bail!("{tool} not found: install it with `apt-get install e2fsprogs`")
         }
-        Err(e) => return Err(e).context("running mke2fs"),
+        Err(e) => return Err(e).with_context(|| format!("running {tool}")),
     };
     if !out.status.success() {
         bail!(
-            "mke2fs failed: {}",
+            "{tool} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -88,20 +93,7 @@ pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u6
         .arg(dir)
         .arg(path)
         .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mke2fs not found: install it with `apt-get install e2fsprogs`")
-        }
-        Err(e) => return Err(e).context("running mke2fs"),
-    };
-    if !out.status.success() {
-        bail!(
-            "mke2fs -d {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    check_tool("mke2fs -d", out)?;
     // mke2fs copies each source file's times, and the host can neither set a ctime nor keep
     // reading a directory from updating its atime: pin all three with debugfs.
     let script = path.with_extension("debugfs");
