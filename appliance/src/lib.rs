@@ -8,6 +8,7 @@
 pub mod api;
 pub mod control;
 pub mod inference;
+pub mod memory;
 pub mod metrics;
 pub mod serve;
 pub mod store;

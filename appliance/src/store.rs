@@ -3,14 +3,14 @@
 //! Every write the API acknowledges is committed with `Durability::Immediate` (fsync) before
 //! the response. The `meta` table records the schema version; opening a database written by a
 //! newer Cairn is refused rather than risked, and older ones are migrated forward in one
-//! transaction. Table ownership: `meta` (this module), `settings` (settings API); later issues
-//! add memory, agents, runs and audit tables here.
+//! transaction. Table ownership: `meta` (this module), `settings` (settings API), `mem_*`
+//! (the memory subsystem, `memory/tables.rs`); later issues add agents, runs and audit here.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "cairn.redb";
 
@@ -84,9 +84,44 @@ impl From<redb::TableError> for StoreError {
     }
 }
 
+/// Free space kept on the data partition for redb's own growth and metadata.
+pub const RESERVE_BYTES: u64 = 2 << 20;
+
+/// Free bytes for unprivileged writers on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = if path.is_dir() { path } else { path.parent()? };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to writable memory of the right
+    // type; statvfs initialises it when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on macOS): widen explicitly.
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
+/// See [`Store::ensure_space`].
+pub fn ensure_space(path: &Path, need: u64) -> Result<(), StoreError> {
+    match free_bytes(path) {
+        Some(free) if free < RESERVE_BYTES.saturating_add(need) => Err(StoreError::Full(format!(
+            "{} MiB free, a write needs {} MiB plus a {} MiB reserve",
+            free >> 20,
+            need.div_ceil(1 << 20),
+            RESERVE_BYTES >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The open database.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     path: PathBuf,
 }
 
@@ -106,9 +141,25 @@ impl Store {
                 };
                 classify(format!("opening {}: {e}", path.display()), io)
             })?;
-        let store = Store { db, path };
+        let store = Store {
+            db: std::sync::Arc::new(db),
+            path,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The database, shared with the subsystems that own tables in it (memory).
+    pub fn database(&self) -> std::sync::Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Refuses a write (as [`StoreError::Full`], HTTP 507) when the data partition has less
+    /// than [`RESERVE_BYTES`] plus `need` bytes free. redb latches the first failed write and
+    /// then fails every later read until reopened, so a full disk must be refused before the
+    /// write starts, keeping reads working.
+    pub fn ensure_space(&self, need: u64) -> Result<(), StoreError> {
+        ensure_space(&self.path, need)
     }
 
     /// Where the database lives.
@@ -131,9 +182,13 @@ impl Store {
                      refusing to open it"
                 )));
             }
-            // Forward migrations run here in order: 0 -> 1 creates the tables.
+            // Forward migrations run here in order: 0 -> 1 creates the settings table,
+            // 1 -> 2 the memory tables.
             if found < 1 {
                 txn.open_table(SETTINGS)?;
+            }
+            if found < 2 {
+                crate::memory::create_tables(&txn)?;
             }
             meta.insert("schema_version", SCHEMA_VERSION)?;
         }
@@ -173,6 +228,7 @@ impl Store {
 
     /// Stores a setting durably (returns after fsync).
     pub fn put_setting(&self, key: &str, json: &str) -> Result<(), StoreError> {
+        self.ensure_space(4 * (key.len() + json.len()) as u64)?;
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(SETTINGS)?;
@@ -212,6 +268,31 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.setting("greeting").unwrap().as_deref(), Some("\"hello\""));
         assert_eq!(s.settings().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn version_1_database_migrates_to_memory_tables_keeping_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What Cairn with schema 1 wrote.
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            txn.open_table(SETTINGS)
+                .unwrap()
+                .insert("k", "\"v\"")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.setting("k").unwrap().as_deref(), Some("\"v\""));
+        let m = crate::memory::Memory::open(&s, None).unwrap();
+        let ns = m.namespaces(&crate::memory::Access::admin()).unwrap();
+        assert!(ns.contains_key("shared"), "{ns:?}");
     }
 
     #[test]

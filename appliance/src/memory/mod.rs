@@ -1,0 +1,1120 @@
+//! Agent memory on redb: four tiers (working, episodic, semantic, procedural) in namespaces,
+//! hybrid retrieval (BM25 + HNSW, fused by reciprocal rank), consolidation and forgetting.
+//! The written promises are in `docs/memory.md`; the tests here and in `tests/tests/memory.rs`
+//! enforce them.
+//!
+//! Durability: every write is one redb transaction committed with `Durability::Immediate`
+//! before the call returns; the record, its postings, its vector and graph links, and the
+//! bookkeeping tables change together or not at all. Access statistics (accessed time,
+//! access count) are the exception: they are buffered and written with the next write or by
+//! the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
+
+mod consolidate;
+mod hnsw;
+mod jsonl;
+pub mod models;
+mod recall;
+pub mod record;
+mod tables;
+pub mod text;
+pub mod vector;
+
+pub use consolidate::{ConsolidationReport, Summarizer, extractive_summary};
+pub use jsonl::ImportReport;
+pub use recall::{Hit, Mode, Query, Recall};
+pub use record::{InputError, NewRecord, Provenance, Record, RecordUpdate, Tier};
+
+use crate::store::{Store, StoreError};
+use hnsw::Hnsw;
+use redb::{
+    Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use vector::QVec;
+
+/// Semantic records at least this similar to an existing one are merged into it.
+pub const DEDUP_SIMILARITY: f32 = 0.95;
+/// Default record quota of a namespace.
+pub const DEFAULT_QUOTA: u64 = 100_000;
+
+/// Computes embeddings for memory (the appliance passes its local embedding model).
+pub trait Embed: Send + Sync {
+    /// The model's id.
+    fn model(&self) -> String;
+    /// Vector length.
+    fn dims(&self) -> usize;
+    /// One vector per text.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// Which namespaces a caller may read and write. Patterns are a namespace, `kind:*`, or `*`.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    read: Vec<String>,
+    write: Vec<String>,
+}
+
+fn matches(patterns: &[String], ns: &str) -> bool {
+    patterns.iter().any(|p| {
+        p == "*"
+            || p == ns
+            || p.strip_suffix('*')
+                .is_some_and(|prefix| prefix.ends_with(':') && ns.starts_with(prefix))
+    })
+}
+
+impl Access {
+    /// The operator: every namespace.
+    pub fn admin() -> Access {
+        Access {
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+        }
+    }
+
+    /// An agent: its own `agent:NAME` namespace read-write, plus the granted namespaces.
+    pub fn agent(name: &str, read: &[String], write: &[String]) -> Access {
+        let own = format!("agent:{name}");
+        let mut a = Access {
+            read: read.to_vec(),
+            write: write.to_vec(),
+        };
+        a.read.push(own.clone());
+        a.write.push(own);
+        a.read.extend(a.write.clone());
+        a
+    }
+
+    /// A user: `user:NAME` read-write and `shared` read-write.
+    pub fn user(name: &str) -> Access {
+        let v = vec![format!("user:{name}"), "shared".into(), "shared:*".into()];
+        Access {
+            read: v.clone(),
+            write: v,
+        }
+    }
+
+    /// Whether `ns` may be read.
+    pub fn can_read(&self, ns: &str) -> bool {
+        matches(&self.read, ns)
+    }
+
+    /// Whether `ns` may be written.
+    pub fn can_write(&self, ns: &str) -> bool {
+        matches(&self.write, ns)
+    }
+}
+
+/// A namespace's settings and counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NamespaceInfo {
+    /// Most records kept; consolidation evicts unpinned records beyond it.
+    pub quota: u64,
+    /// Records now.
+    pub records: u64,
+    /// Sum of keyword document lengths (for BM25's average).
+    pub terms: u64,
+}
+
+impl Default for NamespaceInfo {
+    fn default() -> Self {
+        NamespaceInfo {
+            quota: DEFAULT_QUOTA,
+            records: 0,
+            terms: 0,
+        }
+    }
+}
+
+/// Why a memory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The input was refused.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// No such record or consolidation.
+    #[error("{0}")]
+    NotFound(String),
+    /// The namespace was never created.
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+    /// The caller lacks the capability.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The operation conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The embedding model failed.
+    #[error("embedding failed: {0}")]
+    Embedding(String),
+    /// The store failed (full disk, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+macro_rules! store_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MemoryError {
+            fn from(e: $t) -> Self {
+                MemoryError::Store(e.into())
+            }
+        }
+    )*};
+}
+store_err!(
+    redb::StorageError,
+    redb::CommitError,
+    redb::TransactionError,
+    redb::TableError
+);
+
+/// What a write answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Remembered {
+    /// The stored record (the existing one when deduplicated).
+    pub record: Record,
+    /// The write was a duplicate of this existing semantic record and was merged into it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduplicated: Option<u64>,
+    /// Records evicted to make room (working memory beyond its per-session bound).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<u64>,
+    /// Whether the record has an embedding (false: keyword retrieval only).
+    pub embedded: bool,
+}
+
+/// A page of records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// Records in id order.
+    pub records: Vec<Record>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The memory subsystem over the appliance's database.
+pub struct Memory {
+    db: Arc<Database>,
+    /// The database file (for the free-space check before writes).
+    path: std::path::PathBuf,
+    graphs: RwLock<HashMap<String, Hnsw>>,
+    writer: Mutex<()>,
+    embedder: Option<Arc<dyn Embed>>,
+    access_log: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("embedder", &self.embedder.as_ref().map(|e| e.model()))
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn decode_record(b: &[u8]) -> Result<Record, MemoryError> {
+    serde_json::from_slice(b)
+        .map_err(|e| MemoryError::Store(StoreError::Other(format!("corrupt memory record: {e}"))))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dedup_key(text: &str) -> [u8; 32] {
+    sha2::Sha256::digest(text::normalized(text).as_bytes()).into()
+}
+
+/// Reads a namespace's info inside a write transaction.
+fn ns_info(txn: &WriteTransaction, ns: &str) -> Result<NamespaceInfo, MemoryError> {
+    let t = txn.open_table(tables::NAMESPACES)?;
+    let v = t.get(ns)?;
+    match v {
+        Some(v) => serde_json::from_slice(v.value())
+            .map_err(|e| MemoryError::Store(StoreError::Other(format!("namespace {ns}: {e}")))),
+        None => Err(MemoryError::UnknownNamespace(ns.to_string())),
+    }
+}
+
+fn put_ns_info(txn: &WriteTransaction, ns: &str, info: &NamespaceInfo) -> Result<(), MemoryError> {
+    txn.open_table(tables::NAMESPACES)?
+        .insert(ns, encode(info).as_slice())?;
+    Ok(())
+}
+
+impl Memory {
+    /// Opens memory over the store's database (its tables exist from the schema migration)
+    /// and loads the vector graphs. `embedder` is the local embedding model, if any.
+    pub fn open(store: &Store, embedder: Option<Arc<dyn Embed>>) -> Result<Memory, MemoryError> {
+        Memory::open_database(store.database(), store.path(), embedder)
+    }
+
+    /// [`Memory::open`] over a shared database handle.
+    pub fn open_database(
+        db: Arc<Database>,
+        path: &std::path::Path,
+        embedder: Option<Arc<dyn Embed>>,
+    ) -> Result<Memory, MemoryError> {
+        let m = Memory {
+            db,
+            path: path.to_path_buf(),
+            graphs: RwLock::new(HashMap::new()),
+            writer: Mutex::new(()),
+            embedder,
+            access_log: Mutex::new(HashMap::new()),
+        };
+        let graphs = m.load_graphs(None)?;
+        if let Ok(mut g) = m.graphs.write() {
+            *g = graphs;
+        }
+        Ok(m)
+    }
+
+    /// The embedding model's id, if memory has one.
+    pub fn embedding_model(&self) -> Option<String> {
+        self.embedder.as_ref().map(|e| e.model())
+    }
+
+    /// Vector dimensions of the index (0 before the first vector and without a model).
+    pub fn dims(&self) -> Result<usize, MemoryError> {
+        if let Some(e) = &self.embedder {
+            return Ok(e.dims());
+        }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(tables::META)?;
+        Ok(t.get("dims")?.map_or(0, |v| v.value()) as usize)
+    }
+
+    /// Loads the graphs of every namespace (or of one) from the last commit.
+    fn load_graphs(&self, only: Option<&str>) -> Result<HashMap<String, Hnsw>, MemoryError> {
+        let txn = self.db.begin_read()?;
+        let dims = txn
+            .open_table(tables::META)?
+            .get("dims")?
+            .map_or(0, |v| v.value()) as usize;
+        let graph = txn.open_table(tables::GRAPH)?;
+        let vectors = txn.open_table(tables::VECTORS)?;
+        let mut out: HashMap<String, Hnsw> = HashMap::new();
+        let mut pending: HashMap<String, Vec<hnsw::PendingLinks>> = HashMap::new();
+        let rows = match only {
+            Some(ns) => graph.range((ns, 0u64)..=(ns, u64::MAX))?,
+            None => graph.range::<(&str, u64)>(..)?,
+        };
+        for row in rows {
+            let (k, v) = row?;
+            let (ns, id) = k.value();
+            let Some((tag, links)) = tables::decode_node(v.value()) else {
+                tracing::warn!("memory: graph node {id} in {ns} is malformed; skipped");
+                continue;
+            };
+            let Some(vec) = vectors.get(id)?.and_then(|b| QVec::from_bytes(b.value())) else {
+                continue;
+            };
+            let g = out.entry(ns.to_string()).or_insert_with(|| Hnsw::new(dims));
+            g.load_node(
+                id,
+                &vec,
+                tag,
+                links,
+                pending.entry(ns.to_string()).or_default(),
+            );
+        }
+        for (ns, p) in pending {
+            if let Some(g) = out.get_mut(&ns) {
+                g.finish_load(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a failed commit: replaces the in-memory graph of `ns` with the committed one.
+    fn restore_graph(&self, ns: &str) {
+        match self.load_graphs(Some(ns)) {
+            Ok(mut loaded) => {
+                if let Ok(mut g) = self.graphs.write() {
+                    match loaded.remove(ns) {
+                        Some(h) => g.insert(ns.to_string(), h),
+                        None => g.remove(ns),
+                    };
+                }
+            }
+            Err(e) => tracing::error!("memory: reloading the graph of {ns}: {e}"),
+        }
+    }
+
+    /// Persists the dirty nodes of `ns`'s graph into `txn`.
+    fn persist_graph(&self, txn: &WriteTransaction, ns: &str) -> Result<(), MemoryError> {
+        let mut graphs = self.graphs.write().map_err(|_| poisoned())?;
+        let Some(g) = graphs.get_mut(ns) else {
+            return Ok(());
+        };
+        let dirty = g.take_dirty();
+        let mut t = txn.open_table(tables::GRAPH)?;
+        for id in dirty {
+            match g.links_of(id) {
+                Some((tag, links)) => {
+                    t.insert((ns, id), tables::encode_node(tag, &links).as_slice())?;
+                }
+                None => {
+                    t.remove((ns, id))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one write transaction under the writer lock and commits durably; on any
+    /// failure the in-memory graphs of `touched` namespaces are reloaded from the last commit.
+    fn write<T>(
+        &self,
+        touched: &[&str],
+        f: impl FnOnce(&WriteTransaction) -> Result<T, MemoryError>,
+    ) -> Result<T, MemoryError> {
+        self.write_sized(0, touched, f)
+    }
+
+    /// [`Memory::write`] for a write of about `payload` bytes: refused with 507 up front when
+    /// the disk cannot take it (see `Store::ensure_space`).
+    fn write_sized<T>(
+        &self,
+        payload: u64,
+        touched: &[&str],
+        f: impl FnOnce(&WriteTransaction) -> Result<T, MemoryError>,
+    ) -> Result<T, MemoryError> {
+        // Postings, vector and graph links roughly triple a record; B-tree pages copy-on-write.
+        crate::store::ensure_space(&self.path, 4 * payload + (64 << 10))?;
+        let _w = self.writer.lock().map_err(|_| poisoned())?;
+        let result = (|| {
+            let txn = self.db.begin_write()?;
+            self.flush_access(&txn)?;
+            let v = f(&txn)?;
+            for ns in touched {
+                self.persist_graph(&txn, ns)?;
+            }
+            txn.commit()?;
+            Ok(v)
+        })();
+        if result.is_err() {
+            // The access counts taken for this transaction are lost with it: harmless.
+            for ns in touched {
+                self.restore_graph(ns);
+            }
+        }
+        result
+    }
+
+    fn flush_access(&self, txn: &WriteTransaction) -> Result<(), MemoryError> {
+        let log: Vec<(u64, (u64, u64))> = match self.access_log.lock() {
+            Ok(mut l) => l.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if log.is_empty() {
+            return Ok(());
+        }
+        let mut t = txn.open_table(tables::RECORDS)?;
+        for (id, (count, at)) in log {
+            let Some(mut r) = t.get(id)?.map(|v| decode_record(v.value())).transpose()? else {
+                continue;
+            };
+            r.access_count += count;
+            r.accessed_ms = r.accessed_ms.max(at);
+            t.insert(id, encode(&r).as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered access statistics (called periodically).
+    pub fn flush(&self) -> Result<(), MemoryError> {
+        if self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
+            return Ok(());
+        }
+        self.write(&[], |_| Ok(()))
+    }
+
+    fn note_access(&self, ids: impl IntoIterator<Item = u64>) {
+        let now = now_ms();
+        if let Ok(mut l) = self.access_log.lock() {
+            for id in ids {
+                let e = l.entry(id).or_insert((0, now));
+                e.0 += 1;
+                e.1 = now;
+            }
+        }
+    }
+
+    /// The embedding of `text` for a write: the client's (checked) or the model's.
+    fn embedding_for(
+        &self,
+        text: &str,
+        given: Option<&[f32]>,
+    ) -> Result<Option<QVec>, MemoryError> {
+        let dims = self.dims()?;
+        match given {
+            Some(v) => {
+                if dims != 0 && v.len() != dims {
+                    return Err(InputError::Invalid(format!(
+                        "embedding has {} dimensions; this memory uses {dims}",
+                        v.len()
+                    ))
+                    .into());
+                }
+                Ok(Some(QVec::quantize(v).map_err(|e| {
+                    InputError::Invalid(format!("embedding: {e}"))
+                })?))
+            }
+            // A model that fails (a broken file) degrades the write to keyword-only rather
+            // than refusing it; the answer says `embedded: false`.
+            None => Ok(self.embed_one(text)),
+        }
+    }
+
+    /// The model's vector of `text`, or `None` without a model or when it fails.
+    fn embed_one(&self, text: &str) -> Option<QVec> {
+        let e = self.embedder.as_ref()?;
+        match e.embed(&[text]).map(|mut v| v.pop()) {
+            Ok(Some(v)) => QVec::quantize(&v)
+                .map_err(|err| tracing::warn!("memory: embedding of {}: {err}", e.model()))
+                .ok(),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!("memory: embedding model {} failed: {err}", e.model());
+                None
+            }
+        }
+    }
+
+    /// Remembers a record; returns once it is durable.
+    pub fn remember(&self, access: &Access, new: NewRecord) -> Result<Remembered, MemoryError> {
+        let (tier, ns) = new.validate()?;
+        if !access.can_write(&ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to write namespace {ns:?}"
+            )));
+        }
+        let vec = self.embedding_for(&new.text, new.embedding.as_deref())?;
+        let now = now_ms();
+        let size =
+            (new.text.len() + new.metadata.as_ref().map_or(0, |m| m.to_string().len())) as u64;
+        self.write_sized(size, &[&ns], |txn| {
+            let mut info = ns_info(txn, &ns)?;
+            // Semantic memory is deduplicated by meaning: an exact normal-form match, or a
+            // vector at least DEDUP_SIMILARITY close.
+            if tier == Tier::Semantic
+                && let Some(existing) = self.find_duplicate(txn, &ns, &new.text, vec.as_ref())?
+            {
+                let mut t = txn.open_table(tables::RECORDS)?;
+                let mut r = match t.get(existing)? {
+                    Some(v) => decode_record(v.value())?,
+                    None => return Err(MemoryError::NotFound(format!("record {existing}"))),
+                };
+                r.access_count += 1;
+                r.accessed_ms = now;
+                r.importance = r.importance.max(new.importance.unwrap_or(0.5));
+                r.pinned |= new.pinned;
+                t.insert(existing, encode(&r).as_slice())?;
+                let embedded = r.embedded;
+                return Ok(Remembered {
+                    record: r,
+                    deduplicated: Some(existing),
+                    evicted: Vec::new(),
+                    embedded,
+                });
+            }
+            let id = next_id(txn)?;
+            let mut r = Record {
+                id,
+                tier,
+                namespace: ns.clone(),
+                text: new.text.clone(),
+                metadata: match &new.metadata {
+                    Some(serde_json::Value::Object(m)) => m.clone(),
+                    _ => Default::default(),
+                },
+                created_ms: now,
+                accessed_ms: now,
+                access_count: 0,
+                importance: new.importance.unwrap_or(0.5),
+                pinned: new.pinned,
+                provenance: new.provenance.clone().unwrap_or_default(),
+                session: new.session.clone(),
+                occurred_ms: (tier == Tier::Episodic).then(|| new.occurred_ms.unwrap_or(now)),
+                source: new.source.clone(),
+                key: new.key.clone(),
+                version: None,
+                superseded_by: None,
+                consolidated_into: None,
+                embedded: vec.is_some(),
+                decayed_ms: now,
+            };
+            if tier == Tier::Procedural {
+                let key = r.key.clone().unwrap_or_default();
+                let mut p = txn.open_table(tables::PROCEDURES)?;
+                let last = p
+                    .range(
+                        (ns.as_str(), key.as_str(), 0u32)..=(ns.as_str(), key.as_str(), u32::MAX),
+                    )?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, v)| (k.value().2, v.value()));
+                let version = last.map_or(1, |(v, _)| v + 1);
+                r.version = Some(version);
+                p.insert((ns.as_str(), key.as_str(), version), id)?;
+                drop(p);
+                if let Some((_, prev)) = last {
+                    self.modify(txn, prev, |old| old.superseded_by = Some(id))?;
+                }
+            }
+            self.insert_record(txn, &r, vec.as_ref(), &mut info)?;
+            let mut evicted = Vec::new();
+            if let (Tier::Working, Some(session)) = (tier, &r.session) {
+                let ids: Vec<u64> = {
+                    let w = txn.open_multimap_table(tables::WORKING)?;
+                    w.get((ns.as_str(), session.as_str()))?
+                        .map(|v| v.map(|v| v.value()))
+                        .collect::<Result<_, _>>()?
+                };
+                let mut excess = ids.len().saturating_sub(record::WORKING_LIMIT);
+                for old in ids {
+                    if excess == 0 {
+                        break;
+                    }
+                    let pinned = self.get_in(txn, old)?.is_some_and(|o| o.pinned);
+                    if !pinned && old != id {
+                        self.delete_record(txn, old, &mut info)?;
+                        evicted.push(old);
+                        excess -= 1;
+                    }
+                }
+            }
+            put_ns_info(txn, &ns, &info)?;
+            Ok(Remembered {
+                embedded: vec.is_some(),
+                record: r,
+                deduplicated: None,
+                evicted,
+            })
+        })
+    }
+
+    fn find_duplicate(
+        &self,
+        txn: &WriteTransaction,
+        ns: &str,
+        text: &str,
+        vec: Option<&QVec>,
+    ) -> Result<Option<u64>, MemoryError> {
+        let key = dedup_key(text);
+        if let Some(id) = txn
+            .open_table(tables::DEDUP)?
+            .get((ns, key.as_slice()))?
+            .map(|v| v.value())
+        {
+            return Ok(Some(id));
+        }
+        let Some(v) = vec else {
+            return Ok(None);
+        };
+        let graphs = self.graphs.read().map_err(|_| poisoned())?;
+        let Some(g) = graphs.get(ns) else {
+            return Ok(None);
+        };
+        Ok(g.search(v, 8, 64)
+            .into_iter()
+            .find(|(_, sim, tag)| *tag == Tier::Semantic.code() && *sim >= DEDUP_SIMILARITY)
+            .map(|(id, _, _)| id))
+    }
+
+    /// Writes a new record and every index entry of it.
+    fn insert_record(
+        &self,
+        txn: &WriteTransaction,
+        r: &Record,
+        vec: Option<&QVec>,
+        info: &mut NamespaceInfo,
+    ) -> Result<(), MemoryError> {
+        let ns = r.namespace.as_str();
+        txn.open_table(tables::RECORDS)?
+            .insert(r.id, encode(r).as_slice())?;
+        txn.open_table(tables::BY_NAMESPACE)?
+            .insert((ns, r.id), r.tier.code())?;
+        let len = self.index_terms(txn, ns, r.id, &r.text, true)?;
+        info.records += 1;
+        info.terms += len;
+        if r.tier == Tier::Semantic {
+            txn.open_table(tables::DEDUP)?
+                .insert((ns, dedup_key(&r.text).as_slice()), r.id)?;
+        }
+        if let (Tier::Working, Some(s)) = (r.tier, &r.session) {
+            txn.open_multimap_table(tables::WORKING)?
+                .insert((ns, s.as_str()), r.id)?;
+        }
+        if let Some(v) = vec {
+            self.add_vector(txn, ns, r.id, v, r.tier)?;
+        }
+        Ok(())
+    }
+
+    fn add_vector(
+        &self,
+        txn: &WriteTransaction,
+        ns: &str,
+        id: u64,
+        v: &QVec,
+        tier: Tier,
+    ) -> Result<(), MemoryError> {
+        let mut meta = txn.open_table(tables::META)?;
+        let dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
+        if dims == 0 {
+            meta.insert("dims", v.dims() as u64)?;
+        } else if dims != v.dims() {
+            return Err(InputError::Invalid(format!(
+                "embedding has {} dimensions; this memory uses {dims}",
+                v.dims()
+            ))
+            .into());
+        }
+        drop(meta);
+        txn.open_table(tables::VECTORS)?
+            .insert(id, v.to_bytes().as_slice())?;
+        let mut graphs = self.graphs.write().map_err(|_| poisoned())?;
+        graphs
+            .entry(ns.to_string())
+            .or_insert_with(|| Hnsw::new(v.dims()))
+            .insert(id, v, tier.code())
+            .map_err(|e| MemoryError::Input(InputError::Invalid(e)))
+    }
+
+    /// Adds (or removes) the keyword postings of a text; returns its length in terms.
+    fn index_terms(
+        &self,
+        txn: &WriteTransaction,
+        ns: &str,
+        id: u64,
+        text: &str,
+        add: bool,
+    ) -> Result<u64, MemoryError> {
+        let (counts, len) = text::term_counts(text);
+        let mut p = txn.open_table(tables::POSTINGS)?;
+        for (term, tf) in &counts {
+            if add {
+                p.insert(
+                    (term.as_str(), ns, id),
+                    (u64::from(*tf) << 32) | u64::from(len),
+                )?;
+            } else {
+                p.remove((term.as_str(), ns, id))?;
+            }
+        }
+        Ok(u64::from(len))
+    }
+
+    /// Deletes a record and every index entry of it inside `txn`; returns it.
+    fn delete_record(
+        &self,
+        txn: &WriteTransaction,
+        id: u64,
+        info: &mut NamespaceInfo,
+    ) -> Result<Option<Record>, MemoryError> {
+        let Some(r) = self.get_in(txn, id)? else {
+            return Ok(None);
+        };
+        let ns = r.namespace.as_str();
+        txn.open_table(tables::RECORDS)?.remove(id)?;
+        txn.open_table(tables::BY_NAMESPACE)?.remove((ns, id))?;
+        let len = self.index_terms(txn, ns, id, &r.text, false)?;
+        info.records = info.records.saturating_sub(1);
+        info.terms = info.terms.saturating_sub(len);
+        if r.tier == Tier::Semantic {
+            let mut d = txn.open_table(tables::DEDUP)?;
+            let k = dedup_key(&r.text);
+            if d.get((ns, k.as_slice()))?.map(|v| v.value()) == Some(id) {
+                d.remove((ns, k.as_slice()))?;
+            }
+        }
+        if let (Tier::Working, Some(s)) = (r.tier, &r.session) {
+            txn.open_multimap_table(tables::WORKING)?
+                .remove((ns, s.as_str()), id)?;
+        }
+        if let (Tier::Procedural, Some(key), Some(version)) = (r.tier, &r.key, r.version) {
+            let mut p = txn.open_table(tables::PROCEDURES)?;
+            p.remove((ns, key.as_str(), version))?;
+            // Deleting the newest version makes the previous one current again.
+            let prev = p
+                .range((ns, key.as_str(), 0u32)..(ns, key.as_str(), version))?
+                .next_back()
+                .transpose()?
+                .map(|(_, v)| v.value());
+            drop(p);
+            if r.superseded_by.is_none()
+                && let Some(prev) = prev
+            {
+                self.modify(txn, prev, |o| o.superseded_by = None)?;
+            }
+        }
+        if r.embedded {
+            txn.open_table(tables::VECTORS)?.remove(id)?;
+            if let Ok(mut g) = self.graphs.write()
+                && let Some(h) = g.get_mut(ns)
+            {
+                h.remove(id);
+            }
+        }
+        // A deleted summary releases its sources; a deleted source is purged from its
+        // consolidation (which can then no longer be undone).
+        let mut c = txn.open_table(tables::CONSOLIDATIONS)?;
+        let removed = c.remove(id)?.map(|v| v.value().to_vec());
+        if let Some(v) = removed {
+            let cons: consolidate::Consolidation = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Other(format!("consolidation {id}: {e}")))?;
+            drop(c);
+            for s in cons.sources {
+                self.modify(txn, s, |o| o.consolidated_into = None)?;
+            }
+        } else if let Some(into) = r.consolidated_into {
+            let stored = c.get(into)?.map(|v| v.value().to_vec());
+            if let Some(v) = stored {
+                let mut cons: consolidate::Consolidation = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Other(format!("consolidation {into}: {e}")))?;
+                cons.sources.retain(|s| *s != id);
+                cons.purged.push(id);
+                c.insert(into, encode(&cons).as_slice())?;
+            }
+        }
+        Ok(Some(r))
+    }
+
+    /// Applies `f` to a stored record inside `txn` (no re-indexing); false if absent.
+    fn modify(
+        &self,
+        txn: &WriteTransaction,
+        id: u64,
+        f: impl FnOnce(&mut Record),
+    ) -> Result<bool, MemoryError> {
+        let mut t = txn.open_table(tables::RECORDS)?;
+        let Some(mut r) = t.get(id)?.map(|v| decode_record(v.value())).transpose()? else {
+            return Ok(false);
+        };
+        let before = r.clone();
+        f(&mut r);
+        if r != before {
+            t.insert(id, encode(&r).as_slice())?;
+        }
+        Ok(true)
+    }
+
+    fn get_in(&self, txn: &WriteTransaction, id: u64) -> Result<Option<Record>, MemoryError> {
+        txn.open_table(tables::RECORDS)?
+            .get(id)?
+            .map(|v| decode_record(v.value()))
+            .transpose()
+    }
+
+    /// One record (counts as an access).
+    pub fn get(&self, access: &Access, id: u64) -> Result<Record, MemoryError> {
+        let txn = self.db.begin_read()?;
+        let r = txn
+            .open_table(tables::RECORDS)?
+            .get(id)?
+            .map(|v| decode_record(v.value()))
+            .transpose()?
+            .filter(|r| access.can_read(&r.namespace))
+            .ok_or_else(|| MemoryError::NotFound(format!("no memory record {id}")))?;
+        self.note_access([id]);
+        Ok(r)
+    }
+
+    /// Changes a record's text, metadata, importance or pin.
+    pub fn update(&self, access: &Access, id: u64, u: RecordUpdate) -> Result<Record, MemoryError> {
+        u.validate()?;
+        let current = self.get(access, id)?;
+        let ns = current.namespace.clone();
+        if !access.can_write(&ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to write namespace {ns:?}"
+            )));
+        }
+        let vec = match &u.text {
+            Some(t) if *t != current.text => Some(self.embedding_for(t, None)?),
+            _ => None,
+        };
+        self.write(&[&ns], |txn| {
+            let mut r = self
+                .get_in(txn, id)?
+                .ok_or_else(|| MemoryError::NotFound(format!("no memory record {id}")))?;
+            let mut info = ns_info(txn, &ns)?;
+            if let Some(t) = &u.text
+                && *t != r.text
+            {
+                let old = self.index_terms(txn, &ns, id, &r.text, false)?;
+                let new = self.index_terms(txn, &ns, id, t, true)?;
+                info.terms = info.terms.saturating_sub(old) + new;
+                if r.tier == Tier::Semantic {
+                    let mut d = txn.open_table(tables::DEDUP)?;
+                    d.remove((ns.as_str(), dedup_key(&r.text).as_slice()))?;
+                    d.insert((ns.as_str(), dedup_key(t).as_slice()), id)?;
+                }
+                r.text = t.clone();
+                match vec.clone().flatten() {
+                    Some(v) => {
+                        self.add_vector(txn, &ns, id, &v, r.tier)?;
+                        r.embedded = true;
+                    }
+                    None => {
+                        if r.embedded {
+                            txn.open_table(tables::VECTORS)?.remove(id)?;
+                            if let Ok(mut g) = self.graphs.write()
+                                && let Some(h) = g.get_mut(&ns)
+                            {
+                                h.remove(id);
+                            }
+                        }
+                        r.embedded = false;
+                    }
+                }
+            }
+            if let Some(serde_json::Value::Object(m)) = &u.metadata {
+                r.metadata = m.clone();
+            }
+            if let Some(i) = u.importance {
+                r.importance = i;
+                r.decayed_ms = now_ms();
+            }
+            if let Some(p) = u.pinned {
+                r.pinned = p;
+            }
+            txn.open_table(tables::RECORDS)?
+                .insert(id, encode(&r).as_slice())?;
+            put_ns_info(txn, &ns, &info)?;
+            Ok(r)
+        })
+    }
+
+    /// Deletes a record; returns it.
+    pub fn delete(&self, access: &Access, id: u64) -> Result<Record, MemoryError> {
+        let current = self.get(access, id)?;
+        let ns = current.namespace.clone();
+        if !access.can_write(&ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to write namespace {ns:?}"
+            )));
+        }
+        self.write(&[&ns], |txn| {
+            let mut info = ns_info(txn, &ns)?;
+            let r = self
+                .delete_record(txn, id, &mut info)?
+                .ok_or_else(|| MemoryError::NotFound(format!("no memory record {id}")))?;
+            put_ns_info(txn, &ns, &info)?;
+            Ok(r)
+        })
+    }
+
+    /// Records of a namespace in id order, `limit` (1–500) after id `after`, optionally of
+    /// one tier.
+    pub fn list(
+        &self,
+        access: &Access,
+        ns: &str,
+        tier: Option<Tier>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, MemoryError> {
+        self.check_read(access, ns)?;
+        if !(1..=500).contains(&limit) {
+            return Err(InputError::Invalid("limit must be between 1 and 500".into()).into());
+        }
+        let txn = self.db.begin_read()?;
+        let by_ns = txn.open_table(tables::BY_NAMESPACE)?;
+        let records = txn.open_table(tables::RECORDS)?;
+        let mut out = Vec::new();
+        let mut next = None;
+        for row in by_ns.range((ns, after.saturating_add(1))..=(ns, u64::MAX))? {
+            let (k, t) = row?;
+            if tier.is_some_and(|want| want.code() != t.value()) {
+                continue;
+            }
+            if out.len() == limit {
+                next = out.last().map(|r: &Record| r.id);
+                break;
+            }
+            let id = k.value().1;
+            if let Some(v) = records.get(id)? {
+                out.push(decode_record(v.value())?);
+            }
+        }
+        Ok(Page { records: out, next })
+    }
+
+    fn check_read(&self, access: &Access, ns: &str) -> Result<(), MemoryError> {
+        record::check_namespace(ns).map_err(InputError::Invalid)?;
+        if !access.can_read(ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to read namespace {ns:?}"
+            )));
+        }
+        let txn = self.db.begin_read()?;
+        if txn.open_table(tables::NAMESPACES)?.get(ns)?.is_none() {
+            return Err(MemoryError::UnknownNamespace(ns.into()));
+        }
+        Ok(())
+    }
+
+    /// Every namespace the caller may read, with its settings and counters.
+    pub fn namespaces(
+        &self,
+        access: &Access,
+    ) -> Result<BTreeMap<String, NamespaceInfo>, MemoryError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(tables::NAMESPACES)?;
+        let mut out = BTreeMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if access.can_read(k.value()) {
+                let info: NamespaceInfo = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Other(format!("namespace {}: {e}", k.value())))?;
+                out.insert(k.value().to_string(), info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a namespace or changes its quota.
+    pub fn put_namespace(
+        &self,
+        access: &Access,
+        ns: &str,
+        quota: Option<u64>,
+    ) -> Result<NamespaceInfo, MemoryError> {
+        record::check_namespace(ns).map_err(InputError::Invalid)?;
+        if !access.can_write(ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to write namespace {ns:?}"
+            )));
+        }
+        if quota == Some(0) {
+            return Err(InputError::Invalid("quota must be at least 1".into()).into());
+        }
+        self.write(&[], |txn| {
+            let mut info = match ns_info(txn, ns) {
+                Ok(i) => i,
+                Err(MemoryError::UnknownNamespace(_)) => NamespaceInfo::default(),
+                Err(e) => return Err(e),
+            };
+            if let Some(q) = quota {
+                info.quota = q;
+            }
+            put_ns_info(txn, ns, &info)?;
+            Ok(info)
+        })
+    }
+
+    /// Deletes an empty namespace (409 while it holds records).
+    pub fn delete_namespace(&self, access: &Access, ns: &str) -> Result<(), MemoryError> {
+        self.check_read(access, ns)?;
+        if !access.can_write(ns) {
+            return Err(MemoryError::Forbidden(format!(
+                "no capability to write namespace {ns:?}"
+            )));
+        }
+        self.write(&[], |txn| {
+            let info = ns_info(txn, ns)?;
+            if info.records > 0 {
+                return Err(MemoryError::Conflict(format!(
+                    "namespace {ns:?} still holds {} records",
+                    info.records
+                )));
+            }
+            txn.open_table(tables::NAMESPACES)?.remove(ns)?;
+            Ok(())
+        })
+    }
+
+    /// Records in the store and bytes of the database file.
+    pub fn stats(&self) -> Result<serde_json::Value, MemoryError> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(tables::RECORDS)?.len()?;
+        let vectors = txn.open_table(tables::VECTORS)?.len()?;
+        Ok(serde_json::json!({
+            "records": records,
+            "vectors": vectors,
+            "embedding_model": self.embedding_model(),
+            "retrieval": if self.embedder.is_some() { "hybrid" } else { "keyword" },
+        }))
+    }
+}
+
+/// How often buffered access statistics are written.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often every namespace is consolidated.
+pub const CONSOLIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Episodic records younger than this are left for a later consolidation.
+pub const CONSOLIDATE_MIN_AGE_MS: u64 = 3_600_000;
+
+/// The background job of `cairn serve`: flushes access statistics and consolidates every
+/// namespace (with the local chat model when there is one) on a timer.
+pub async fn background(memory: Arc<Memory>, inference: Arc<crate::inference::Inference>) {
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut consolidate = tokio::time::interval(CONSOLIDATE_EVERY);
+    consolidate.tick().await; // not at start-up
+    loop {
+        tokio::select! {
+            _ = flush.tick() => {
+                let m = memory.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.flush()).await {
+                    tracing::warn!("memory: writing access statistics: {e}");
+                }
+            }
+            _ = consolidate.tick() => {
+                let m = memory.clone();
+                let summarizer = models::local_summarizer(&inference);
+                let _ = tokio::task::spawn_blocking(move || {
+                    let a = Access::admin();
+                    let names = m.namespaces(&a).map(|n| n.into_keys().collect::<Vec<_>>());
+                    for ns in names.unwrap_or_default() {
+                        let s = summarizer.as_ref().map(|s| s as &dyn Summarizer);
+                        match m.consolidate(&a, &ns, CONSOLIDATE_MIN_AGE_MS, s) {
+                            Ok(r) if !r.summaries.is_empty() || !r.evicted.is_empty() => {
+                                tracing::info!(
+                                    "memory: {ns}: {} summaries of {} records, {} evicted",
+                                    r.summaries.len(), r.consolidated, r.evicted.len()
+                                );
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("memory: consolidating {ns}: {e}"),
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
+    let mut meta = txn.open_table(tables::META)?;
+    let id = meta.get("next_id")?.map_or(1, |v| v.value());
+    meta.insert("next_id", id + 1)?;
+    Ok(id)
+}
+
+fn poisoned() -> MemoryError {
+    MemoryError::Store(StoreError::Other("memory lock poisoned".into()))
+}
+
+/// Creates the memory tables (schema migration 1 → 2, called by the store).
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    tables::create(txn)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! The memory subsystem's redb tables. Every one is written only by this module's writer, and
+//! a record, its keyword postings, its vector, its graph links and its bookkeeping change in
+//! one transaction, so a crash leaves either all of a write or none of it.
+
+use redb::{MultimapTableDefinition, ReadableTable, TableDefinition};
+
+/// Record id → record (JSON).
+pub const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_records");
+/// Record id → quantized embedding (`QVec::to_bytes`).
+pub const VECTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_vectors");
+/// (namespace, record id) → HNSW node: tier code, level count, then per level a u16 count
+/// and that many u64 neighbour ids (little-endian).
+pub const GRAPH: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mem_graph");
+/// (term, namespace, record id) → term frequency << 32 | document length.
+pub const POSTINGS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("mem_postings");
+/// (namespace, record id) → tier code: every record of a namespace in id (= time) order.
+pub const BY_NAMESPACE: TableDefinition<(&str, u64), u8> = TableDefinition::new("mem_by_namespace");
+/// Namespace → settings and counters (JSON: quota, records, terms).
+pub const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("mem_namespaces");
+/// (namespace, normalised-text hash) → semantic record id (exact-duplicate detection).
+pub const DEDUP: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new("mem_dedup");
+/// (namespace, procedure key, version) → record id.
+pub const PROCEDURES: TableDefinition<(&str, &str, u32), u64> =
+    TableDefinition::new("mem_procedures");
+/// (namespace, session) → working-memory record ids.
+pub const WORKING: MultimapTableDefinition<(&str, &str), u64> =
+    MultimapTableDefinition::new("mem_working");
+/// Consolidation summary id → consolidation (JSON: namespace, sources, method, purged).
+pub const CONSOLIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_consolidations");
+/// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("mem_meta");
+
+/// Creates every memory table in a write transaction (schema migration 1 → 2).
+pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(RECORDS)?;
+    txn.open_table(VECTORS)?;
+    txn.open_table(GRAPH)?;
+    txn.open_table(POSTINGS)?;
+    txn.open_table(BY_NAMESPACE)?;
+    txn.open_table(DEDUP)?;
+    txn.open_table(PROCEDURES)?;
+    txn.open_multimap_table(WORKING)?;
+    txn.open_table(CONSOLIDATIONS)?;
+    let mut meta = txn.open_table(META)?;
+    if meta.get("next_id")?.is_none() {
+        meta.insert("next_id", 1)?;
+    }
+    let mut ns = txn.open_table(NAMESPACES)?;
+    if ns.get("shared")?.is_none() {
+        let v = serde_json::to_vec(&super::NamespaceInfo::default()).unwrap_or_default();
+        ns.insert("shared", v.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Encodes a graph node's value.
+pub fn encode_node(tag: u8, links: &[Vec<u64>]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(2 + links.iter().map(|l| 2 + 8 * l.len()).sum::<usize>());
+    b.push(tag);
+    b.push(links.len() as u8);
+    for l in links {
+        b.extend_from_slice(&(l.len() as u16).to_le_bytes());
+        for id in l {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    b
+}
+
+/// Decodes a graph node's value; `None` if it is malformed.
+pub fn decode_node(b: &[u8]) -> Option<(u8, Vec<Vec<u64>>)> {
+    let (&tag, rest) = b.split_first()?;
+    let (&levels, mut rest) = rest.split_first()?;
+    let mut links = Vec::with_capacity(levels as usize);
+    for _ in 0..levels {
+        let (n, r) = rest.split_first_chunk::<2>()?;
+        let n = u16::from_le_bytes(*n) as usize;
+        let bytes = r.get(..n * 8)?;
+        links.push(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        );
+        rest = &r[n * 8..];
+    }
+    Some((tag, links))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_round_trip_and_truncation() {
+        let links = vec![vec![1, 2, 3], vec![], vec![u64::MAX]];
+        let b = encode_node(2, &links);
+        assert_eq!(decode_node(&b), Some((2, links)));
+        for cut in 0..b.len() {
+            assert!(decode_node(&b[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+}

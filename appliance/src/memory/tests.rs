@@ -1,0 +1,548 @@
+//! Behaviour of the memory subsystem on a real redb file (the booted-image tests add power
+//! cuts and a full disk).
+
+use super::*;
+use crate::store::Store;
+
+/// A deterministic stand-in for the embedding model: hashed bag of words, so texts that
+/// share words are similar (the real model is exercised by the booted-image tests).
+struct Words;
+
+impl Embed for Words {
+    fn model(&self) -> String {
+        "test-words".into()
+    }
+    fn dims(&self) -> usize {
+        64
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.01f32; 64];
+                for w in text::terms(t) {
+                    let h = w
+                        .bytes()
+                        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+                    v[(h % 64) as usize] += 1.0;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+fn open(dir: &std::path::Path, embed: bool) -> Memory {
+    let store = Store::open(dir).unwrap();
+    Memory::open(&store, embed.then(|| Arc::new(Words) as Arc<dyn Embed>)).unwrap()
+}
+
+fn new(tier: &str, ns: &str, text: &str) -> NewRecord {
+    NewRecord {
+        tier: Some(tier.into()),
+        namespace: Some(ns.into()),
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+fn query(q: &str) -> Query {
+    Query {
+        query: q.into(),
+        ..Default::default()
+    }
+}
+
+fn ids(r: &Recall) -> Vec<u64> {
+    r.results.iter().map(|h| h.record.id).collect()
+}
+
+const FACTS: &[&str] = &[
+    "The backup job runs every night at two and writes to the NAS.",
+    "Solar panels on the north roof produce about four kilowatts.",
+    "The router's admin password rotates monthly.",
+    "Greenhouse sensors report humidity every five minutes.",
+    "The diesel generator is tested on the first Monday of each month.",
+];
+
+#[test]
+fn remembered_records_survive_reopen_with_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Access::admin();
+    let mut written = Vec::new();
+    {
+        let m = open(dir.path(), true);
+        for f in FACTS {
+            let r = m.remember(&a, new("semantic", "shared", f)).unwrap();
+            assert!(r.embedded && r.deduplicated.is_none());
+            written.push(r.record.id);
+        }
+    }
+    let m = open(dir.path(), true);
+    for (id, f) in written.iter().zip(FACTS) {
+        assert_eq!(m.get(&a, *id).unwrap().text, *f);
+    }
+    let r = m
+        .recall(&a, &query("when is the generator tested"))
+        .unwrap();
+    assert_eq!(r.mode, Mode::Hybrid);
+    assert_eq!(r.results[0].record.id, written[4], "{r:?}");
+    assert_eq!(r.results[0].keyword_rank, Some(1));
+    assert_eq!(r.results[0].vector_rank, Some(1));
+    // Vector-only still finds it after the graph was reloaded from redb.
+    let mut q = query("generator tested monday");
+    q.mode = Mode::Vector;
+    assert_eq!(m.recall(&a, &q).unwrap().results[0].record.id, written[4]);
+}
+
+#[test]
+fn keyword_retrieval_works_without_a_model_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let a = Access::admin();
+    for f in FACTS {
+        let r = m.remember(&a, new("episodic", "shared", f)).unwrap();
+        assert!(!r.embedded);
+    }
+    let r = m.recall(&a, &query("solar kilowatts")).unwrap();
+    assert_eq!(r.mode, Mode::Keyword);
+    assert!(
+        r.notes.iter().any(|n| n.contains("no embedding model")),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(r.results.len(), 1);
+    assert!(r.results[0].record.text.contains("Solar"));
+    let mut q = query("solar");
+    q.mode = Mode::Vector;
+    assert!(matches!(m.recall(&a, &q), Err(MemoryError::Conflict(_))));
+}
+
+#[test]
+fn bad_queries_get_clear_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let a = Access::admin();
+    m.remember(&a, new("episodic", "shared", FACTS[0])).unwrap();
+    let mut q = query("backup");
+    q.k = Some(0);
+    assert!(matches!(m.recall(&a, &q), Err(MemoryError::Input(_))));
+    q.k = Some(1_000_000);
+    assert!(matches!(m.recall(&a, &q), Err(MemoryError::Input(_))));
+    assert!(matches!(
+        m.recall(&a, &query("   ")),
+        Err(MemoryError::Input(_))
+    ));
+    let r = m.recall(&a, &query("the of and")).unwrap();
+    assert!(r.results.is_empty());
+    assert!(r.notes.iter().any(|n| n.contains("no searchable keywords")));
+    let mut q = query("backup");
+    q.namespaces = Some(vec!["agent:ghost".into()]);
+    assert!(matches!(
+        m.recall(&a, &q),
+        Err(MemoryError::UnknownNamespace(_))
+    ));
+    q.namespaces = Some(vec!["bogus".into()]);
+    assert!(matches!(m.recall(&a, &q), Err(MemoryError::Input(_))));
+    q.namespaces = None;
+    q.tiers = Some(vec!["dreams".into()]);
+    assert!(matches!(m.recall(&a, &q), Err(MemoryError::Input(_))));
+}
+
+#[test]
+fn semantic_memory_is_deduplicated_by_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    let first = m
+        .remember(&a, new("semantic", "shared", "The NAS lives in rack 4."))
+        .unwrap();
+    let again = m
+        .remember(&a, new("semantic", "shared", "the NAS lives in RACK 4"))
+        .unwrap();
+    assert_eq!(again.deduplicated, Some(first.record.id));
+    // Same words in another order: same bag-of-words vector, merged by similarity.
+    let similar = m
+        .remember(&a, new("semantic", "shared", "In rack 4 lives the NAS!"))
+        .unwrap();
+    assert_eq!(similar.deduplicated, Some(first.record.id));
+    // Episodic memory keeps every event.
+    let e1 = m
+        .remember(&a, new("episodic", "shared", "The NAS rebooted."))
+        .unwrap();
+    let e2 = m
+        .remember(&a, new("episodic", "shared", "The NAS rebooted."))
+        .unwrap();
+    assert_ne!(e1.record.id, e2.record.id);
+    assert_eq!(m.namespaces(&a).unwrap()["shared"].records, 3);
+}
+
+#[test]
+fn procedures_are_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let a = Access::admin();
+    let mut p = new(
+        "procedural",
+        "shared",
+        "Restart the pump: switch off, wait, switch on.",
+    );
+    p.key = Some("restart-pump".into());
+    let v1 = m.remember(&a, p.clone()).unwrap().record;
+    p.text = "Restart the pump: close valve, switch off, wait 30 s, switch on.".into();
+    let v2 = m.remember(&a, p).unwrap().record;
+    assert_eq!((v1.version, v2.version), (Some(1), Some(2)));
+    assert_eq!(m.get(&a, v1.id).unwrap().superseded_by, Some(v2.id));
+    let r = m.recall(&a, &query("restart pump")).unwrap();
+    assert_eq!(ids(&r), [v2.id]);
+    let mut q = query("restart pump");
+    q.include_superseded = true;
+    assert_eq!(m.recall(&a, &q).unwrap().results.len(), 2);
+    // Deleting the newest version makes the previous one current again.
+    m.delete(&a, v2.id).unwrap();
+    assert_eq!(m.get(&a, v1.id).unwrap().superseded_by, None);
+    assert_eq!(ids(&m.recall(&a, &query("restart pump")).unwrap()), [v1.id]);
+}
+
+#[test]
+fn working_memory_is_bounded_per_session_and_keeps_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let a = Access::admin();
+    let mut first = None;
+    let mut all = Vec::new();
+    for i in 0..record::WORKING_LIMIT + 5 {
+        let mut r = new("working", "shared", &format!("step {i} of the plan"));
+        r.session = Some("run-1".into());
+        r.pinned = i == 0;
+        let w = m.remember(&a, r).unwrap();
+        first.get_or_insert(w.record.id);
+        all.push(w);
+    }
+    let first = first.unwrap();
+    // Pinned step 0 stays; steps 1..=5 were evicted, oldest first.
+    let evicted: Vec<u64> = all.iter().flat_map(|w| w.evicted.clone()).collect();
+    assert_eq!(evicted, (first + 1..=first + 5).collect::<Vec<_>>());
+    assert!(m.get(&a, first).is_ok());
+    assert!(matches!(
+        m.get(&a, first + 1),
+        Err(MemoryError::NotFound(_))
+    ));
+    let page = m.list(&a, "shared", Some(Tier::Working), 0, 500).unwrap();
+    assert_eq!(page.records.len(), record::WORKING_LIMIT);
+    // Another session has its own bound.
+    let mut r = new("working", "shared", "other");
+    r.session = Some("run-2".into());
+    assert!(m.remember(&a, r).unwrap().evicted.is_empty());
+}
+
+#[test]
+fn filters_and_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    let mut e = new("episodic", "shared", "Pump 3 reported low pressure.");
+    e.occurred_ms = Some(1_000);
+    e.metadata = Some(serde_json::json!({"site": "north"}));
+    let old = m.remember(&a, e).unwrap().record.id;
+    let mut e = new("episodic", "shared", "Pump 3 reported low pressure again.");
+    e.metadata = Some(serde_json::json!({"site": "south"}));
+    let recent = m.remember(&a, e).unwrap().record.id;
+    let fact = m
+        .remember(
+            &a,
+            new("semantic", "shared", "Pump 3 is a centrifugal pump."),
+        )
+        .unwrap()
+        .record
+        .id;
+    let mut q = query("pump pressure");
+    q.tiers = Some(vec!["semantic".into()]);
+    assert_eq!(ids(&m.recall(&a, &q).unwrap()), [fact]);
+    let mut q = query("pump pressure");
+    q.until_ms = Some(2_000);
+    assert_eq!(ids(&m.recall(&a, &q).unwrap()), [old]);
+    let mut q = query("pump");
+    q.metadata = Some(
+        serde_json::json!({"site": "south"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    assert_eq!(ids(&m.recall(&a, &q).unwrap()), [recent]);
+    let p1 = m.list(&a, "shared", None, 0, 2).unwrap();
+    assert_eq!(p1.records.len(), 2);
+    let p2 = m.list(&a, "shared", None, p1.next.unwrap(), 2).unwrap();
+    assert_eq!(p2.records.len(), 1);
+    assert!(p2.next.is_none());
+    assert!(m.list(&a, "shared", None, 0, 0).is_err());
+}
+
+#[test]
+fn namespaces_are_access_controlled() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let admin = Access::admin();
+    m.put_namespace(&admin, "agent:alpha", Some(100)).unwrap();
+    m.put_namespace(&admin, "agent:beta", None).unwrap();
+    let alpha = Access::agent("alpha", &["shared".into()], &[]);
+    m.remember(
+        &alpha,
+        new("episodic", "agent:alpha", "alpha's secret plan"),
+    )
+    .unwrap();
+    let b = m
+        .remember(&admin, new("episodic", "agent:beta", "beta's secret plan"))
+        .unwrap()
+        .record
+        .id;
+    assert!(matches!(
+        m.remember(&alpha, new("episodic", "agent:beta", "intrusion")),
+        Err(MemoryError::Forbidden(_))
+    ));
+    assert!(matches!(
+        m.remember(&alpha, new("episodic", "shared", "read-only grant")),
+        Err(MemoryError::Forbidden(_))
+    ));
+    // Recall over "everything" only covers what alpha may read.
+    let r = m.recall(&alpha, &query("secret plan")).unwrap();
+    assert_eq!(r.results.len(), 1);
+    assert_eq!(r.results[0].record.namespace, "agent:alpha");
+    assert!(matches!(m.get(&alpha, b), Err(MemoryError::NotFound(_))));
+    assert!(matches!(
+        m.remember(&admin, new("episodic", "agent:gamma", "x")),
+        Err(MemoryError::UnknownNamespace(_))
+    ));
+    assert!(matches!(
+        m.delete_namespace(&admin, "agent:beta"),
+        Err(MemoryError::Conflict(_))
+    ));
+}
+
+#[test]
+fn consolidation_summarises_undoes_and_evicts_but_never_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    m.put_namespace(&a, "user:ops", Some(6)).unwrap();
+    let mut sources = Vec::new();
+    for t in [
+        "Backup job failed: the NAS disk is full.",
+        "Backup job failed again: NAS disk full.",
+        "NAS disk full, backup job failed overnight.",
+    ] {
+        sources.push(
+            m.remember(&a, new("episodic", "user:ops", t))
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    let mut pinned = new("episodic", "user:ops", "Solar inverter replaced.");
+    pinned.pinned = true;
+    pinned.importance = Some(0.0);
+    let pinned = m.remember(&a, pinned).unwrap().record.id;
+    let rep = m.consolidate(&a, "user:ops", 0, None).unwrap();
+    assert_eq!(rep.summaries.len(), 1, "{rep:?}");
+    assert_eq!(rep.consolidated, 3);
+    assert!(rep.fallback.is_some());
+    let summary = m.get(&a, rep.summaries[0]).unwrap();
+    assert_eq!(summary.tier, Tier::Semantic);
+    assert_eq!(summary.provenance.consolidated_from, sources);
+    assert!(
+        summary.text.to_lowercase().contains("backup"),
+        "{}",
+        summary.text
+    );
+    for s in &sources {
+        assert_eq!(m.get(&a, *s).unwrap().consolidated_into, Some(summary.id));
+    }
+    // A second run finds nothing new to consolidate.
+    assert!(
+        m.consolidate(&a, "user:ops", 0, None)
+            .unwrap()
+            .summaries
+            .is_empty()
+    );
+    // Undo releases the sources and removes the summary.
+    assert_eq!(m.undo_consolidation(&a, summary.id).unwrap(), sources);
+    assert!(m.get(&a, summary.id).is_err());
+    assert_eq!(m.get(&a, sources[0]).unwrap().consolidated_into, None);
+    // Consolidate again, then overflow the quota of 6: consolidated sources go first (the
+    // least recently accessed of them), the pinned record never.
+    let rep = m.consolidate(&a, "user:ops", 0, None).unwrap();
+    let summary = rep.summaries[0];
+    for i in 0..3 {
+        let mut r = new(
+            "semantic",
+            "user:ops",
+            &format!("distinct fact number {i} about pumps {i}"),
+        );
+        r.importance = Some(0.9);
+        m.remember(&a, r).unwrap();
+    }
+    let rep = m.consolidate(&a, "user:ops", 0, None).unwrap();
+    // sources[0] was read last (above), so the other two go.
+    assert_eq!(rep.evicted, sources[1..].to_vec(), "{rep:?}");
+    assert!(m.get(&a, pinned).is_ok());
+    assert_eq!(m.namespaces(&a).unwrap()["user:ops"].records, 6);
+    // A purged source makes the undo impossible, with a reason.
+    match m.undo_consolidation(&a, summary) {
+        Err(MemoryError::Conflict(msg)) => assert!(msg.contains("purged"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn importance_decays_except_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), false);
+    let a = Access::admin();
+    let mut lines = String::new();
+    for (pinned, text) in [(false, "old event"), (true, "old pinned event")] {
+        lines.push_str(
+            &serde_json::json!({"tier": "episodic", "namespace": "shared", "text": text,
+                "importance": 0.8, "pinned": pinned})
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    let rep = m.import(&a, &lines).unwrap();
+    // Pretend both last decayed two half-lives ago.
+    m.write(&[], |txn| {
+        for id in &rep.ids {
+            m.modify(txn, *id, |r| {
+                r.decayed_ms -= 2 * consolidate::HALF_LIFE_MS;
+            })?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    m.consolidate(&a, "shared", 0, None).unwrap();
+    let unpinned = m.get(&a, rep.ids[0]).unwrap().importance;
+    assert!((unpinned - 0.2).abs() < 0.01, "{unpinned}");
+    assert_eq!(m.get(&a, rep.ids[1]).unwrap().importance, 0.8);
+}
+
+#[test]
+fn import_rejects_bad_lines_by_number_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    let good = |t: &str| {
+        serde_json::json!({"tier": "semantic", "namespace": "shared", "text": t}).to_string()
+    };
+    let body = [
+        good("first fact about the pump"),
+        "{not json".to_string(),
+        serde_json::json!({"tier": "dreams", "namespace": "shared", "text": "x"}).to_string(),
+        serde_json::json!({"tier": "episodic", "namespace": "agent:nobody", "text": "x"}).to_string(),
+        serde_json::json!({"tier": "episodic", "namespace": "shared", "text": "x", "embedding": [1.0, 2.0]}).to_string(),
+        // NaN is not JSON: the line is malformed.
+        r#"{"tier": "episodic", "namespace": "shared", "text": "x", "embedding": [NaN]}"#.to_string(),
+        serde_json::json!({"tier": "episodic", "namespace": "shared", "text": "x".repeat(record::MAX_TEXT_BYTES + 1)}).to_string(),
+        good("second fact about the generator"),
+    ]
+    .join("\n");
+    let rep = m.import(&a, &body).unwrap();
+    assert_eq!(rep.imported, 2);
+    let lines: Vec<usize> = rep.rejected.iter().map(|r| r.0).collect();
+    assert_eq!(lines, [2, 3, 4, 5, 6, 7], "{:?}", rep.rejected);
+    assert!(
+        rep.rejected[3].1.contains("dimensions"),
+        "{:?}",
+        rep.rejected[3]
+    );
+    // Export and re-import into a fresh store gives the same texts and vectors.
+    let exported = m.export(&a, "shared").unwrap();
+    assert_eq!(exported.lines().count(), 2);
+    let dir2 = tempfile::tempdir().unwrap();
+    let m2 = open(dir2.path(), false);
+    let rep2 = m2.import(&a, &exported).unwrap();
+    assert_eq!(rep2.imported, 2, "{rep2:?}");
+    let mut q = query("generator");
+    q.mode = Mode::Keyword;
+    assert_eq!(
+        m2.recall(&a, &q).unwrap().results[0].record.text,
+        "second fact about the generator"
+    );
+    // The imported vectors are searchable even though m2 has no model (query by vector).
+    let mut q = query("x");
+    q.mode = Mode::Vector;
+    q.embedding = Some(Words.embed(&["generator fact second"]).unwrap().remove(0));
+    assert_eq!(
+        m2.recall(&a, &q).unwrap().results[0].record.text,
+        "second fact about the generator"
+    );
+}
+
+#[test]
+fn update_reindexes_and_delete_removes_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    let id = m
+        .remember(
+            &a,
+            new("semantic", "shared", "The spare key is in the red box."),
+        )
+        .unwrap()
+        .record
+        .id;
+    m.update(
+        &a,
+        id,
+        RecordUpdate {
+            text: Some("The spare key is in the blue cabinet.".into()),
+            pinned: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        m.recall(&a, &query("red box"))
+            .unwrap()
+            .results
+            .iter()
+            .all(|h| h.keyword_rank.is_none())
+    );
+    let r = m.recall(&a, &query("blue cabinet")).unwrap();
+    assert_eq!(r.results[0].record.id, id);
+    assert!(r.results[0].record.pinned);
+    m.delete(&a, id).unwrap();
+    assert!(
+        m.recall(&a, &query("blue cabinet"))
+            .unwrap()
+            .results
+            .is_empty()
+    );
+    let mut q = query("spare key blue cabinet");
+    q.mode = Mode::Vector;
+    assert!(m.recall(&a, &q).unwrap().results.is_empty());
+    assert_eq!(
+        m.namespaces(&a).unwrap()["shared"],
+        NamespaceInfo::default()
+    );
+}
+
+#[test]
+fn wrong_embeddings_are_refused_without_a_partial_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), true);
+    let a = Access::admin();
+    let mut r = new("episodic", "shared", "vector of the wrong size");
+    r.embedding = Some(vec![1.0; 3]);
+    assert!(matches!(
+        m.remember(&a, r.clone()),
+        Err(MemoryError::Input(_))
+    ));
+    r.embedding = Some(vec![f32::NAN; 64]);
+    assert!(matches!(m.remember(&a, r), Err(MemoryError::Input(_))));
+    assert_eq!(m.namespaces(&a).unwrap()["shared"].records, 0);
+    assert!(
+        m.recall(&a, &query("vector wrong size"))
+            .unwrap()
+            .results
+            .is_empty()
+    );
+}
