@@ -108,6 +108,27 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
             .join(", "),
         inference.device()
     );
+    let inference = Arc::new(inference);
+    let memory = match &store {
+        Some(st) => {
+            let embedder = crate::memory::models::local_embedder(&inference);
+            let db = st.database();
+            let path = st.path().to_path_buf();
+            let opened = tokio::task::spawn_blocking(move || {
+                crate::memory::Memory::open_database(db, &path, embedder)
+            })
+            .await?;
+            match opened {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    error!("memory: {e}; memory routes answer 503");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    debug!("memory ready after {} ms", started.elapsed().as_millis());
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -121,9 +142,11 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         control,
         fingerprint: identity.fingerprint.clone(),
         appliance: opts.appliance,
-        inference: Arc::new(inference),
+        inference: inference.clone(),
         metrics: Arc::new(crate::metrics::Metrics::default()),
+        memory: memory.clone(),
     });
+    let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));
     let app = api::router(state.clone());
 
     if let Some(r) = &degraded {
@@ -196,6 +219,13 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(app);
+    if let Some(job) = memory_job {
+        job.abort();
+        let _ = job.await;
+    }
+    if let Some(m) = state.memory.clone() {
+        let _ = tokio::task::spawn_blocking(move || m.flush()).await;
+    }
     // The database closes when the last state handle drops.
     drop(state);
     info!("stopped");

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
+mod memory;
 mod openai;
 mod settings;
 mod system;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub inference: std::sync::Arc<crate::inference::Inference>,
     /// Inference counters.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Agent memory, absent in degraded mode.
+    pub memory: Option<Arc<crate::memory::Memory>>,
 }
 
 /// Shared state handle.
@@ -113,9 +116,11 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(system::routes())
         .merge(settings::routes())
+        .merge(memory::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Conversations and embedding batches are bigger than settings.
         .merge(openai::routes().layer(DefaultBodyLimit::max(MAX_MODEL_BODY)))
+        .merge(memory::import_routes())
         .fallback(not_found)
         .with_state(state)
 }
