@@ -6,8 +6,12 @@
 //!
 //! `inference`: chat and embedding speed next to llama.cpp and sentence-transformers (see
 //! [`inference`]).
+//!
+//! `memory`: insert, recall latency and quality, and size on disk next to SQLite (see
+//! [`memory`]).
 
 mod inference;
+mod memory;
 
 use crate::build::{self, ImageOptions};
 use crate::deps;
@@ -229,7 +233,13 @@ fn bench_boot_arch(arch: Arch, runs: usize) -> Result<Value> {
 }
 
 /// Runs a benchmark area and prints the report.
-pub fn bench(area: &str, arch: Option<Arch>, runs: Option<usize>, as_json: bool) -> Result<()> {
+pub fn bench(
+    area: &str,
+    arch: Option<Arch>,
+    runs: Option<usize>,
+    records: Option<Vec<usize>>,
+    as_json: bool,
+) -> Result<()> {
     let report = match area {
         "boot" => {
             let runs = runs.unwrap_or(5);
@@ -257,7 +267,16 @@ pub fn bench(area: &str, arch: Option<Arch>, runs: Option<usize>, as_json: bool)
             }
             return Ok(());
         }
-        other => bail!("unknown benchmark area {other:?}; available: boot, inference"),
+        "memory" => {
+            let report = memory::run(records)?;
+            if as_json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                inference::print_table(&report);
+            }
+            return Ok(());
+        }
+        other => bail!("unknown benchmark area {other:?}; available: boot, inference, memory"),
     };
     if as_json {
         println!("{}", serde_json::to_string(&report)?);

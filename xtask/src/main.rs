@@ -101,7 +101,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
-    /// Measure an area against its named peer in the same run (areas: boot, inference).
+    /// Measure an area against its named peer in the same run (areas: boot, inference, memory).
     Bench {
         /// What to measure.
         area: String,
@@ -110,6 +110,9 @@ enum Cmd {
         /// Repetitions per configuration (boot: at least 5, default 5; inference: default 3).
         #[arg(long)]
         runs: Option<usize>,
+        /// memory: record counts to measure, comma-separated (default 10000,100000).
+        #[arg(long, value_delimiter = ',')]
+        records: Option<Vec<usize>>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -198,8 +201,9 @@ fn real_main() -> Result<()> {
             area,
             arch,
             runs,
+            records,
             json,
-        } => bench::bench(&area, arch, runs, json),
+        } => bench::bench(&area, arch, runs, records, json),
         Cmd::FetchModels { models } => models::fetch_models(&models).map(|_| ()),
         Cmd::Deps => {
             let mut needs = deps::for_image();

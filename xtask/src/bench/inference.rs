@@ -76,12 +76,12 @@ const ST_REQUIREMENTS: &str = "xtask/scripts/st_requirements.txt";
 const ST_SCRIPT: &str = "xtask/scripts/st_bench.py";
 
 /// A file of the repository.
-fn repo_file(rel: &str) -> PathBuf {
+pub(super) fn repo_file(rel: &str) -> PathBuf {
     build::repo_root().join(rel)
 }
 
 /// Where the benchmark keeps its builds, venv and logs: `<target>/bench`.
-fn bench_dir() -> PathBuf {
+pub(super) fn bench_dir() -> PathBuf {
     build::cargo_target_dir().join("bench")
 }
 
@@ -120,8 +120,8 @@ fn run_logged(what: &str, cmd: &mut Command, log: &Path) -> Result<()> {
 }
 
 /// What a measured child process printed, and what it cost.
-struct Measured {
-    stdout: String,
+pub(super) struct Measured {
+    pub(super) stdout: String,
     /// Peak resident set size of the process (`ru_maxrss` from `wait4`).
     max_rss_mib: f64,
     wall_s: f64,
@@ -150,7 +150,7 @@ fn wait4(pid: u32) -> Result<(libc::c_int, libc::rusage)> {
 
 /// Runs a program to be measured: stdout captured, stderr to `target/bench/logs/<name>.log`,
 /// peak RSS from the kernel's accounting of that one process.
-fn run_measured(name: &str, cmd: &mut Command) -> Result<Measured> {
+pub(super) fn run_measured(name: &str, cmd: &mut Command) -> Result<Measured> {
     std::fs::create_dir_all(logs_dir())?;
     let log = logs_dir().join(format!("{name}.log"));
     let logf = std::fs::File::create(&log)?;
@@ -188,7 +188,7 @@ fn run_measured(name: &str, cmd: &mut Command) -> Result<Measured> {
 }
 
 /// Parses a child's JSON output (the last line that parses, so stray lines do not matter).
-fn parse_json(name: &str, out: &str) -> Result<Value> {
+pub(super) fn parse_json(name: &str, out: &str) -> Result<Value> {
     serde_json::from_str(out.trim())
         .ok()
         .or_else(|| {
@@ -207,7 +207,7 @@ fn sha256_file(p: &Path) -> Result<String> {
 }
 
 /// `model name` of /proc/cpuinfo (or the aarch64 implementer/part), else "unknown".
-fn cpu_model() -> String {
+pub(super) fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
         info.lines().find_map(|l| {
@@ -226,7 +226,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn cores() -> usize {
+pub(super) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -850,28 +850,47 @@ pub fn run(runs: usize) -> Result<Value> {
 pub fn print_table(report: &Value) {
     let m = &report["machine"];
     println!(
-        "benchmark: inference (peer: {})",
+        "benchmark: {} (peer: {})",
+        report["area"].as_str().unwrap_or("inference"),
         report["peer"].as_str().unwrap_or("")
     );
-    println!(
-        "machine: {}, {} cores, kernels {} (detected {}), load {} → {}, {} runs, medians",
-        m["cpu"].as_str().unwrap_or("?"),
-        m["cores"],
-        m["kernel_level"].as_str().unwrap_or("?"),
-        m["kernel_level_detected"].as_str().unwrap_or("?"),
-        m["load_avg_1m_before"],
-        m["load_avg_1m_after"],
-        report["runs"]
-    );
+    if m.get("kernel_level").is_some() {
+        println!(
+            "machine: {}, {} cores, kernels {} (detected {}), load {} → {}, {} runs, medians",
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"],
+            m["kernel_level"].as_str().unwrap_or("?"),
+            m["kernel_level_detected"].as_str().unwrap_or("?"),
+            m["load_avg_1m_before"],
+            m["load_avg_1m_after"],
+            report["runs"]
+        );
+    } else {
+        println!(
+            "machine: {}, {} cores",
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"]
+        );
+    }
     for f in report["figures"].as_array().into_iter().flatten() {
         let unit = f["unit"].as_str().unwrap_or("");
-        let target = match (
-            f["target"]["min_ratio"].as_f64(),
-            f["target"]["max_ratio"].as_f64(),
-        ) {
-            (Some(r), _) => format!("target ≥ {r}×"),
-            (_, Some(r)) => format!("target ≤ {r}×"),
-            _ => "no target".into(),
+        let mut targets = Vec::new();
+        if let Some(r) = f["target"]["min_ratio"].as_f64() {
+            targets.push(format!("target ≥ {r}×"));
+        }
+        if let Some(r) = f["target"]["max_ratio"].as_f64() {
+            targets.push(format!("target ≤ {r}×"));
+        }
+        if let Some(v) = f["target"]["min_value"].as_f64() {
+            targets.push(format!("target ≥ {v} {unit}"));
+        }
+        if let Some(v) = f["target"]["max_value"].as_f64() {
+            targets.push(format!("target ≤ {v} {unit}"));
+        }
+        let target = if targets.is_empty() {
+            "no target".to_string()
+        } else {
+            targets.join(", ")
         };
         println!(
             "{}: {} {unit} vs {} {unit} ({}) → {}× ({target}; {} is better)",

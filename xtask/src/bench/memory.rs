@@ -1,0 +1,172 @@
+//! `cargo xtask bench memory`: Cairn's memory (redb, BM25 + HNSW) next to SQLite (FTS5 +
+//! brute-force numpy vectors) on the same synthetic dataset, in the same run, at 10 000 and
+//! 100 000 records: single durable inserts/s, bulk inserts/s, hybrid recall p50/p99 (k = 10),
+//! recall@10 against exact search, bytes on disk per record. Targets: recall@10 ≥ 0.95,
+//! p50 ≤ 5 ms at 100k, faster than SQLite on insert and recall.
+//!
+//! The dataset is written once by the `bench_memory` example (`target/bench/memory-dataset`);
+//! the SQLite script (`xtask/scripts/sqlite_memory_bench.py`) runs in a venv with numpy.
+
+use super::inference::{bench_dir, cores, cpu_model, parse_json, repo_file, run_measured};
+use crate::build;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::process::Command;
+
+/// Record counts measured.
+const SIZES: [usize; 2] = [10_000, 100_000];
+
+fn figure(
+    name: &str,
+    unit: &str,
+    ours: f64,
+    peer: f64,
+    higher_better: bool,
+    target: Value,
+) -> Value {
+    let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "name": name, "unit": unit, "value": r(ours), "peer": "SQLite FTS5 + numpy",
+        "peer_value": r(peer),
+        // The ratio reads "how many times better than the peer" in both directions.
+        "ratio": r(if higher_better { ours / peer } else { peer / ours }),
+        "better": if higher_better { "higher" } else { "lower" },
+        "target": target,
+    })
+}
+
+/// Runs the memory benchmark and returns its report.
+pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
+    let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
+    eprintln!("bench memory: building the bench_memory example (release)");
+    let st = build::cargo()
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cairn",
+            "--example",
+            "bench_memory",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("building bench_memory failed");
+    }
+    let example = build::cargo_target_dir().join("release/examples/bench_memory");
+    eprintln!("bench memory: numpy venv for the SQLite baseline");
+    let python = crate::pyenv::venv(
+        "memory-bench",
+        &repo_file("xtask/scripts/memory_bench_requirements.txt"),
+    )?;
+    let dataset = bench_dir().join("memory-dataset");
+    let work = bench_dir().join("memory-work");
+    let mut figures = Vec::new();
+    let mut detail = serde_json::Map::new();
+    let max = sizes.iter().copied().max().unwrap_or(10_000);
+    // The dataset is written once for the largest size; smaller runs use its prefix.
+    let have = std::fs::read_to_string(dataset.join("records"))
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    if have.is_none_or(|h| h < max) {
+        eprintln!("bench memory: writing the dataset ({max} records)");
+        let st = Command::new(&example)
+            .arg("--dataset")
+            .arg(&dataset)
+            .args(["--records", &max.to_string(), "--make-dataset"])
+            .status()?;
+        if !st.success() {
+            bail!("writing the memory dataset failed");
+        }
+    }
+    for n in sizes {
+        eprintln!("bench memory: {n} records: Cairn");
+        let mut cmd = Command::new(&example);
+        cmd.arg("--dataset").arg(&dataset).arg("--work").arg(&work);
+        cmd.args(["--records", &n.to_string(), "--json"]);
+        let ours = parse_json(
+            "bench_memory",
+            &run_measured(&format!("bench_memory-{n}"), &mut cmd)?.stdout,
+        )?;
+        eprintln!("bench memory: {n} records: SQLite");
+        let mut cmd = Command::new(&python);
+        cmd.arg(repo_file("xtask/scripts/sqlite_memory_bench.py"))
+            .arg("--dataset")
+            .arg(&dataset)
+            .args(["--records", &n.to_string(), "--work"])
+            .arg(bench_dir().join("memory-sqlite"));
+        let peer = parse_json(
+            "sqlite_memory_bench",
+            &run_measured(&format!("sqlite_memory-{n}"), &mut cmd)?.stdout,
+        )?;
+        let get = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {v}"));
+        let k = if n >= 1000 {
+            format!("{}k", n / 1000)
+        } else {
+            n.to_string()
+        };
+        let faster = json!({"min_ratio": 1.0});
+        figures.push(figure(
+            &format!("single_insert_{k}"),
+            "records/s",
+            get(&ours, "single_insert_per_s")?,
+            get(&peer, "single_insert_per_s")?,
+            true,
+            faster.clone(),
+        ));
+        figures.push(figure(
+            &format!("bulk_insert_{k}"),
+            "records/s",
+            get(&ours, "bulk_insert_per_s")?,
+            get(&peer, "bulk_insert_per_s")?,
+            true,
+            faster.clone(),
+        ));
+        let p50_target = if n >= 100_000 {
+            json!({"min_ratio": 1.0, "max_value": 5.0})
+        } else {
+            faster.clone()
+        };
+        figures.push(figure(
+            &format!("recall_p50_{k}"),
+            "ms",
+            get(&ours, "recall_p50_ms")?,
+            get(&peer, "recall_p50_ms")?,
+            false,
+            p50_target,
+        ));
+        figures.push(figure(
+            &format!("recall_p99_{k}"),
+            "ms",
+            get(&ours, "recall_p99_ms")?,
+            get(&peer, "recall_p99_ms")?,
+            false,
+            json!(null),
+        ));
+        figures.push(figure(
+            &format!("recall_at_10_{k}"),
+            "fraction",
+            get(&ours, "recall_at_10")?,
+            get(&peer, "recall_at_10")?,
+            true,
+            json!({"min_value": 0.95}),
+        ));
+        figures.push(figure(
+            &format!("bytes_per_record_{k}"),
+            "bytes",
+            get(&ours, "bytes_per_record")?,
+            get(&peer, "bytes_per_record")?,
+            false,
+            json!(null),
+        ));
+        detail.insert(k, json!({"cairn": ours, "sqlite": peer}));
+    }
+    Ok(json!({
+        "area": "memory",
+        "peer": "SQLite (FTS5 + brute-force numpy vectors), same dataset and fusion",
+        "machine": {"cpu": cpu_model(), "cores": cores()},
+        "runs": 1,
+        "figures": figures,
+        "detail": detail,
+    }))
+}
