@@ -7,8 +7,8 @@
 //! sentences/s per batch size, the process's peak RSS (VmHWM), and the vectors of the first
 //! `--check` sentences so a peer's output can be compared. Batches are formed the way
 //! sentence-transformers' `encode` forms them: sentences sorted by length, then cut into
-//! `batch` consecutive ones. `--threads` sets `RAYON_NUM_THREADS`, which sizes candle's CPU
-//! thread pool.
+//! `batch` consecutive ones. `--threads` sets `RAYON_NUM_THREADS`, which sizes the embedder's
+//! kernel pool on the CPU (and candle's thread pool).
 
 use cairn_models::catalog::Catalog;
 use cairn_models::embed::Embedder;

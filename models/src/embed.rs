@@ -1,9 +1,15 @@
 //! Sentence embeddings: BERT-family models from safetensors + tokenizer.json (all-MiniLM-L6-v2
 //! by default), batched, mean-pooled over the attention mask, L2-normalised.
+//!
+//! On the CPU the encoder runs on Cairn's kernels ([`cpu`]: Q8_0 linear layers, no padding);
+//! on CUDA/Metal it runs candle-transformers' `BertModel`.
 
+mod cpu;
+
+use crate::kernels::Pool;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
 use std::path::Path;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -21,9 +27,17 @@ pub enum EmbedError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The encoder behind an [`Embedder`].
+enum Model {
+    /// Cairn's kernels on the CPU.
+    Cpu(Box<cpu::CpuBert>),
+    /// candle-transformers on a GPU device.
+    Candle(Box<BertModel>),
+}
+
 /// A loaded embedding model.
 pub struct Embedder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     device: Device,
     dims: usize,
@@ -42,7 +56,8 @@ impl std::fmt::Debug for Embedder {
 pub const MAX_BATCH: usize = 256;
 
 impl Embedder {
-    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`.
+    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`. On the CPU
+    /// the kernels run on a pool of `RAYON_NUM_THREADS` (or as many as there are CPUs) threads.
     pub fn load(dir: &Path, device: &Device, max_tokens: usize) -> Result<Embedder, EmbedError> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name))
@@ -65,10 +80,29 @@ impl Embedder {
             }))
             .map_err(|e| EmbedError::Load(e.to_string()))?;
         let weights = dir.join("model.safetensors");
-        // SAFETY: the safetensors file is mapped read-only from the model store; see
-        // `GgufFile::open` for the same contract.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = BertModel::load(vb, &config).map_err(|e| EmbedError::Load(e.to_string()))?;
+        let model = if device.is_cpu() && config.hidden_act == HiddenAct::Gelu {
+            let shape = cpu::Shape {
+                vocab: config.vocab_size,
+                hidden: config.hidden_size,
+                layers: config.num_hidden_layers,
+                heads: config.num_attention_heads,
+                ffn: config.intermediate_size,
+                max_positions: config.max_position_embeddings,
+                type_vocab: config.type_vocab_size,
+                eps: config.layer_norm_eps,
+                model_type: config.model_type.clone(),
+            };
+            let pool = Pool::new(candle_core::utils::get_num_threads());
+            Model::Cpu(Box::new(cpu::CpuBert::load(&weights, &shape, pool)?))
+        } else {
+            // SAFETY: the safetensors file is mapped read-only from the model store; see
+            // `GgufFile::open` for the same contract.
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+            Model::Candle(Box::new(
+                BertModel::load(vb, &config).map_err(|e| EmbedError::Load(e.to_string()))?,
+            ))
+        };
         Ok(Embedder {
             model,
             tokenizer,
@@ -128,6 +162,20 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Input(e.to_string()))?;
+        let model = match &self.model {
+            Model::Cpu(m) => {
+                // Padding is on the right: keep each text's real tokens only.
+                let seqs: Vec<(&[u32], &[u32])> = enc
+                    .iter()
+                    .map(|e| {
+                        let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+                        (&e.get_ids()[..len], &e.get_type_ids()[..len])
+                    })
+                    .collect();
+                return m.embed(&seqs);
+            }
+            Model::Candle(m) => m,
+        };
         let n = enc.len();
         let len = enc.first().map_or(0, |e| e.get_ids().len());
         let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
@@ -136,7 +184,7 @@ impl Embedder {
         let ids = Tensor::from_vec(flat(&|e| e.get_ids()), (n, len), &self.device)?;
         let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), (n, len), &self.device)?;
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (n, len), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         // Mean over real tokens, then unit length.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&m)?.sum(1)?;

@@ -547,6 +547,162 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Reference: f64 layer norm of the same f32 inputs. Tolerance: the mean and variance
+    /// are f32 sums of ≤ 100 terms (relative error ≲ 1e-6 each, taken over values offset by up
+    /// to 4 from zero), then one rsqrt, a product and an FMA per value:
+    /// |got − want| ≤ 1e-5·|gamma|·(|x̂| + 1) + 1e-6·|beta| + 1e-6.
+    #[test]
+    fn layer_norm_matches_reference(rows in 0usize..4, dim in 1usize..100, offset in -4.0f32..4.0,
+                                    seed in any::<u64>()) {
+        let x: Vec<f32> = rand_vec(seed, rows * dim, 3.0).iter().map(|v| v + offset).collect();
+        let g = rand_vec(seed ^ 1, dim, 1.5);
+        let b = rand_vec(seed ^ 2, dim, 0.5);
+        let eps = 1e-12f32;
+        let mut want = vec![0f64; x.len()];
+        let mut xhat = vec![0f64; x.len()];
+        for r in 0..rows {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+            let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+            for i in 0..dim {
+                let h = (xr[i] as f64 - mean) / (var + eps as f64).sqrt();
+                xhat[r * dim + i] = h;
+                want[r * dim + i] = h * g[i] as f64 + b[i] as f64;
+            }
+        }
+        at_levels(|level| {
+            let mut out = vec![f32::NAN; x.len()];
+            ops::layer_norm(&x, &g, &b, eps, &mut out).unwrap();
+            for (i, (&o, &e)) in out.iter().zip(&want).enumerate() {
+                let j = i % dim;
+                let tol = 1e-5 * (g[j].abs() as f64) * (xhat[i].abs() + 1.0)
+                    + 1e-6 * b[j].abs() as f64 + 1e-6;
+                assert!((o as f64 - e).abs() <= tol, "{level:?} [{i}] {o} vs {e}");
+            }
+        });
+    }
+
+    /// Reference: candle's exact-erf GELU in f64. Tolerance: erf from Abramowitz & Stegun
+    /// 7.1.26 is off by ≤ 1.5e-7 (so x·Φ(x) by ≤ 7.5e-8·|x|), e^x by 2e-7 relative, plus a few
+    /// f32 roundings: |got − want| ≤ 5e-7·|x| + 1e-6·|want|.
+    #[test]
+    fn gelu_matches_candle(len in 0usize..100, scale in prop_oneof![Just(1e-3f32), Just(3.0), Just(12.0)],
+                           seed in any::<u64>()) {
+        let x = rand_vec(seed, len, scale);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let want = Tensor::from_vec(x64, len, &Device::Cpu).unwrap().gelu_erf().unwrap()
+            .to_vec1::<f64>().unwrap();
+        at_levels(|level| {
+            let mut got = x.clone();
+            ops::gelu(&mut got);
+            for i in 0..len {
+                let tol = 5e-7 * x[i].abs() as f64 + 1e-6 * want[i].abs();
+                assert!((got[i] as f64 - want[i]).abs() <= tol, "{level:?} gelu({}) = {} vs {}", x[i], got[i], want[i]);
+            }
+        });
+    }
+
+    /// Reference: f64 attention of each sequence over itself. Tolerance as for
+    /// `attention_matches_reference`: |got − want| ≤ 5e-5·max|v| + 1e-6.
+    #[test]
+    fn packed_attention_matches_reference(lens in prop::collection::vec(0usize..20, 1..5),
+                                          n_heads in 1usize..4,
+                                          head_dim in prop_oneof![Just(32usize), Just(8), Just(12)],
+                                          seed in any::<u64>()) {
+        let n: usize = lens.iter().sum();
+        let w = n_heads * head_dim;
+        let q = rand_vec(seed, n * w, 1.0);
+        let k = rand_vec(seed ^ 3, n * w, 1.0);
+        let v = rand_vec(seed ^ 4, n * w, 1.0);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let vmax = v.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+        let mut want = vec![0f64; n * w];
+        let mut t0 = 0;
+        for &l in &lens {
+            for i in t0..t0 + l {
+                for h in 0..n_heads {
+                    let qv = &q[i * w + h * head_dim..][..head_dim];
+                    let s: Vec<f64> = (t0..t0 + l).map(|j| {
+                        let kj = &k[j * w + h * head_dim..][..head_dim];
+                        qv.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
+                    }).collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (jj, ej) in e.iter().enumerate() {
+                        let vj = &v[(t0 + jj) * w + h * head_dim..][..head_dim];
+                        for d in 0..head_dim {
+                            want[i * w + h * head_dim + d] += ej / z * vj[d] as f64;
+                        }
+                    }
+                }
+            }
+            t0 += l;
+        }
+        for pool in [Pool::new(1), Pool::new(3)] {
+            at_levels(|level| {
+                let mut out = vec![f32::NAN; n * w];
+                ops::packed_attention(&pool, &q, &k, &v, &lens, n_heads, head_dim, scale, &mut out).unwrap();
+                for (i, (&g, &e)) in out.iter().zip(&want).enumerate() {
+                    assert!((g as f64 - e).abs() <= 5e-5 * vmax + 1e-6, "{level:?} [{i}] {g} vs {e}");
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn encoder_ops_reject_bad_shapes_without_panicking() {
+    at_levels(|_| {
+        let mut out = vec![0.0; 5];
+        assert!(ops::layer_norm(&[1.0; 6], &[1.0; 3], &[0.0; 3], 1e-5, &mut out).is_err());
+        assert!(ops::layer_norm(&[1.0; 5], &[1.0; 3], &[0.0; 3], 1e-5, &mut out).is_err());
+        assert!(ops::layer_norm(&[1.0; 6], &[1.0; 3], &[0.0; 2], 1e-5, &mut [0.0; 6]).is_err());
+        assert!(ops::layer_norm(&[], &[1.0; 3], &[0.0; 3], 1e-5, &mut []).is_ok());
+        // A constant row normalises to beta, not NaN.
+        let mut o = vec![f32::NAN; 9];
+        ops::layer_norm(&[2.5; 9], &[1.0; 9], &[0.25; 9], 1e-12, &mut o).unwrap();
+        assert!(o.iter().all(|&v| v == 0.25), "{o:?}");
+        let mut g = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e30,
+            -1e30,
+            1.0,
+            -1.0,
+        ];
+        ops::gelu(&mut g);
+        assert!(g[0].is_nan() && g[1] == f32::INFINITY && g[3] == 0.0 && g[6] == 0.0);
+        assert!(g[5] == 1e30 && g[7] > 0.84 && g[8] < -0.15);
+        let pool = Pool::new(2);
+        let bad = |q: usize, k: usize, lens: &[usize]| {
+            ops::packed_attention(
+                &pool,
+                &vec![0.0; q],
+                &vec![0.0; k],
+                &vec![0.0; k],
+                lens,
+                2,
+                8,
+                1.0,
+                &mut vec![0.0; q],
+            )
+            .is_err()
+        };
+        assert!(bad(32, 32, &[3]));
+        assert!(bad(48, 32, &[3]));
+        assert!(!bad(48, 48, &[1, 0, 2]));
+        assert!(!bad(0, 0, &[]));
+        assert!(bad(16, 16, &[usize::MAX, 2]));
+    });
+}
+
 #[test]
 fn ops_reject_bad_shapes_without_panicking() {
     at_levels(|_| {

@@ -10,6 +10,10 @@
 //! - [`softmax`]: row-wise softmax in place.
 //! - [`attention`]: causal scaled-dot-product attention with grouped-query heads over an f32
 //!   KV cache, parallel over heads and query chunks.
+//! - [`layer_norm`]: `out = (x − mean) / sqrt(var + eps) · gamma + beta`, per row (BERT).
+//! - [`gelu`]: `x·Φ(x)` with the exact erf form (BERT's `gelu`), in place.
+//! - [`packed_attention`]: bidirectional attention of several sequences packed back to back
+//!   without padding (encoder models), parallel over sequences and heads.
 
 use std::cell::RefCell;
 
@@ -335,5 +339,137 @@ pub fn attention(
         });
     };
     pool.run(n_heads * nqc, &task);
+    Ok(())
+}
+
+/// Layer normalization of each row of `x` (rows of `gamma.len()`):
+/// `out = (x − mean) / sqrt(var + eps) · gamma + beta`, with the biased variance.
+pub fn layer_norm(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let dim = gamma.len();
+    check("layer_norm beta", dim, beta.len())?;
+    check("layer_norm out", x.len(), out.len())?;
+    if dim == 0 {
+        return if x.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError::Invalid("layer_norm: empty gamma"))
+        };
+    }
+    if !x.len().is_multiple_of(dim) {
+        return Err(KernelError::Invalid(
+            "layer_norm: x is not a whole number of rows",
+        ));
+    }
+    let level = dispatch::level();
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        arch::layer_norm_row(level, xr, gamma, beta, eps, or);
+    }
+    Ok(())
+}
+
+/// GELU in place, the exact (erf) form: `x/2 · (1 + erf(x/√2))`, with erf from Abramowitz &
+/// Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+pub fn gelu(x: &mut [f32]) {
+    arch::gelu(dispatch::level(), x);
+}
+
+thread_local! {
+    static KV_HEAD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bidirectional scaled-dot-product attention of sequences packed back to back.
+///
+/// - `q`, `k`, `v`, `out`: `[n_tokens × n_heads × head_dim]`; sequence `s` owns the
+///   `seq_lens[s]` tokens after those of sequences `0..s` (`Σ seq_lens = n_tokens`);
+/// - every query attends to every token of its own sequence, and to no other (no padding, so
+///   no mask).
+///
+/// Runs one task per (sequence, head) on `pool`.
+#[allow(clippy::too_many_arguments)]
+pub fn packed_attention(
+    pool: &Pool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq_lens: &[usize],
+    n_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let n_tokens = seq_lens
+        .iter()
+        .try_fold(0usize, |a, &l| a.checked_add(l))
+        .ok_or(KernelError::Invalid("packed_attention: lengths overflow"))?;
+    let width = n_heads
+        .checked_mul(head_dim)
+        .ok_or(KernelError::Invalid("packed_attention: shape overflows"))?;
+    let len = n_tokens
+        .checked_mul(width)
+        .ok_or(KernelError::Invalid("packed_attention: shape overflows"))?;
+    check("packed_attention q", len, q.len())?;
+    check("packed_attention k", len, k.len())?;
+    check("packed_attention v", len, v.len())?;
+    check("packed_attention out", len, out.len())?;
+    if len == 0 {
+        return Ok(());
+    }
+    let mut starts = Vec::with_capacity(seq_lens.len());
+    let mut acc = 0;
+    for &l in seq_lens {
+        starts.push(acc);
+        acc += l;
+    }
+    let level = dispatch::level();
+    let optr = super::matmul::OutPtr {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    let task = |t: usize| {
+        let s = t / n_heads;
+        let h = t % n_heads;
+        let (t0, l) = (starts[s], seq_lens[s]);
+        if l == 0 {
+            return;
+        }
+        let with_buf = |buf: &mut Vec<f32>| {
+            // Scratch: this head's keys, values (each l × head_dim) and l scores.
+            buf.resize(2 * l * head_dim + l, 0.0);
+            let (kh, rest) = buf.split_at_mut(l * head_dim);
+            let (vh, scores) = rest.split_at_mut(l * head_dim);
+            for j in 0..l {
+                let src = (t0 + j) * width + h * head_dim;
+                kh[j * head_dim..(j + 1) * head_dim].copy_from_slice(&k[src..src + head_dim]);
+                vh[j * head_dim..(j + 1) * head_dim].copy_from_slice(&v[src..src + head_dim]);
+            }
+            for i in 0..l {
+                let off = (t0 + i) * width + h * head_dim;
+                // SAFETY: each (token, head) output row is written by exactly one task.
+                let o = unsafe { optr.slice(off, head_dim) };
+                arch::attend(
+                    level,
+                    &q[off..off + head_dim],
+                    kh,
+                    vh,
+                    l,
+                    head_dim,
+                    scale,
+                    scores,
+                    o,
+                );
+            }
+        };
+        KV_HEAD.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut b) => with_buf(&mut b),
+            Err(_) => with_buf(&mut Vec::new()),
+        });
+    };
+    pool.run(seq_lens.len() * n_heads, &task);
     Ok(())
 }

@@ -1079,3 +1079,98 @@ pub(crate) fn attend(
         }
     }
 }
+
+/// Layer norm of one row: `out = (x − mean) / sqrt(var + eps) · gamma + beta`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len();
+    assert!(gamma.len() == n && beta.len() == n && out.len() == n);
+    let xp = x.as_ptr();
+    let mut a = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: every access below is at i..i+8 <= n of slices of length n.
+    unsafe {
+        while i + 8 <= n {
+            a = _mm256_add_ps(a, _mm256_loadu_ps(xp.add(i)));
+            i += 8;
+        }
+    }
+    let mut sum = hsum(a);
+    for &v in &x[i..] {
+        sum += v;
+    }
+    let mean = sum / n as f32;
+    let mv = _mm256_set1_ps(mean);
+    let mut a = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: as above.
+    unsafe {
+        while i + 8 <= n {
+            let d = _mm256_sub_ps(_mm256_loadu_ps(xp.add(i)), mv);
+            a = _mm256_fmadd_ps(d, d, a);
+            i += 8;
+        }
+    }
+    let mut ss = hsum(a);
+    for &v in &x[i..] {
+        ss += (v - mean) * (v - mean);
+    }
+    let rstd = 1.0 / (ss / n as f32 + eps).sqrt();
+    let rv = _mm256_set1_ps(rstd);
+    let mut i = 0;
+    // SAFETY: as above; `out`, `gamma` and `beta` have length n.
+    unsafe {
+        while i + 8 <= n {
+            let d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xp.add(i)), mv), rv);
+            let g = _mm256_loadu_ps(gamma.as_ptr().add(i));
+            let b = _mm256_loadu_ps(beta.as_ptr().add(i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(d, g, b));
+            i += 8;
+        }
+    }
+    for j in i..n {
+        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+    }
+}
+
+/// GELU (erf form) of 8 values; the same formula as `portable::gelu_one`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gelu256(x: __m256) -> __m256 {
+    use super::portable::{ERF_A, ERF_P};
+    let sign = _mm256_set1_ps(-0.0);
+    let z = _mm256_mul_ps(
+        _mm256_andnot_ps(sign, x),
+        _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+    );
+    let one = _mm256_set1_ps(1.0);
+    let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), z, one));
+    let mut p = _mm256_set1_ps(ERF_A[4]);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(ERF_A[3]));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(ERF_A[2]));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(ERF_A[1]));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(ERF_A[0]));
+    let e = exp256(_mm256_xor_ps(_mm256_mul_ps(z, z), sign));
+    let q = _mm256_mul_ps(_mm256_mul_ps(t, p), e);
+    let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_setzero_ps());
+    let r = _mm256_blendv_ps(q, _mm256_sub_ps(_mm256_set1_ps(2.0), q), pos);
+    _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), r)
+}
+
+/// GELU (erf form) in place.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn gelu(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: accesses at i..i+8 <= n.
+    unsafe {
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), gelu256(_mm256_loadu_ps(p.add(i))));
+            i += 8;
+        }
+    }
+    for v in &mut x[i..] {
+        *v = super::portable::gelu_one(*v);
+    }
+}

@@ -251,3 +251,42 @@ pub(crate) fn attend(
     let _ = level;
     portable::attend(q, k, v, len, hd, scale, scores, out)
 }
+
+/// Layer norm of one row.
+pub(crate) fn layer_norm_row(
+    level: Level,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level.has_avx2() {
+        // SAFETY: `level` was validated by `dispatch`, so AVX2, FMA and F16C are available.
+        return unsafe { avx2::layer_norm_row(x, gamma, beta, eps, out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level.has_neon() {
+        // SAFETY: `level` was validated by `dispatch`, so NEON is available.
+        return unsafe { neon::layer_norm_row(x, gamma, beta, eps, out) };
+    }
+    let _ = level;
+    portable::layer_norm_row(x, gamma, beta, eps, out)
+}
+
+/// GELU (erf form) in place.
+pub(crate) fn gelu(level: Level, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level.has_avx2() {
+        // SAFETY: `level` was validated by `dispatch`, so AVX2, FMA and F16C are available.
+        return unsafe { avx2::gelu(x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level.has_neon() {
+        // SAFETY: `level` was validated by `dispatch`, so NEON is available.
+        return unsafe { neon::gelu(x) };
+    }
+    let _ = level;
+    portable::gelu(x)
+}

@@ -454,3 +454,89 @@ pub(crate) fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         *o = v * scale * g;
     }
 }
+
+/// Layer norm of one row: `out = (x − mean) / sqrt(var + eps) · gamma + beta`.
+#[target_feature(enable = "neon")]
+pub(crate) fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len();
+    assert!(gamma.len() == n && beta.len() == n && out.len() == n);
+    let xp = x.as_ptr();
+    let mut sum = 0f32;
+    let mut i = 0;
+    // SAFETY: every access below is at i..i+4 <= n of slices of length n.
+    unsafe {
+        let mut a = vdupq_n_f32(0.0);
+        while i + 4 <= n {
+            a = vaddq_f32(a, vld1q_f32(xp.add(i)));
+            i += 4;
+        }
+        sum += vaddvq_f32(a);
+    }
+    for &v in &x[i..] {
+        sum += v;
+    }
+    let mean = sum / n as f32;
+    let mut ss = 0f32;
+    let mut i = 0;
+    // SAFETY: as above.
+    unsafe {
+        let mv = vdupq_n_f32(mean);
+        let mut a = vdupq_n_f32(0.0);
+        while i + 4 <= n {
+            let d = vsubq_f32(vld1q_f32(xp.add(i)), mv);
+            a = vfmaq_f32(a, d, d);
+            i += 4;
+        }
+        ss += vaddvq_f32(a);
+    }
+    for &v in &x[i..] {
+        ss += (v - mean) * (v - mean);
+    }
+    let rstd = 1.0 / (ss / n as f32 + eps).sqrt();
+    let mut i = 0;
+    // SAFETY: as above; `out`, `gamma` and `beta` have length n.
+    unsafe {
+        let mv = vdupq_n_f32(mean);
+        while i + 4 <= n {
+            let d = vmulq_n_f32(vsubq_f32(vld1q_f32(xp.add(i)), mv), rstd);
+            let g = vld1q_f32(gamma.as_ptr().add(i));
+            let b = vld1q_f32(beta.as_ptr().add(i));
+            vst1q_f32(out.as_mut_ptr().add(i), vfmaq_f32(b, d, g));
+            i += 4;
+        }
+    }
+    for j in i..n {
+        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j];
+    }
+}
+
+/// GELU (erf form) in place; the same formula as `portable::gelu_one`.
+#[target_feature(enable = "neon")]
+pub(crate) fn gelu(x: &mut [f32]) {
+    use super::portable::{ERF_A, ERF_P};
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: accesses at i..i+4 <= n.
+    unsafe {
+        let one = vdupq_n_f32(1.0);
+        while i + 4 <= n {
+            let v = vld1q_f32(p.add(i));
+            let z = vmulq_n_f32(vabsq_f32(v), std::f32::consts::FRAC_1_SQRT_2);
+            let t = vdivq_f32(one, vfmaq_n_f32(one, z, ERF_P));
+            let mut q = vdupq_n_f32(ERF_A[4]);
+            for c in [ERF_A[3], ERF_A[2], ERF_A[1], ERF_A[0]] {
+                q = vfmaq_f32(vdupq_n_f32(c), q, t);
+            }
+            let e = exp4(vnegq_f32(vmulq_f32(z, z)));
+            let q = vmulq_f32(vmulq_f32(t, q), e);
+            let pos = vcgeq_f32(v, vdupq_n_f32(0.0));
+            let r = vbslq_f32(pos, vsubq_f32(vdupq_n_f32(2.0), q), q);
+            vst1q_f32(p.add(i), vmulq_f32(vmulq_n_f32(v, 0.5), r));
+            i += 4;
+        }
+    }
+    for v in &mut x[i..] {
+        *v = super::portable::gelu_one(*v);
+    }
+}

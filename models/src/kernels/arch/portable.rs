@@ -297,3 +297,47 @@ pub(crate) fn attend(
         }
     }
 }
+
+/// Layer norm of one row: `out = (x − mean) / sqrt(var + eps) · gamma + beta`.
+pub(crate) fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+        *o = (v - mean) * rstd * g + b;
+    }
+}
+
+/// Coefficients of the erfc approximation of Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7):
+/// `erfc(z) ≈ t·(A1 + t·(A2 + t·(A3 + t·(A4 + t·A5))))·e^(−z²)`, `t = 1/(1 + P·z)`, z ≥ 0.
+pub(crate) const ERF_P: f32 = 0.327_591_1;
+/// See [`ERF_P`].
+pub(crate) const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_7,
+    -1.453_152,
+    1.061_405_4,
+];
+
+/// GELU with the exact erf form, `x·Φ(x) = x/2·(1 + erf(x/√2))`, for one value.
+///
+/// `1 + erf(z)` is computed as `erfc(|z|)` for negative `z` and `2 − erfc(z)` otherwise, so
+/// small negative outputs keep their relative accuracy.
+#[inline(always)]
+pub(crate) fn gelu_one(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + ERF_P * z);
+    let p = ERF_A[0] + t * (ERF_A[1] + t * (ERF_A[2] + t * (ERF_A[3] + t * ERF_A[4])));
+    let q = t * p * (-z * z).exp();
+    let one_plus_erf = if x >= 0.0 { 2.0 - q } else { q };
+    0.5 * x * one_plus_erf
+}
+
+/// GELU (erf form) in place.
+pub(crate) fn gelu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = gelu_one(*v);
+    }
+}
