@@ -34,6 +34,9 @@ macro_rules! both_arches {
 both_arches!(memory_survives_power_cuts, full_data_partition_answers_507);
 
 const GIB: u64 = 1 << 30;
+
+/// What a writer thread did: acknowledged (id, text), and every text it tried.
+type WriteLog = (Vec<(u64, String)>, Vec<String>);
 const NS: &str = "shared:e2e";
 
 /// A small xorshift generator seeded from the clock (the seed is printed for replay).
@@ -185,7 +188,7 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
         }
         // Write continuously from another thread; cut the power at a random moment.
         let port = b.port;
-        let log: Arc<Mutex<(Vec<(u64, String)>, Vec<String>)>> = Arc::default();
+        let log: Arc<Mutex<WriteLog>> = Arc::default();
         let writer = {
             let log = log.clone();
             std::thread::spawn(move || {
