@@ -431,6 +431,17 @@ proptest! {
         });
     }
 
+    /// Exact: integer arithmetic at every level.
+    #[test]
+    fn dot_i8_is_exact(len in 0usize..600, seed in any::<u64>()) {
+        let a: Vec<i8> = rand_vec(seed, len, 128.0).iter().map(|x| x.clamp(-128.0, 127.0) as i8).collect();
+        let b: Vec<i8> = rand_vec(seed ^ 5, len, 128.0).iter().map(|x| x.clamp(-128.0, 127.0) as i8).collect();
+        let want: i32 = a.iter().zip(&b).map(|(x, y)| *x as i32 * *y as i32).sum();
+        at_levels(|level| {
+            assert_eq!(ops::dot_i8(&a, &b).unwrap(), want, "{level:?} len {len}");
+        });
+    }
+
     /// Tolerance: silu needs one e^x (relative error ≤ 2e-7) and a division, so
     /// |got − want| ≤ 1e-5·|a·b| + 1e-30.
     #[test]
@@ -713,6 +724,7 @@ fn ops_reject_bad_shapes_without_panicking() {
         assert!(ops::softmax(&mut [1.0; 5], 3).is_err());
         assert!(ops::softmax(&mut [], 3).is_ok());
         assert!(ops::silu_mul(&[1.0; 5], &[1.0; 4], &mut out).is_err());
+        assert!(ops::dot_i8(&[1; 5], &[1; 4]).is_err());
         assert!(RopeTable::new(7, 4, 1e4).is_err());
         let t = RopeTable::new(8, 4, 1e4).unwrap();
         assert!(ops::rope(&mut [0.0; 16], 1, 2, 0, &t, RopeLayout::Interleaved).is_ok());

@@ -72,13 +72,11 @@ impl QVec {
     }
 }
 
-/// Integer dot product of two int8 vectors (the compiler vectorises the widening loop).
+/// Integer dot product of two int8 vectors on cairn-models' runtime-dispatched kernels
+/// (AVX2 / NEON / portable); 0 for vectors of different lengths, which the index never mixes.
 #[inline]
 pub fn dot(a: &[i8], b: &[i8]) -> i32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| i32::from(*x as i16 * *y as i16))
-        .sum()
+    cairn_models::kernels::ops::dot_i8(a, b).unwrap_or(0)
 }
 
 #[cfg(test)]

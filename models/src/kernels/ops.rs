@@ -180,6 +180,12 @@ pub fn rope_head(
     Ok(())
 }
 
+/// Integer dot product of two int8 vectors (vector search over quantized embeddings).
+pub fn dot_i8(a: &[i8], b: &[i8]) -> Result<i32, KernelError> {
+    check("dot_i8 b", a.len(), b.len())?;
+    Ok(arch::dot_i8(dispatch::level(), a, b))
+}
+
 /// `out[i] = silu(a[i]) · b[i]` with `silu(v) = v / (1 + e^(−v))`.
 pub fn silu_mul(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
     check("silu_mul b", a.len(), b.len())?;

@@ -1174,3 +1174,41 @@ pub(crate) fn gelu(x: &mut [f32]) {
         *v = super::portable::gelu_one(*v);
     }
 }
+
+/// Integer dot product of two int8 vectors of equal length: 16 lanes sign-extended to i16,
+/// `vpmaddwd` into i32 (products of int8 cannot overflow an i32 pair sum).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len();
+    assert!(b.len() == n);
+    let mut acc0 = _mm256_setzero_si256();
+    let mut acc1 = _mm256_setzero_si256();
+    let mut i = 0;
+    // SAFETY: every load reads i..i+16 (or i+16..i+32) <= n bytes.
+    unsafe {
+        while i + 32 <= n {
+            let a0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i).cast()));
+            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i).cast()));
+            let a1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i + 16).cast()));
+            let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i + 16).cast()));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(a0, b0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(a1, b1));
+            i += 32;
+        }
+        if i + 16 <= n {
+            let a0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i).cast()));
+            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i).cast()));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(a0, b0));
+            i += 16;
+        }
+    }
+    let acc = _mm256_add_epi32(acc0, acc1);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut total = _mm_cvtsi128_si32(s);
+    for j in i..n {
+        total += i32::from(a[j]) * i32::from(b[j]);
+    }
+    total
+}

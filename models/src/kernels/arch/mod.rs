@@ -198,6 +198,22 @@ pub(crate) fn rope_head(level: Level, v: &mut [f32], cos: &[f32], sin: &[f32], l
     portable::rope_head(v, cos, sin, layout)
 }
 
+/// Integer dot product of two int8 vectors of equal length.
+pub(crate) fn dot_i8(level: Level, a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if level.has_avx2() {
+        // SAFETY: `level` was validated by `dispatch`, so AVX2, FMA and F16C are available.
+        return unsafe { avx2::dot_i8(a, b) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level.has_neon() {
+        // SAFETY: `level` was validated by `dispatch`, so NEON is available.
+        return unsafe { neon::dot_i8(a, b) };
+    }
+    let _ = level;
+    portable::dot_i8(a, b)
+}
+
 /// `out = silu(a) · b`.
 pub(crate) fn silu_mul(level: Level, a: &[f32], b: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -540,3 +540,28 @@ pub(crate) fn gelu(x: &mut [f32]) {
         *v = super::portable::gelu_one(*v);
     }
 }
+
+/// Integer dot product of two int8 vectors of equal length: widening multiplies into i16,
+/// pairwise-accumulated into i32 lanes.
+#[target_feature(enable = "neon")]
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len();
+    assert!(b.len() == n);
+    let mut acc = vdupq_n_s32(0);
+    let mut i = 0;
+    // SAFETY: every load reads i..i+16 <= n bytes.
+    unsafe {
+        while i + 16 <= n {
+            let x = vld1q_s8(a.as_ptr().add(i));
+            let y = vld1q_s8(b.as_ptr().add(i));
+            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+            acc = vpadalq_s16(acc, vmull_high_s8(x, y));
+            i += 16;
+        }
+    }
+    let mut total = vaddvq_s32(acc);
+    for j in i..n {
+        total += i32::from(a[j]) * i32::from(b[j]);
+    }
+    total
+}

@@ -341,3 +341,11 @@ pub(crate) fn gelu(x: &mut [f32]) {
         *v = gelu_one(*v);
     }
 }
+
+/// Integer dot product of two int8 vectors of equal length.
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum()
+}
