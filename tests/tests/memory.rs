@@ -81,7 +81,7 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
     let cuts: usize = std::env::var("CAIRN_MEMORY_CUTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(10);
     let a = artifacts(arch)?;
     let dir = scratch(arch, "memory-cuts")?;
     let disk = disk_copy(&a, &dir, GIB)?;

@@ -24,6 +24,55 @@ pub const EF_CONSTRUCTION: usize = 100;
 /// Highest level a node can get (bounds the per-node link table).
 const MAX_LEVEL: usize = 12;
 
+/// Per-thread visited marks of graph searches: a stamp per slot, so starting a search is a
+/// counter increment instead of clearing (or allocating) a set.
+#[derive(Default)]
+struct Marks {
+    stamp: Vec<u32>,
+    current: u32,
+}
+
+/// The visited set of one search.
+struct Visit<'a> {
+    stamp: &'a mut [u32],
+    current: u32,
+}
+
+impl Marks {
+    fn start(&mut self, slots: usize) -> Visit<'_> {
+        if self.stamp.len() < slots {
+            self.stamp.resize(slots, 0);
+        }
+        self.current = self.current.wrapping_add(1);
+        if self.current == 0 {
+            self.stamp.fill(0);
+            self.current = 1;
+        }
+        Visit {
+            stamp: &mut self.stamp,
+            current: self.current,
+        }
+    }
+}
+
+impl Visit<'_> {
+    /// Marks `slot`; false if it was already marked in this search.
+    fn insert(&mut self, slot: u32) -> bool {
+        match self.stamp.get_mut(slot as usize) {
+            Some(s) if *s == self.current => false,
+            Some(s) => {
+                *s = self.current;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+thread_local! {
+    static VISITED: std::cell::RefCell<Marks> = std::cell::RefCell::new(Marks::default());
+}
+
 /// A (similarity, slot) pair ordered by similarity.
 #[derive(Clone, Copy, PartialEq)]
 struct Scored(f32, u32);
@@ -161,7 +210,21 @@ impl Hnsw {
     /// Greedy best-first search on one level from `entry`, keeping `ef` results
     /// (best first).
     fn search_level(&self, q: &QVec, entry: &[u32], ef: usize, level: usize) -> Vec<Scored> {
-        let mut visited = HashSet::with_capacity(ef * 8);
+        VISITED.with(|v| {
+            let mut v = v.borrow_mut();
+            let visited = v.start(self.nodes.len());
+            self.search_level_with(q, entry, ef, level, visited)
+        })
+    }
+
+    fn search_level_with(
+        &self,
+        q: &QVec,
+        entry: &[u32],
+        ef: usize,
+        level: usize,
+        mut visited: Visit<'_>,
+    ) -> Vec<Scored> {
         let mut candidates = BinaryHeap::new(); // best first
         let mut results: BinaryHeap<std::cmp::Reverse<Scored>> = BinaryHeap::new(); // worst first
         for &e in entry {

@@ -1203,7 +1203,10 @@ pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         }
     }
     let acc = _mm256_add_epi32(acc0, acc1);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     let mut total = _mm_cvtsi128_si32(s);
