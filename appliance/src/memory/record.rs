@@ -213,6 +213,42 @@ pub enum InputError {
     TooLarge(String),
 }
 
+/// Text: not blank, at most [`MAX_TEXT_BYTES`].
+fn check_text(text: &str) -> Result<(), InputError> {
+    if text.trim().is_empty() {
+        return Err(InputError::Invalid("text must not be empty".into()));
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(InputError::TooLarge(format!(
+            "text is {} bytes; the limit is {MAX_TEXT_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Metadata (a JSON object of at most [`MAX_METADATA_BYTES`]) and importance (0 to 1).
+fn check_fields(metadata: Option<&Value>, importance: Option<f32>) -> Result<(), InputError> {
+    if let Some(m) = metadata {
+        if !m.is_object() {
+            return Err(InputError::Invalid("metadata must be a JSON object".into()));
+        }
+        if m.to_string().len() > MAX_METADATA_BYTES {
+            return Err(InputError::TooLarge(format!(
+                "metadata is over {MAX_METADATA_BYTES} bytes"
+            )));
+        }
+    }
+    if let Some(i) = importance
+        && !(0.0..=1.0).contains(&i)
+    {
+        return Err(InputError::Invalid(
+            "importance must be between 0 and 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn name_field(field: &str, v: &Option<String>) -> Result<(), InputError> {
     if let Some(v) = v
         && (v.is_empty() || v.len() > MAX_NAME_BYTES || v.chars().any(char::is_control))
@@ -231,32 +267,8 @@ impl NewRecord {
             Tier::parse(self.tier.as_deref().unwrap_or("episodic")).map_err(InputError::Invalid)?;
         let ns = self.namespace.clone().unwrap_or_else(|| "shared".into());
         check_namespace(&ns).map_err(InputError::Invalid)?;
-        if self.text.trim().is_empty() {
-            return Err(InputError::Invalid("text must not be empty".into()));
-        }
-        if self.text.len() > MAX_TEXT_BYTES {
-            return Err(InputError::TooLarge(format!(
-                "text is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                self.text.len()
-            )));
-        }
-        if let Some(m) = &self.metadata {
-            if !m.is_object() {
-                return Err(InputError::Invalid("metadata must be a JSON object".into()));
-            }
-            if m.to_string().len() > MAX_METADATA_BYTES {
-                return Err(InputError::TooLarge(format!(
-                    "metadata is over {MAX_METADATA_BYTES} bytes"
-                )));
-            }
-        }
-        if let Some(i) = self.importance
-            && !(0.0..=1.0).contains(&i)
-        {
-            return Err(InputError::Invalid(
-                "importance must be between 0 and 1".into(),
-            ));
-        }
+        check_text(&self.text)?;
+        check_fields(self.metadata.as_ref(), self.importance)?;
         name_field("session", &self.session)?;
         name_field("source", &self.source)?;
         name_field("key", &self.key)?;
@@ -314,33 +326,9 @@ impl RecordUpdate {
     /// Checks the fields like [`NewRecord::validate`].
     pub fn validate(&self) -> Result<(), InputError> {
         if let Some(t) = &self.text {
-            if t.trim().is_empty() {
-                return Err(InputError::Invalid("text must not be empty".into()));
-            }
-            if t.len() > MAX_TEXT_BYTES {
-                return Err(InputError::TooLarge(format!(
-                    "text is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                    t.len()
-                )));
-            }
+            check_text(t)?;
         }
-        if let Some(m) = &self.metadata {
-            if !m.is_object() {
-                return Err(InputError::Invalid("metadata must be a JSON object".into()));
-            }
-            if m.to_string().len() > MAX_METADATA_BYTES {
-                return Err(InputError::TooLarge(format!(
-                    "metadata is over {MAX_METADATA_BYTES} bytes"
-                )));
-            }
-        }
-        if let Some(i) = self.importance
-            && !(0.0..=1.0).contains(&i)
-        {
-            return Err(InputError::Invalid(
-                "importance must be between 0 and 1".into(),
-            ));
-        }
+        check_fields(self.metadata.as_ref(), self.importance)?;
         Ok(())
     }
 }
