@@ -441,16 +441,7 @@ impl Hnsw {
         }
         self.free.push(slot);
         if self.entry == Some(slot) {
-            self.entry = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| {
-                    n.as_ref()
-                        .map(|n| (n.links.len(), std::cmp::Reverse(n.id), i))
-                })
-                .max()
-                .map(|(_, _, i)| i as u32);
+            self.entry = self.highest_node();
         }
         true
     }
@@ -520,6 +511,19 @@ impl Hnsw {
         pending.push((slot, links));
     }
 
+    /// The entry point: the node on the highest level, the lowest id among ties.
+    fn highest_node(&self) -> Option<u32> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                n.as_ref()
+                    .map(|n| (n.links.len(), std::cmp::Reverse(n.id), i))
+            })
+            .max()
+            .map(|(_, _, i)| i as u32)
+    }
+
     /// Resolves the links of loaded nodes and picks the entry point (highest level, then
     /// lowest id).
     pub fn finish_load(&mut self, pending: Vec<PendingLinks>) {
@@ -536,16 +540,7 @@ impl Hnsw {
                 n.links = resolved;
             }
         }
-        self.entry = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                n.as_ref()
-                    .map(|n| (n.links.len(), std::cmp::Reverse(n.id), i))
-            })
-            .max()
-            .map(|(_, _, i)| i as u32);
+        self.entry = self.highest_node();
         self.dirty.clear();
     }
 }
