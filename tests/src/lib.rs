@@ -204,3 +204,26 @@ impl Booted {
         Ok(v)
     }
 }
+
+/// Generates one test per architecture, ignored unless run through `cargo xtask test`.
+#[macro_export]
+macro_rules! both_arches {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            #[ignore = "boots QEMU; run it with cargo xtask test"]
+            fn x86_64() {
+                if let Err(e) = super::$name(cairn_e2e::Arch::X86_64) {
+                    panic!("{e:#}");
+                }
+            }
+            #[test]
+            #[ignore = "boots QEMU; run it with cargo xtask test"]
+            fn aarch64() {
+                if let Err(e) = super::$name(cairn_e2e::Arch::Aarch64) {
+                    panic!("{e:#}");
+                }
+            }
+        }
+    )*};
+}

@@ -3,31 +3,9 @@
 //! and bad disks or configs degrade the boot instead of stopping it.
 
 use anyhow::{Context, Result, bail, ensure};
-use cairn_e2e::{Arch, BootPlan, artifacts, boot, disk_copy, scratch};
+use cairn_e2e::{Arch, BootPlan, artifacts, boot, both_arches, disk_copy, scratch};
 use serde_json::json;
 use std::time::Duration;
-
-/// Generates one test per architecture, ignored unless run through `cargo xtask test`.
-macro_rules! both_arches {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            #[ignore = "boots QEMU; run it with cargo xtask test"]
-            fn x86_64() {
-                if let Err(e) = super::$name(cairn_e2e::Arch::X86_64) {
-                    panic!("{e:#}");
-                }
-            }
-            #[test]
-            #[ignore = "boots QEMU; run it with cargo xtask test"]
-            fn aarch64() {
-                if let Err(e) = super::$name(cairn_e2e::Arch::Aarch64) {
-                    panic!("{e:#}");
-                }
-            }
-        }
-    )*};
-}
 
 both_arches!(
     direct_boot_reaches_healthz,

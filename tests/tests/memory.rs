@@ -4,32 +4,11 @@
 //! while reads keep working.
 
 use anyhow::{Context, Result, ensure};
-use cairn_e2e::{Arch, BootPlan, artifacts, boot, disk_copy, scratch};
+use cairn_e2e::{Arch, BootPlan, artifacts, boot, both_arches, disk_copy, scratch};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-macro_rules! both_arches {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            #[ignore = "boots QEMU; run it with cargo xtask test"]
-            fn x86_64() {
-                if let Err(e) = super::$name(cairn_e2e::Arch::X86_64) {
-                    panic!("{e:#}");
-                }
-            }
-            #[test]
-            #[ignore = "boots QEMU; run it with cargo xtask test"]
-            fn aarch64() {
-                if let Err(e) = super::$name(cairn_e2e::Arch::Aarch64) {
-                    panic!("{e:#}");
-                }
-            }
-        }
-    )*};
-}
 
 both_arches!(memory_survives_power_cuts, full_data_partition_answers_507);
 
