@@ -47,6 +47,9 @@ pub struct UsageRow {
     pub cost_usd: f64,
 }
 
+/// A stored usage row with its key: (UTC day number, caller, provider, model, figures).
+pub type UsageRecord = (u32, String, String, String, UsageRow);
+
 /// One usage line of a report.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageLine {
@@ -254,7 +257,7 @@ impl Ledger {
         from: u32,
         to: u32,
         caller: Option<&str>,
-    ) -> Result<Vec<(u32, String, String, String, UsageRow)>, StoreError> {
+    ) -> Result<Vec<UsageRecord>, StoreError> {
         self.read(|txn| {
             let t = match txn.open_table(USAGE) {
                 Ok(t) => t,

@@ -1880,11 +1880,3 @@ impl Exclusion {
 
 #[cfg(test)]
 mod tests;
-
-#[allow(dead_code)]
-fn assert_send(r: &Router, ctx: &CallContext) {
-    fn is_send<T: Send>(_: T) {}
-    is_send(r.chat(ctx, ChatCall::default()));
-    is_send(r.chat_stream(ctx, ChatCall::default()));
-    is_send(r.embed(ctx, None, vec![]));
-}
