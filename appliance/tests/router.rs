@@ -707,3 +707,76 @@ impl JsonBody for reqwest::RequestBuilder {
             .body(v.to_string())
     }
 }
+
+/// The Rust interface agents use: a streamed call, accounted to the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_stream_through_the_library_interface() {
+    use cairn::router::{
+        CallContext, Caller, ChatCall, ChatMessage, Policy, Router, RouterOptions, StreamEvent,
+    };
+    let (fbase, _, fake) = fakes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn::store::Store::open(dir.path()).unwrap();
+    let inference = cairn::inference::Inference::new(&cairn::inference::InferenceOptions {
+        store: None,
+        registry: None,
+        device: cairn::inference::DeviceChoice::Cpu,
+        threads: 1,
+        load: cairn::inference::LoadPolicy::Lazy,
+    })
+    .unwrap();
+    let router = Router::open(RouterOptions {
+        inference: Arc::new(inference),
+        metrics: Arc::new(cairn::metrics::Metrics::default()),
+        db: Some((store.database(), store.path().to_path_buf())),
+        data_dir: dir.path().to_path_buf(),
+    });
+    let ant = json!({"name": "ant", "kind": "anthropic", "base_url": format!("{fbase}/anthropic"), "key": "ant-key",
+                     "models": [{"id": "claude-test", "input_per_1k_usd": 3.0, "output_per_1k_usd": 15.0}]});
+    router
+        .create_provider(cairn::router::config::parse_provider(ant, None).unwrap())
+        .unwrap();
+    let ctx = CallContext {
+        caller: Caller::Agent {
+            name: "planner".into(),
+            run: Some("run-1".into()),
+        },
+        policy: Some(Policy::Cheapest),
+        task_kind: Some("plan".into()),
+        ..Default::default()
+    };
+    let call = ChatCall {
+        model: None,
+        messages: vec![
+            ChatMessage::new("system", "be terse"),
+            ChatMessage::new("user", "Say hello."),
+        ],
+        max_tokens: Some(20),
+        ..Default::default()
+    };
+    let mut s = router.chat_stream(&ctx, call).await.expect("stream");
+    assert_eq!(
+        (s.provider.as_str(), s.model.as_str()),
+        ("ant", "ant/claude-test")
+    );
+    let (mut text, mut done) = (String::new(), None);
+    while let Some(ev) = s.next().await {
+        match ev {
+            StreamEvent::Delta(t) => text.push_str(&t),
+            StreamEvent::Done(o) => done = Some(o),
+            StreamEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    let o = done.expect("a final outcome");
+    assert_eq!(text, "Hello from Claude");
+    assert_eq!(o.text, text);
+    assert_eq!((o.usage.prompt_tokens, o.usage.completion_tokens), (12, 5));
+    assert!((o.cost_usd - 0.111).abs() < 1e-9);
+    assert_eq!(fake.hits("anthropic"), 1);
+    let usage = router.usage(1).unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].caller, "agent:planner");
+    assert_eq!(usage[0].usage.calls, 1);
+    router.record_score("ant/claude-test", "plan", 0.9);
+    assert_eq!(router.scores()[0].n, 1);
+}

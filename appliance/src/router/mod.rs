@@ -1566,12 +1566,12 @@ impl Router {
                             let (name2, id2) = (name.clone(), id.clone());
                             tokio::task::spawn_blocking(move || {
                                 use cairn_models::engine::Event;
-                                let mut text_len = 0;
+                                let mut text = String::new();
                                 while let Ok(ev) = erx.recv() {
                                     match ev {
                                         Event::Started { .. } => metrics.first_token(),
                                         Event::Text(t) => {
-                                            text_len += t.len();
+                                            text.push_str(&t);
                                             if tx.blocking_send(StreamEvent::Delta(t)).is_err() {
                                                 return;
                                             }
@@ -1597,7 +1597,7 @@ impl Router {
                                             );
                                             let _ =
                                                 tx.blocking_send(StreamEvent::Done(ChatOutcome {
-                                                    text: String::new(),
+                                                    text: std::mem::take(&mut text),
                                                     model: name2.clone(),
                                                     provider: "local".into(),
                                                     usage,
@@ -1605,7 +1605,6 @@ impl Router {
                                                     latency_ms: latency.as_millis() as u64,
                                                     finish_reason: local::finish(reason),
                                                 }));
-                                            let _ = text_len;
                                             return;
                                         }
                                         Event::Error(e) => {
