@@ -1567,12 +1567,31 @@ impl Router {
                             tokio::task::spawn_blocking(move || {
                                 use cairn_models::engine::Event;
                                 let mut text = String::new();
+                                let (mut prompt, mut pieces) = (0u64, 0u64);
                                 while let Ok(ev) = erx.recv() {
                                     match ev {
-                                        Event::Started { .. } => metrics.first_token(),
+                                        Event::Started { usage: u } => {
+                                            metrics.first_token();
+                                            prompt = u.prompt_tokens as u64;
+                                        }
                                         Event::Text(t) => {
                                             text.push_str(&t);
+                                            pieces += 1;
                                             if tx.blocking_send(StreamEvent::Delta(t)).is_err() {
+                                                // The caller went away: dropping the engine's
+                                                // receiver cancels the generation; what it
+                                                // used so far is still accounted.
+                                                acct.record(
+                                                    "local",
+                                                    &id2,
+                                                    UsageRow {
+                                                        calls: 1,
+                                                        failures: 0,
+                                                        prompt_tokens: prompt,
+                                                        completion_tokens: pieces,
+                                                        cost_usd: 0.0,
+                                                    },
+                                                );
                                                 return;
                                             }
                                         }
