@@ -10,6 +10,7 @@ pub mod control;
 pub mod inference;
 pub mod memory;
 pub mod metrics;
+pub mod router;
 pub mod serve;
 pub mod store;
 pub mod sysinfo;

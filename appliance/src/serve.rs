@@ -129,6 +129,18 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         None => None,
     };
     debug!("memory ready after {} ms", started.elapsed().as_millis());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let router = {
+        let opts = crate::router::RouterOptions {
+            inference: inference.clone(),
+            metrics: metrics.clone(),
+            db: store
+                .as_ref()
+                .map(|s| (s.database(), s.path().to_path_buf())),
+            data_dir: opts.data.clone(),
+        };
+        Arc::new(tokio::task::spawn_blocking(move || crate::router::Router::open(opts)).await?)
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -143,8 +155,9 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         fingerprint: identity.fingerprint.clone(),
         appliance: opts.appliance,
         inference: inference.clone(),
-        metrics: Arc::new(crate::metrics::Metrics::default()),
+        metrics,
         memory: memory.clone(),
+        router,
     });
     let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));
     let app = api::router(state.clone());

@@ -4,7 +4,8 @@
 //! the response. The `meta` table records the schema version; opening a database written by a
 //! newer Cairn is refused rather than risked, and older ones are migrated forward in one
 //! transaction. Table ownership: `meta` (this module), `settings` (settings API), `mem_*`
-//! (the memory subsystem, `memory/tables.rs`); later issues add agents, runs and audit here.
+//! (the memory subsystem, `memory/tables.rs`), `router_*` (the model router, `router/ledger.rs`,
+//! created by their first write); later issues add agents, runs and audit here.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};

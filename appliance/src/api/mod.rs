@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
 mod memory;
+mod model_router;
 mod openai;
 mod settings;
 mod system;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Agent memory, absent in degraded mode.
     pub memory: Option<Arc<crate::memory::Memory>>,
+    /// The model router: every LLM call goes through it.
+    pub router: Arc<crate::router::Router>,
 }
 
 /// Shared state handle.
@@ -117,6 +120,7 @@ pub fn router(state: Shared) -> Router {
         .merge(system::routes())
         .merge(settings::routes())
         .merge(memory::routes())
+        .merge(model_router::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Conversations and embedding batches are bigger than settings.
         .merge(openai::routes().layer(DefaultBodyLimit::max(MAX_MODEL_BODY)))

@@ -6,19 +6,24 @@
 //! refused with 400 `context_length_exceeded` (never silently truncated); `max_tokens` beyond
 //! what the context leaves is clamped and the answer ends with `finish_reason: "length"`; a full
 //! queue answers 429 with `Retry-After`; a model that cannot be loaded answers 503.
+//!
+//! Every call goes through the model router (`crate::router`, docs/router.md): `model` may
+//! name a local model, `provider/model`, or be left out (or `"auto"`) for the policy to pick;
+//! `X-Cairn-Policy`, `X-Cairn-Sensitive`, `X-Cairn-Max-Cost-Usd`, `X-Cairn-Max-Latency-Ms` and
+//! `X-Cairn-Task-Kind` set the call's routing context; answers carry `X-Cairn-Provider` and
+//! `X-Cairn-Model`.
 
 use super::Shared;
-use crate::inference::InferenceError;
+use crate::router::{CallContext, ChatCall, Policy, RouterError, StreamEvent, TokenUsage};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_models::chat::Message;
-use cairn_models::engine::{Event, FinishReason, Request, SubmitError, Usage};
-use cairn_models::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -65,30 +70,6 @@ impl IntoResponse for OpenAiError {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         r
-    }
-}
-
-impl From<InferenceError> for OpenAiError {
-    fn from(e: InferenceError) -> Self {
-        match e {
-            InferenceError::Unknown(_) => OpenAiError {
-                status: StatusCode::NOT_FOUND,
-                kind: "invalid_request_error",
-                code: Some("model_not_found"),
-                param: Some("model"),
-                message: e.to_string(),
-                retry_after: None,
-            },
-            InferenceError::WrongKind { .. } => OpenAiError::invalid(e.to_string(), Some("model")),
-            InferenceError::Load { .. } => OpenAiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "server_error",
-                code: Some("model_unavailable"),
-                param: Some("model"),
-                message: e.to_string(),
-                retry_after: Some(30),
-            },
-        }
     }
 }
 
@@ -159,7 +140,9 @@ struct StreamOptions {
 
 #[derive(Deserialize)]
 struct ChatRequest {
-    model: String,
+    /// A local model, `provider/model`, or absent / `"auto"`: the router's policy picks.
+    #[serde(default)]
+    model: Option<String>,
     messages: Vec<InMessage>,
     #[serde(default)]
     stream: bool,
@@ -230,7 +213,7 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<Message>, OpenAiError> {
         .collect()
 }
 
-fn usage_json(u: &Usage) -> Value {
+fn usage_json(u: &TokenUsage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
@@ -239,14 +222,112 @@ fn usage_json(u: &Usage) -> Value {
     })
 }
 
-fn finish_str(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-        FinishReason::Length => "length",
+/// The routing context of a `/v1` request: the API caller plus the `X-Cairn-*` headers.
+fn call_context(h: &HeaderMap) -> Result<CallContext, OpenAiError> {
+    let get = |name: &'static str| -> Result<Option<&str>, OpenAiError> {
+        h.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| OpenAiError::invalid(format!("{name} is not text"), Some(name)))
+            })
+            .transpose()
+    };
+    let mut ctx = CallContext::default();
+    if let Some(p) = get("x-cairn-policy")? {
+        ctx.policy = Some(Policy::parse(p).ok_or_else(|| {
+            OpenAiError::invalid(
+                format!(
+                    "unknown policy {p:?} (one of {})",
+                    Policy::ALL.map(Policy::name).join(", ")
+                ),
+                Some("x-cairn-policy"),
+            )
+        })?);
+    }
+    if let Some(v) = get("x-cairn-sensitive")? {
+        ctx.sensitive = match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => {
+                return Err(OpenAiError::invalid(
+                    "X-Cairn-Sensitive must be true or false",
+                    Some("x-cairn-sensitive"),
+                ));
+            }
+        };
+    }
+    if let Some(v) = get("x-cairn-max-cost-usd")? {
+        ctx.max_cost_usd = Some(
+            v.parse::<f64>()
+                .ok()
+                .filter(|c| c.is_finite() && *c >= 0.0)
+                .ok_or_else(|| {
+                    OpenAiError::invalid(
+                        "X-Cairn-Max-Cost-Usd must be a number >= 0",
+                        Some("x-cairn-max-cost-usd"),
+                    )
+                })?,
+        );
+    }
+    if let Some(v) = get("x-cairn-max-latency-ms")? {
+        ctx.max_latency_ms = Some(v.parse::<u64>().ok().filter(|m| *m > 0).ok_or_else(|| {
+            OpenAiError::invalid(
+                "X-Cairn-Max-Latency-Ms must be a whole number > 0",
+                Some("x-cairn-max-latency-ms"),
+            )
+        })?);
+    }
+    if let Some(v) = get("x-cairn-task-kind")? {
+        if v.is_empty() || v.len() > 64 {
+            return Err(OpenAiError::invalid(
+                "X-Cairn-Task-Kind must be 1-64 characters",
+                Some("x-cairn-task-kind"),
+            ));
+        }
+        ctx.task_kind = Some(v.to_string());
+    }
+    Ok(ctx)
+}
+
+impl From<RouterError> for OpenAiError {
+    fn from(e: RouterError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = match e.status() {
+            400 | 404 => "invalid_request_error",
+            402 => "insufficient_quota",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        };
+        OpenAiError {
+            status,
+            kind,
+            code: e.code(),
+            param: e.param(),
+            retry_after: e.retry_after(),
+            message: e.to_string(),
+        }
     }
 }
 
-async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
+/// Names the target that answered in the response's headers.
+fn with_target(mut r: Response, provider: &str, model: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        r.headers_mut().insert("x-cairn-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(model) {
+        r.headers_mut().insert("x-cairn-model", v);
+    }
+    r
+}
+
+async fn chat(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OpenAiError> {
+    let ctx = call_context(&headers)?;
     let req: ChatRequest = parse_json(&body)?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(OpenAiError::invalid("only n = 1 is supported", Some("n")));
@@ -270,17 +351,6 @@ async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiEr
             Some("max_tokens"),
         ));
     }
-    let sampling = SamplingParams {
-        temperature: req.temperature.unwrap_or(1.0),
-        top_p: req.top_p.unwrap_or(1.0),
-        top_k: req.top_k.unwrap_or(0),
-        min_p: req.min_p.unwrap_or(0.0),
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        presence_penalty: req.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
-        seed: req.seed,
-        ..Default::default()
-    };
     let stop = match req.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
@@ -292,124 +362,96 @@ async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiEr
             ));
         }
     };
-    let model_id = req.model.clone();
-    let engine = {
-        let s = s.clone();
-        let id = model_id.clone();
-        tokio::task::spawn_blocking(move || s.inference.chat_engine(&id))
-            .await
-            .map_err(|e| OpenAiError::invalid(e.to_string(), None))??
-    };
-    let request = Request {
+    let call = ChatCall {
+        model: req.model,
         messages: to_messages(req.messages)?,
-        sampling,
-        max_tokens: usize::try_from(max).unwrap_or(usize::MAX),
+        max_tokens: Some(u32::try_from(max).unwrap_or(u32::MAX)),
+        temperature: req.temperature,
+        top_p: req.top_p,
         stop,
+        seed: req.seed,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
     };
-    let rx = engine.submit(request).map_err(|e| match e {
-        SubmitError::UnknownModel(_) => OpenAiError::invalid(e.to_string(), Some("model")),
-        SubmitError::PromptTooLong { .. } => OpenAiError {
-            code: Some("context_length_exceeded"),
-            ..OpenAiError::invalid(e.to_string(), Some("messages"))
-        },
-        SubmitError::Invalid(m) => OpenAiError::invalid(m, None),
-        SubmitError::Overloaded { retry_after, .. } => OpenAiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "rate_limit_error",
-            code: Some("model_busy"),
-            param: None,
-            message: e.to_string(),
-            retry_after: Some(retry_after.as_secs().max(1)),
-        },
-    })?;
     let id = new_id("chatcmpl");
     let created = now();
-    s.metrics.request(&model_id);
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        // Bridge the engine's blocking channel to the response stream. When the client goes
-        // away the stream is dropped, the send below fails, the engine's receiver is dropped
-        // with this task, and generation stops at its next token.
+        let mut stream = s.router.chat_stream(&ctx, call).await?;
+        let model_id = stream.model.clone();
+        let provider = stream.provider.clone();
+        // Bridge the router's stream to the response. When the client goes away the response
+        // stream is dropped, the send below fails, the router's stream is dropped with this
+        // task, and the local engine (or the remote connection) stops.
         let (tx, out) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
-        let metrics = s.metrics.clone();
-        tokio::task::spawn_blocking(move || {
+        let model_for_chunks = model_id.clone();
+        tokio::spawn(async move {
+            let model_id = model_for_chunks;
             let chunk = |delta: Value, finish: Option<&str>| {
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_id,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
             };
-            let send = |v: Value| {
-                tx.blocking_send(Ok(SseEvent::default().data(v.to_string())))
-                    .is_ok()
-            };
-            if !send(chunk(json!({"role": "assistant", "content": ""}), None)) {
+            let data = |v: Value| Ok(SseEvent::default().data(v.to_string()));
+            if tx
+                .send(data(chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                )))
+                .await
+                .is_err()
+            {
                 return;
             }
-            while let Ok(ev) = rx.recv() {
+            while let Some(ev) = stream.next().await {
                 match ev {
-                    Event::Started { .. } => metrics.first_token(),
-                    Event::Text(t) => {
-                        if !send(chunk(json!({"content": t}), None)) {
+                    StreamEvent::Delta(t) => {
+                        if tx
+                            .send(data(chunk(json!({"content": t}), None)))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
-                    Event::Done { reason, usage } => {
-                        metrics.done(&usage);
-                        let _ = send(chunk(json!({}), Some(finish_str(reason))));
+                    StreamEvent::Done(o) => {
+                        let _ = tx
+                            .send(data(chunk(json!({}), Some(o.finish_reason.as_str()))))
+                            .await;
                         if include_usage {
-                            let _ = send(
-                                json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                                                "model": model_id, "choices": [], "usage": usage_json(&usage)}),
-                            );
+                            let _ = tx
+                                .send(data(json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                                                  "model": model_id, "choices": [], "usage": usage_json(&o.usage)})))
+                                .await;
                         }
-                        let _ = tx.blocking_send(Ok(SseEvent::default().data("[DONE]")));
+                        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
                         return;
                     }
-                    Event::Error(e) => {
-                        let _ = send(
-                            json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}}),
-                        );
+                    StreamEvent::Error(e) => {
+                        let _ = tx
+                            .send(data(json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})))
+                            .await;
                         return;
                     }
                 }
             }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(out);
-        return Ok(Sse::new(stream)
+        let r = Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response());
+            .into_response();
+        return Ok(with_target(r, &provider, &model_id));
     }
-    let metrics = s.metrics.clone();
-    let (text, reason, usage) = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        while let Ok(ev) = rx.recv() {
-            match ev {
-                Event::Started { .. } => metrics.first_token(),
-                Event::Text(t) => text.push_str(&t),
-                Event::Done { reason, usage } => {
-                    metrics.done(&usage);
-                    return Ok((text, reason, usage));
-                }
-                Event::Error(e) => return Err(e),
-            }
-        }
-        Err("the generation ended unexpectedly".to_string())
-    })
-    .await
-    .map_err(|e| OpenAiError::invalid(e.to_string(), None))?
-    .map_err(|e| OpenAiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "server_error",
-        code: None,
-        param: None,
-        message: e,
-        retry_after: None,
-    })?;
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": req.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_str(reason), "logprobs": null}],
-        "usage": usage_json(&usage),
+    let o = s.router.chat(&ctx, call).await?;
+    let r = Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": o.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text}, "finish_reason": o.finish_reason.as_str(), "logprobs": null}],
+        "usage": usage_json(&o.usage),
     }))
-    .into_response())
+    .into_response();
+    Ok(with_target(r, &o.provider, &o.model))
 }
 
 #[derive(Deserialize)]
@@ -421,13 +463,19 @@ enum EmbedInput {
 
 #[derive(Deserialize)]
 struct EmbedRequest {
-    model: String,
+    #[serde(default)]
+    model: Option<String>,
     input: EmbedInput,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
 }
 
-async fn embeddings(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, OpenAiError> {
+async fn embeddings(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OpenAiError> {
+    let ctx = call_context(&headers)?;
     let req: EmbedRequest = parse_json(&body)?;
     let texts = match req.input {
         EmbedInput::One(t) => vec![t],
@@ -458,32 +506,17 @@ async fn embeddings(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>,
             ));
         }
     };
-    let s2 = s.clone();
-    let id = req.model.clone();
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || -> Result<_, OpenAiError> {
-        let e = s2.inference.embedder(&id)?;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tokens: usize = e
-            .count_tokens(&refs)
-            .map_err(|e| OpenAiError::invalid(e.to_string(), Some("input")))?
-            .iter()
-            .sum();
-        let v = e
-            .embed(&refs)
-            .map_err(|e| OpenAiError::invalid(e.to_string(), Some("input")))?;
-        Ok((v, tokens))
-    })
-    .await
-    .map_err(|e| OpenAiError::invalid(e.to_string(), None))??;
+    let o = s.router.embed(&ctx, req.model, texts).await?;
     if let Some(d) = req.dimensions
-        && vectors.first().is_some_and(|v| v.len() != d)
+        && o.vectors.first().is_some_and(|v| v.len() != d)
     {
         return Err(OpenAiError::invalid(
-            format!("this model produces {} dimensions", vectors[0].len()),
+            format!("this model produces {} dimensions", o.vectors[0].len()),
             Some("dimensions"),
         ));
     }
-    let data: Vec<Value> = vectors
+    let data: Vec<Value> = o
+        .vectors
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
@@ -496,9 +529,12 @@ async fn embeddings(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>,
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    Ok(Json(
-        json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
-    ))
+    let tokens = o.prompt_tokens;
+    let r = Json(
+        json!({"object": "list", "data": data, "model": o.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    )
+    .into_response();
+    Ok(with_target(r, &o.provider, &o.model))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
