@@ -159,6 +159,8 @@ pub trait Services: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<HttpAnswer, HostError>>;
     /// Whether the appliance is in offline mode (no egress at all).
     fn offline(&self) -> bool;
+    /// A judge's score of a model's output for a kind of task (feeds `best-quality` routing).
+    fn record_score(&self, _model: &str, _task_kind: &str, _score: f64) {}
 }
 
 /// Services for a runtime with no router, memory or network: every call is `unavailable`.

@@ -5,7 +5,9 @@
 //! holds the HTTPS API, the persistent store and the TLS identity; later components (agent
 //! runtime, model router, memory, console) join it as modules.
 
+pub mod agents;
 pub mod api;
+pub mod cli;
 pub mod control;
 pub mod inference;
 pub mod memory;

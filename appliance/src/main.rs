@@ -46,6 +46,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "lazy")]
         load_models: cairn::inference::LoadPolicy,
     },
+    /// Agent packages: keys, signing, trust, deployment.
+    #[command(subcommand)]
+    Agent(cairn::cli::AgentCommand),
 }
 
 fn init_tracing(appliance: bool) {
@@ -65,6 +68,7 @@ fn init_tracing(appliance: bool) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Agent(cmd) => cairn::cli::run(cmd),
         Command::Serve {
             data,
             listen,

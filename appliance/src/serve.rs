@@ -141,6 +141,31 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         };
         Arc::new(tokio::task::spawn_blocking(move || crate::router::Router::open(opts)).await?)
     };
+    let agents = match &store {
+        Some(st) if degraded.is_none() => {
+            let services = crate::agents::ApplianceServices::new(router.clone(), memory.clone());
+            match services {
+                Ok(services) => {
+                    let config = cairn_agents::RuntimeConfig::new(opts.data.clone());
+                    match cairn_agents::Runtime::open(st.database(), Arc::new(services), config)
+                        .await
+                    {
+                        Ok(rt) => Some(rt),
+                        Err(e) => {
+                            error!("agents: {e}; agent routes answer 503");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!("agents: {e}; agent routes answer 503");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    debug!("agents ready after {} ms", started.elapsed().as_millis());
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -157,6 +182,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         inference: inference.clone(),
         metrics,
         memory: memory.clone(),
+        agents,
         router,
     });
     let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
+mod agents;
 mod memory;
 mod model_router;
 mod openai;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub inference: std::sync::Arc<crate::inference::Inference>,
     /// Inference counters.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The agent runtime, absent in degraded mode.
+    pub agents: Option<cairn_agents::Runtime>,
     /// Agent memory, absent in degraded mode.
     pub memory: Option<Arc<crate::memory::Memory>>,
     /// The model router: every LLM call goes through it.
@@ -120,11 +123,13 @@ pub fn router(state: Shared) -> Router {
         .merge(system::routes())
         .merge(settings::routes())
         .merge(memory::routes())
+        .merge(agents::routes())
         .merge(model_router::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // Conversations and embedding batches are bigger than settings.
         .merge(openai::routes().layer(DefaultBodyLimit::max(MAX_MODEL_BODY)))
         .merge(memory::import_routes())
+        .merge(agents::install_routes().layer(DefaultBodyLimit::max(agents::MAX_PACKAGE_BODY)))
         .fallback(not_found)
         .with_state(state)
 }

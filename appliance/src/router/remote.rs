@@ -822,6 +822,33 @@ pub async fn embed(
     ))
 }
 
+/// A client that trusts exactly the server certificate with this SHA-256 (hex, colons
+/// allowed): how the CLI reaches an appliance whose fingerprint its console banner shows.
+pub fn pinned_client(sha256: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let pin: String = sha256.chars().filter(|c| *c != ':').collect();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pin = hex::decode(&pin).map_err(|e| format!("fingerprint: {e}"))?;
+    if pin.len() != 32 {
+        return Err("fingerprint: a SHA-256 is 64 hex digits".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            pin,
+            chain: None,
+            algs: provider.signature_verification_algorithms,
+        }))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {}", chain(&e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

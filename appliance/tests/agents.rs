@@ -1,0 +1,330 @@
+//! Agents through a hosted `cairn serve`: the `cairn agent` CLI makes a key, signs the example
+//! agents, trusts the key and deploys over TLS pinned by fingerprint; the REST API runs tasks,
+//! refuses bad packages with reasons, audits denied capabilities and keeps serving.
+
+#[path = "../../agents/tests/common/mod.rs"]
+mod common;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child, PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn serve(data: &Path) -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let models = data.join("no-models");
+    std::fs::create_dir_all(&models).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--models"])
+        .arg(&models)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cairn serve");
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("cairn: {line}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "cairn serve did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (
+        Server(child, data.to_path_buf()),
+        format!("https://127.0.0.1:{port}"),
+    )
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn call(rb: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_with_the_cli_and_run_through_the_api() {
+    let work = tempfile::tempdir().unwrap();
+    let (_server, url) = serve(&work.path().join("data"));
+    let c = client();
+    let (_, system) = call(c.get(format!("{url}/api/v1/system"))).await;
+    let fp = system["tls_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+
+    // keygen → sign → trust → deploy, all through the CLI.
+    let key = work.path().join("publisher.key");
+    let (ok, public) = cli(&["agent", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{public}");
+    let public = public.trim().to_string();
+    assert_eq!(public.len(), 64);
+    let (again, msg) = cli(&["agent", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(!again && msg.contains("refusing"), "{msg}");
+    let manifest = work.path().join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!("name = \"echo\"\nversion = \"1.0.0\"\npublisher = \"{public}\"\n[capabilities]\nkv = true\n"),
+    )
+    .unwrap();
+    let wasm = common::agents_dir().join("echo.wasm");
+    let pkg = work.path().join("echo.cpkg");
+    let (ok, out) = cli(&[
+        "agent",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--component",
+        wasm.to_str().unwrap(),
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["agent", "inspect", pkg.to_str().unwrap()]);
+    assert!(ok && out.contains("is valid"), "{out}");
+
+    // Untrusted first: a clear refusal naming the publisher.
+    let (ok, out) = cli(&[
+        "agent",
+        "deploy",
+        "--remote",
+        &url,
+        "--fingerprint",
+        &fp,
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("403") && out.contains("not trusted"),
+        "{out}"
+    );
+    // A wrong fingerprint never reaches the API.
+    let wrong = "00".repeat(32);
+    let (ok, out) = cli(&[
+        "agent",
+        "trust",
+        "--remote",
+        &url,
+        "--fingerprint",
+        &wrong,
+        "--key",
+        &public,
+        "--name",
+        "ci",
+    ]);
+    assert!(!ok, "{out}");
+    let (ok, out) = cli(&[
+        "agent",
+        "trust",
+        "--remote",
+        &url,
+        "--fingerprint",
+        &fp,
+        "--key",
+        &public,
+        "--name",
+        "ci",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&[
+        "agent",
+        "deploy",
+        "--remote",
+        &url,
+        "--fingerprint",
+        &fp,
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("echo 1.0.0 installed, running"), "{out}");
+
+    // Tasks through the API.
+    let (status, run) = call(
+        c.post(format!("{url}/api/v1/agents/echo/runs"))
+            .json(&json!({"input": "hello"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["output"], "hello (task 1)");
+    let (status, queued) = call(
+        c.post(format!("{url}/api/v1/agents/echo/runs"))
+            .json(&json!({"input": "later", "wait": false})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = queued["id"].as_str().unwrap().to_string();
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        let (_, r) = call(c.get(format!("{url}/api/v1/runs/{id}"))).await;
+        if r["status"] == "succeeded" {
+            done = r;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["output"], "later (task 2)");
+    let (_, reply) = call(
+        c.post(format!("{url}/api/v1/agents/echo/messages"))
+            .json(&json!({"body": "hi"})),
+    )
+    .await;
+    assert_eq!(reply["reply"], "operator said hi");
+
+    // Lifecycle over the API.
+    let (status, v) = call(c.post(format!("{url}/api/v1/agents/echo/checkpoint"))).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call(c.post(format!("{url}/api/v1/agents/echo/stop"))).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("stopped")));
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/agents/echo/runs"))
+            .json(&json!({"input": "x"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    let (status, _) = call(
+        c.post(format!("{url}/api/v1/agents/echo/start"))
+            .json(&json!({"restart": "sometimes"})),
+    )
+    .await;
+    assert_eq!(status, 400, "unknown restart policy");
+    let (status, _) = call(
+        c.post(format!("{url}/api/v1/agents/echo/start"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(c.post(format!("{url}/api/v1/agents/echo/explode"))).await;
+    assert_eq!(status, 404);
+
+    // Bad packages: garbage, tampered, a component of another world.
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/agents"))
+            .body(b"not a package".to_vec()),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_package")),
+        "{v}"
+    );
+    let mut tampered = std::fs::read(&pkg).unwrap();
+    let at = tampered.len() - 500;
+    tampered[at] ^= 1;
+    let (status, v) = call(c.post(format!("{url}/api/v1/agents")).body(tampered)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("bad_signature")),
+        "{v}"
+    );
+    let signing =
+        cairn_agents::package::SigningKey::from_file_text(&std::fs::read_to_string(&key).unwrap())
+            .unwrap();
+    let junk = signing
+        .sign(
+            &format!("name = \"junk\"\nversion = \"1.0.0\"\npublisher = \"{public}\"\n"),
+            b"\0asm\x01\0\0\0".to_vec(),
+        )
+        .unwrap()
+        .to_bytes();
+    let (status, v) = call(c.post(format!("{url}/api/v1/agents")).body(junk)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("component_mismatch")),
+        "{v}"
+    );
+
+    // A hostile agent's denied egress is audited; the appliance keeps answering.
+    let hostile = common::package(
+        &signing,
+        "hostile",
+        "hostile",
+        "[limits]\nwall_time_ms = 2000\n",
+    );
+    let (status, v) = call(c.post(format!("{url}/api/v1/agents")).body(hostile)).await;
+    assert_eq!(status, 201, "{v}");
+    for attack in ["egress", "trap", "loop", "bomb"] {
+        let (status, run) = call(
+            c.post(format!("{url}/api/v1/agents/hostile/runs"))
+                .json(&json!({"input": attack})),
+        )
+        .await;
+        assert_eq!(
+            (status, run["status"].as_str()),
+            (200, Some("failed")),
+            "{attack}: {run}"
+        );
+    }
+    let (_, audit) = call(c.get(format!("{url}/api/v1/audit?limit=100"))).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "capability_denied" && e["agent"] == "hostile"),
+        "{audit}"
+    );
+    let (status, _) = call(c.get(format!("{url}/healthz"))).await;
+    assert_eq!(status, 200);
+    let (_, list) = call(c.get(format!("{url}/api/v1/agents"))).await;
+    assert_eq!(list["agents"].as_array().unwrap().len(), 2);
+    let (status, _) = call(c.delete(format!("{url}/api/v1/agents/hostile"))).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(c.get(format!("{url}/api/v1/agents/hostile"))).await;
+    assert_eq!(status, 404);
+}
+
+/// reqwest here is built without its `json` feature.
+trait JsonBody {
+    fn json(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json(self, v: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(v.to_string())
+    }
+}
