@@ -804,8 +804,7 @@ pub(super) async fn run(rt: Runtime, wf: Workflow, input: String) -> WorkflowRun
         run.finished_ms = Some(now_ms());
     }
     ctx.save(true);
-    let run = ctx.run.lock().expect("lock").clone();
-    run
+    ctx.run.lock().expect("lock").clone()
 }
 
 #[cfg(test)]
