@@ -93,6 +93,25 @@ async fn sequential_passes_each_output_to_the_next_and_stops_at_a_failure() {
     }
     assert_eq!(env.rt.workflow_runs(Some("pipeline"), 10).unwrap().len(), 1);
 
+    // Submitted, it runs in the background and is stored under the returned id.
+    let id = env
+        .rt
+        .submit_workflow(&Workflow::parse(wf).unwrap(), "y".into())
+        .unwrap();
+    let mut r = env.rt.workflow_run(&id).unwrap();
+    for _ in 0..1200 {
+        if r.status != WorkflowStatus::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        r = env.rt.workflow_run(&id).unwrap();
+    }
+    assert_eq!(ok(&r), "y -> y (task 2) then (task 2)");
+    assert_eq!(
+        env.rt.workflow_runs(Some("pipeline"), 10).unwrap()[0].id,
+        id
+    );
+
     // A failed step ends the workflow; later steps never run.
     let wf = r#"
         name = "broken"
@@ -706,8 +725,10 @@ async fn bad_workflows_are_refused_before_anything_runs() {
         )
     };
     // Unknown fields, anywhere, in TOML and JSON.
-    let e = refused(&seq("colour = \"red\""));
+    let e = refused(&format!("colour = \"red\"\n{}", seq("")));
     assert!(e.contains("unknown field `colour`"), "{e}");
+    let e = refused(&seq("rounds = 2"));
+    assert!(e.contains("unknown field `rounds`"), "{e}");
     let e = refused(
         "name = \"w\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"echo\", tries = 2 }]\n",
     );

@@ -720,8 +720,15 @@ enum End {
     Rejected(String, Vec<String>),
 }
 
-/// Runs a checked workflow and returns its stored run.
-pub(super) async fn run(rt: Runtime, wf: Workflow, input: String) -> WorkflowRun {
+/// Stores a new workflow run and returns its id with the future that executes it.
+pub(super) fn start(
+    rt: Runtime,
+    wf: Workflow,
+    input: String,
+) -> (
+    String,
+    impl std::future::Future<Output = WorkflowRun> + Send + 'static,
+) {
     let run = WorkflowRun {
         id: new_id(),
         workflow: wf.name.clone(),
@@ -736,12 +743,17 @@ pub(super) async fn run(rt: Runtime, wf: Workflow, input: String) -> WorkflowRun
         created_ms: now_ms(),
         finished_ms: None,
     };
+    let id = run.id.clone();
     let ctx = Arc::new(Ctx {
         rt,
         run: Mutex::new(run),
         pass: AtomicU32::new(1),
     });
     ctx.save(false);
+    (id, execute(ctx, wf, input))
+}
+
+async fn execute(ctx: Arc<Ctx>, wf: Workflow, input: String) -> WorkflowRun {
     let mut pass = 1;
     let end = loop {
         ctx.pass.store(pass, Ordering::SeqCst);

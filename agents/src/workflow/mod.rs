@@ -839,7 +839,19 @@ impl Runtime {
         if input.len() > 4 << 20 {
             return Err(AgentError::Invalid("workflow input is over 4 MiB".into()));
         }
-        Ok(exec::run(self.clone(), wf.clone(), input).await)
+        Ok(exec::start(self.clone(), wf.clone(), input).1.await)
+    }
+
+    /// Checks a workflow like [`Runtime::run_workflow`], then runs it in the background;
+    /// returns the workflow run's id at once (poll [`Runtime::workflow_run`]).
+    pub fn submit_workflow(&self, wf: &Workflow, input: String) -> Result<String, AgentError> {
+        self.check_workflow(wf)?;
+        if input.len() > 4 << 20 {
+            return Err(AgentError::Invalid("workflow input is over 4 MiB".into()));
+        }
+        let (id, fut) = exec::start(self.clone(), wf.clone(), input);
+        tokio::spawn(fut);
+        Ok(id)
     }
 
     /// A workflow run.
