@@ -247,6 +247,20 @@ async fn dag_runs_nodes_after_their_dependencies() {
     let l = labels(&r);
     assert_eq!(l[0], "node a");
     assert_eq!(l[3], "node d");
+
+    // A failed node fails the workflow; its dependents never run.
+    let wf = r#"
+        name = "graph-fail"
+        [topology]
+        kind = "dag"
+        nodes = [
+            { id = "a", agent = "hostile", input = "trap" },
+            { id = "b", agent = "echo-d", after = ["a"] },
+        ]
+    "#;
+    let r = run(&env, wf, "x").await;
+    assert!(failed(&r).contains("node a (hostile)"), "{r:?}");
+    assert!(env.rt.runs(Some("echo-d"), 10).unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,7 +148,12 @@ impl Ctx {
             let (i, r) = joined.map_err(|e| format!("a branch panicked: {e}"))?;
             match r {
                 Ok(o) => results[i] = Some(o),
-                Err(e) if failure.mode == FailureMode::FailFast => return Err(e),
+                Err(e) if failure.mode == FailureMode::FailFast => {
+                    // The other branches finish on their own: dropping them mid-run would
+                    // leave their agent runs unrecorded.
+                    set.detach_all();
+                    return Err(e);
+                }
                 Err(e) => errors.push((i, e)),
             }
         }
@@ -210,45 +215,57 @@ impl Ctx {
                 }
             }
             Topology::Dag { nodes, output } => {
+                // Each node starts as soon as its dependencies have finished; fail-fast.
                 let mut done: HashMap<String, String> = HashMap::new();
-                while done.len() < nodes.len() {
-                    let mut base = vars(&[("input", input)]);
-                    for (id, o) in &done {
-                        base.insert(format!("out.{id}"), o.clone());
-                    }
-                    let wave: Vec<Call> = nodes
+                let mut started: Vec<&str> = Vec::new();
+                let mut set = tokio::task::JoinSet::new();
+                loop {
+                    let ready: Vec<&super::Node> = nodes
                         .iter()
-                        .filter(|n| !done.contains_key(&n.id))
-                        .filter(|n| n.after.iter().all(|a| done.contains_key(a)))
-                        .map(|n| {
-                            let deps: Vec<String> =
-                                n.after.iter().map(|a| done[a].clone()).collect();
-                            let mut v = base.clone();
-                            v.insert("outputs".into(), join(&deps));
-                            let step = Step {
-                                agent: n.agent.clone(),
-                                input: n.input.clone(),
-                                retries: n.retries,
-                            };
-                            let default = if n.after.is_empty() {
-                                "{input}"
-                            } else {
-                                "{outputs}"
-                            };
-                            (format!("node {}", n.id), step, default, v)
+                        .filter(|n| {
+                            !started.contains(&n.id.as_str())
+                                && n.after.iter().all(|a| done.contains_key(a))
                         })
                         .collect();
-                    let ids: Vec<String> = wave
-                        .iter()
-                        .map(|c| c.0.trim_start_matches("node ").to_string())
-                        .collect();
-                    if ids.is_empty() {
-                        return Err("dag: no node is ready (cycle)".into());
+                    for n in ready {
+                        let mut v = vars(&[("input", input)]);
+                        for (id, o) in &done {
+                            v.insert(format!("out.{id}"), o.clone());
+                        }
+                        let deps: Vec<String> = n.after.iter().map(|a| done[a].clone()).collect();
+                        v.insert("outputs".into(), join(&deps));
+                        let step = Step {
+                            agent: n.agent.clone(),
+                            input: n.input.clone(),
+                            retries: n.retries,
+                        };
+                        let default = if n.after.is_empty() {
+                            "{input}"
+                        } else {
+                            "{outputs}"
+                        };
+                        started.push(&n.id);
+                        let (me, id) = (self.clone(), n.id.clone());
+                        set.spawn(async move {
+                            let r = me.call(format!("node {id}"), &step, default, &v).await;
+                            (id, r)
+                        });
                     }
-                    let outs = self.fan(wave, fail_fast).await?;
-                    for (id, o) in ids.into_iter().zip(outs) {
-                        done.insert(id, o.unwrap_or_default());
+                    let Some(joined) = set.join_next().await else {
+                        break;
+                    };
+                    match joined.map_err(|e| format!("a node panicked: {e}"))? {
+                        (id, Ok(o)) => {
+                            done.insert(id, o);
+                        }
+                        (_, Err(e)) => {
+                            set.detach_all();
+                            return Err(e);
+                        }
                     }
+                }
+                if done.len() < nodes.len() {
+                    return Err("dag: some nodes never became ready (cycle)".into());
                 }
                 Ok(match output {
                     Some(o) => done[o].clone(),
