@@ -200,6 +200,8 @@ async fn parallel_fans_out_and_in_in_declaration_order_with_explicit_failure_sem
     // Fail-fast (the default): one failed branch fails the workflow, naming it.
     let r = run(&env, &with("{ mode = \"fail-fast\" }"), "x").await;
     assert!(failed(&r).contains("branches[1] (hostile)"), "{r:?}");
+    // Branches already running were awaited and recorded; no aggregator ran.
+    assert_eq!(r.steps.len(), 3, "{r:#?}");
     // Best effort: the failed branch is dropped, the others stay in order.
     let r = run(&env, &with("{ mode = \"best-effort\", quorum = 2 }"), "x").await;
     assert_eq!(ok(&r), "one\n\nthree");

@@ -144,18 +144,21 @@ impl Ctx {
         }
         let mut results: Vec<Option<String>> = vec![None; n];
         let mut errors = Vec::new();
+        let mut first: Option<(usize, String)> = None;
         while let Some(joined) = set.join_next().await {
             let (i, r) = joined.map_err(|e| format!("a branch panicked: {e}"))?;
             match r {
                 Ok(o) => results[i] = Some(o),
+                // The first failure decides; branches already running are awaited so that
+                // their runs are recorded and nothing outlives the workflow.
                 Err(e) if failure.mode == FailureMode::FailFast => {
-                    // The other branches finish on their own: dropping them mid-run would
-                    // leave their agent runs unrecorded.
-                    set.detach_all();
-                    return Err(e);
+                    first.get_or_insert((i, e));
                 }
                 Err(e) => errors.push((i, e)),
             }
+        }
+        if let Some((_, e)) = first {
+            return Err(e);
         }
         let ok = results.iter().filter(|r| r.is_some()).count();
         let quorum = failure.quorum.unwrap_or(1) as usize;
@@ -219,11 +222,13 @@ impl Ctx {
                 let mut done: HashMap<String, String> = HashMap::new();
                 let mut started: Vec<&str> = Vec::new();
                 let mut set = tokio::task::JoinSet::new();
+                let mut failed: Option<String> = None;
                 loop {
                     let ready: Vec<&super::Node> = nodes
                         .iter()
                         .filter(|n| {
-                            !started.contains(&n.id.as_str())
+                            failed.is_none()
+                                && !started.contains(&n.id.as_str())
                                 && n.after.iter().all(|a| done.contains_key(a))
                         })
                         .collect();
@@ -258,11 +263,14 @@ impl Ctx {
                         (id, Ok(o)) => {
                             done.insert(id, o);
                         }
+                        // No new node starts; running ones are awaited and recorded.
                         (_, Err(e)) => {
-                            set.detach_all();
-                            return Err(e);
+                            failed.get_or_insert(e);
                         }
                     }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
                 if done.len() < nodes.len() {
                     return Err("dag: some nodes never became ready (cycle)".into());
