@@ -2,6 +2,7 @@
 //! trusted publishers, installed packages and their desired state, runs, private key-value
 //! stores, checkpoints, usage and the audit log. Every write is one durable transaction.
 
+use crate::workflow::{WorkflowRun, WorkflowStatus};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -18,6 +19,8 @@ pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> =
 pub(crate) const USAGE: TableDefinition<(&str, u64), (u64, f64)> =
     TableDefinition::new("agent_usage");
 pub(crate) const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("agent_audit");
+pub(crate) const WORKFLOW_RUNS: TableDefinition<&str, &str> =
+    TableDefinition::new("agent_workflow_runs");
 
 /// Most runs kept; the oldest are dropped beyond this.
 pub const MAX_RUNS: usize = 20_000;
@@ -144,6 +147,9 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Cost, US dollars.
     pub cost_usd: f64,
+    /// Models that answered the run's chats, in first-use order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// One log line of a run.
@@ -243,6 +249,7 @@ impl Db {
             w.open_table(CHECKPOINTS).map_err(e)?;
             w.open_table(USAGE).map_err(e)?;
             w.open_table(AUDIT).map_err(e)?;
+            w.open_table(WORKFLOW_RUNS).map_err(e)?;
         }
         w.commit().map_err(e)?;
         Ok(Db { db })
@@ -406,6 +413,76 @@ impl Db {
             for (k, mut run) in stale {
                 run.status = RunStatus::Interrupted;
                 run.error = Some("the appliance restarted while this run was in progress".into());
+                run.finished_ms = Some(now_ms());
+                let json = serde_json::to_string(&run).map_err(e)?;
+                t.insert(k.as_str(), json.as_str()).map_err(e)?;
+                fixed += 1;
+            }
+            let len = t.len().map_err(e)? as usize;
+            if len > MAX_RUNS {
+                let mut drop = len - MAX_RUNS;
+                t.retain(|_, _| {
+                    if drop > 0 {
+                        drop -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map_err(e)?;
+            }
+        }
+        w.commit().map_err(e)?;
+        Ok(fixed)
+    }
+
+    /// A workflow run.
+    pub fn workflow_run(&self, id: &str) -> Result<Option<WorkflowRun>, DbError> {
+        self.get_json(WORKFLOW_RUNS, id)
+    }
+    /// Stores a workflow run; `durable` for final states.
+    pub fn put_workflow_run(&self, run: &WorkflowRun, durable: bool) -> Result<(), DbError> {
+        self.put_json(WORKFLOW_RUNS, &run.id, run, durable)
+    }
+    /// Newest workflow runs first, optionally of one workflow.
+    pub fn workflow_runs(
+        &self,
+        workflow: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowRun>, DbError> {
+        let r = self.db.begin_read().map_err(e)?;
+        let t = r.open_table(WORKFLOW_RUNS).map_err(e)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(e)?.rev() {
+            let (_, v) = item.map_err(e)?;
+            let run: WorkflowRun = serde_json::from_str(v.value()).map_err(e)?;
+            if workflow.is_none_or(|w| w == run.workflow) {
+                out.push(run);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+    /// Marks workflow runs a previous process left running as interrupted, and drops the
+    /// oldest beyond [`MAX_RUNS`].
+    pub fn recover_workflow_runs(&self) -> Result<usize, DbError> {
+        let w = self.db.begin_write().map_err(e)?;
+        let mut fixed = 0;
+        {
+            let mut t = w.open_table(WORKFLOW_RUNS).map_err(e)?;
+            let mut stale = Vec::new();
+            for item in t.iter().map_err(e)? {
+                let (k, v) = item.map_err(e)?;
+                let run: WorkflowRun = serde_json::from_str(v.value()).map_err(e)?;
+                if run.status == WorkflowStatus::Running {
+                    stale.push((k.value().to_string(), run));
+                }
+            }
+            for (k, mut run) in stale {
+                run.status = WorkflowStatus::Interrupted;
+                run.error = Some("the appliance restarted while this workflow was running".into());
                 run.finished_ms = Some(now_ms());
                 let json = serde_json::to_string(&run).map_err(e)?;
                 t.insert(k.as_str(), json.as_str()).map_err(e)?;

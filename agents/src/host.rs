@@ -202,7 +202,10 @@ impl HostState {
         Ok(())
     }
 
-    fn account(&mut self, prompt: u32, completion: u32, cost: f64) {
+    fn account(&mut self, model: &str, prompt: u32, completion: u32, cost: f64) {
+        if !self.run.usage.models.iter().any(|m| m == model) {
+            self.run.usage.models.push(model.to_string());
+        }
         self.run.usage.prompt_tokens += u64::from(prompt);
         self.run.usage.completion_tokens += u64::from(completion);
         self.run.usage.cost_usd += cost;
@@ -271,7 +274,7 @@ impl HostState {
         let caller = self.caller();
         let services = self.services.clone();
         let a = services.chat(&caller, chat).await.map_err(to_guest)?;
-        self.account(a.prompt_tokens, a.completion_tokens, a.cost_usd);
+        self.account(&a.model, a.prompt_tokens, a.completion_tokens, a.cost_usd);
         Ok(ChatReply {
             text: a.text,
             model: a.model,
@@ -367,7 +370,7 @@ impl llm::HostChatStream for HostState {
             Some(Ok(StreamItem::Piece(p))) => Ok(Ok(Some(p))),
             Some(Ok(StreamItem::Done(a))) => {
                 s.done = true;
-                self.account(a.prompt_tokens, a.completion_tokens, a.cost_usd);
+                self.account(&a.model, a.prompt_tokens, a.completion_tokens, a.cost_usd);
                 Ok(Ok(None))
             }
             Some(Err(e)) => {

@@ -10,5 +10,7 @@ pub mod manifest;
 pub mod package;
 pub mod runtime;
 pub mod services;
+pub mod workflow;
 
 pub use runtime::{AgentError, Runtime, RuntimeConfig, StartOptions};
+pub use workflow::{Workflow, WorkflowRun};

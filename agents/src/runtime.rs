@@ -245,7 +245,7 @@ impl Runtime {
         Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| AgentError::Invalid(format!("agent imports: {e:#}")))?;
         let db = Db::open(db)?;
-        let interrupted = db.recover_runs()?;
+        let interrupted = db.recover_runs()? + db.recover_workflow_runs()?;
         if interrupted > 0 {
             tracing::info!(interrupted, "runs interrupted by the last restart");
         }
@@ -702,6 +702,16 @@ impl Runtime {
     /// Newest audit entries first.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, AgentError> {
         Ok(self.shared.db.audit_log(limit)?)
+    }
+
+    /// The runtime's tables (for the workflow engine).
+    pub(crate) fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    /// The appliance's services (for the workflow engine's judges).
+    pub(crate) fn services(&self) -> &Arc<dyn Services> {
+        &self.shared.services
     }
 
     /// Instantiates an agent `n` times and keeps the instances idle (for benchmarks and

@@ -159,8 +159,11 @@ pub trait Services: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<HttpAnswer, HostError>>;
     /// Whether the appliance is in offline mode (no egress at all).
     fn offline(&self) -> bool;
-    /// A judge's score of a model's output for a kind of task (feeds `best-quality` routing).
-    fn record_score(&self, _model: &str, _task_kind: &str, _score: f64) {}
+    /// A judge's score (0 to 1) of output a model produced for a kind of task, for the
+    /// router's quality-aware policies. The default ignores it.
+    fn record_score(&self, model: &str, task_kind: &str, score: f64) {
+        let _ = (model, task_kind, score);
+    }
 }
 
 /// Services for a runtime with no router, memory or network: every call is `unavailable`.

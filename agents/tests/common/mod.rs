@@ -89,6 +89,10 @@ pub struct Seen {
     pub chats: Vec<Chat>,
     pub http: Vec<String>,
     pub remembered: Vec<(String, String)>,
+    /// Agent names of chat callers, in order.
+    pub callers: Vec<String>,
+    /// Scores recorded for the router: (model, task kind, score).
+    pub scores: Vec<(String, String, f64)>,
 }
 
 /// Services that answer from canned data and record every call.
@@ -129,11 +133,14 @@ fn answer(chat: &Chat, tokens: u32) -> ChatAnswer {
 impl Services for FakeServices {
     fn chat<'a>(
         &'a self,
-        _: &'a Caller,
+        caller: &'a Caller,
         chat: Chat,
     ) -> BoxFuture<'a, Result<ChatAnswer, HostError>> {
         let a = answer(&chat, self.tokens_per_call);
-        self.seen.lock().unwrap().chats.push(chat);
+        let mut seen = self.seen.lock().unwrap();
+        seen.chats.push(chat);
+        seen.callers.push(caller.agent.clone());
+        drop(seen);
         Box::pin(async move { Ok(a) })
     }
     fn chat_stream<'a>(
@@ -209,6 +216,13 @@ impl Services for FakeServices {
     }
     fn offline(&self) -> bool {
         self.offline
+    }
+    fn record_score(&self, model: &str, task_kind: &str, score: f64) {
+        self.seen
+            .lock()
+            .unwrap()
+            .scores
+            .push((model.into(), task_kind.into(), score));
     }
 }
 
