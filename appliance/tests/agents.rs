@@ -240,6 +240,34 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     let (status, _) = call(c.post(format!("{url}/api/v1/agents/echo/explode"))).await;
     assert_eq!(status, 404);
 
+    // A workflow over the API: echo twice in sequence; a cycle is refused before anything runs.
+    let wf = "name = \"twice\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"echo\" }, { agent = \"echo\", input = \"{previous}!\" }]\n";
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/workflows/runs"))
+            .json(&json!({"workflow": wf, "input": "w"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["output"], "w (task 3)! (task 4)", "{v}");
+    let cyclic = "name = \"loopy\"\n[topology]\nkind = \"dag\"\nnodes = [{ id = \"x\", agent = \"echo\", after = [\"y\"] }, { id = \"y\", agent = \"echo\", after = [\"x\"] }]\n";
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/workflows/runs"))
+            .json(&json!({"workflow": cyclic})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_workflow")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("cycle"),
+        "{v}"
+    );
+    let (_, runs) = call(c.get(format!("{url}/api/v1/workflows/runs?workflow=twice"))).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+
     // Bad packages: garbage, tampered, a component of another world.
     let (status, v) = call(
         c.post(format!("{url}/api/v1/agents"))

@@ -66,6 +66,8 @@ pub fn test(opts: &TestOptions) -> Result<()> {
             ]),
         )?;
     }
+    // The agent tests build the SDK's example agents as components.
+    deps::ensure_rust_target("wasm32-wasip2")?;
     step(
         "unit and integration tests",
         cargo().args(["test", "--workspace", "--locked"]),

@@ -54,6 +54,12 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/api/v1/trust", get(trusted).post(trust))
         .route("/api/v1/trust/{key}/revoke", post(revoke))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/workflows/validate", post(validate_workflow))
+        .route(
+            "/api/v1/workflows/runs",
+            get(workflow_runs).post(run_workflow),
+        )
+        .route("/api/v1/workflows/runs/{id}", get(one_workflow_run))
 }
 
 /// The package upload route, with its own body limit.
@@ -297,4 +303,80 @@ async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(json!({"entries": runtime(&s)?.audit(limit)?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowBody {
+    /// The workflow file's text (TOML, or JSON starting with `{`).
+    workflow: String,
+    #[serde(default)]
+    input: String,
+    /// Wait for the end (default) or answer 202 with the run id at once.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn workflow_of(s: &Shared, text: &str) -> Result<cairn_agents::workflow::Workflow, ApiError> {
+    let wf = cairn_agents::workflow::Workflow::parse(text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_workflow", e.to_string()))?;
+    runtime(s)?.check_workflow(&wf).map_err(|e| match e {
+        AgentError::NotFound(m) | AgentError::Invalid(m) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_workflow", m)
+        }
+        other => other.into(),
+    })?;
+    Ok(wf)
+}
+
+async fn validate_workflow(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let b: WorkflowBody = parse(&body)?;
+    let wf = workflow_of(&s, &b.workflow)?;
+    Ok(Json(json!({"valid": true, "agents": wf.agents()})))
+}
+
+async fn run_workflow(
+    State(s): State<Shared>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.writable_store()?;
+    let b: WorkflowBody = parse(&body)?;
+    let wf = workflow_of(&s, &b.workflow)?;
+    let rt = runtime(&s)?;
+    // Always detached from the request: a client that goes away never leaves half a run.
+    let id = rt.submit_workflow(&wf, b.input)?;
+    if !b.wait {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))));
+    }
+    loop {
+        let run = rt.workflow_run(&id)?;
+        if !matches!(run.status, cairn_agents::workflow::WorkflowStatus::Running) {
+            return Ok((StatusCode::OK, Json(json!(run))));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowRunsQuery {
+    workflow: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn workflow_runs(
+    State(s): State<Shared>,
+    Query(q): Query<WorkflowRunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(
+        json!({"runs": runtime(&s)?.workflow_runs(q.workflow.as_deref(), limit)?}),
+    ))
+}
+
+async fn one_workflow_run(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(runtime(&s)?.workflow_run(&id)?)))
 }
