@@ -7,9 +7,13 @@
 //! `inference`: chat and embedding speed next to llama.cpp and sentence-transformers (see
 //! [`inference`]).
 //!
+//! `agents`: instantiate latency, trivial tasks, idle agents' memory next to native process
+//! spawns (see [`agents`]).
+//!
 //! `memory`: insert, recall latency and quality, and size on disk next to SQLite (see
 //! [`memory`]).
 
+mod agents;
 mod inference;
 mod memory;
 
@@ -276,7 +280,18 @@ pub fn bench(
             }
             return Ok(());
         }
-        other => bail!("unknown benchmark area {other:?}; available: boot, inference, memory"),
+        "agents" => {
+            let report = agents::run()?;
+            if as_json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                inference::print_table(&report);
+            }
+            return Ok(());
+        }
+        other => {
+            bail!("unknown benchmark area {other:?}; available: boot, inference, memory, agents")
+        }
     };
     if as_json {
         println!("{}", serde_json::to_string(&report)?);

@@ -101,7 +101,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
-    /// Measure an area against its named peer in the same run (areas: boot, inference, memory).
+    /// Measure an area against its named peer in the same run (areas: boot, inference, memory, agents).
     Bench {
         /// What to measure.
         area: String,

@@ -1,0 +1,96 @@
+//! `cargo xtask bench agents`: the agent runtime next to native process spawns of the same
+//! trivial work, in the same run. Figures: instantiate latency p50/p99 (target p50 ≤ 10 µs),
+//! trivial tasks per second end to end (each run committed durably), memory of 1,000 and 10,000
+//! idle agents (target ≤ 512 MB at 10,000). The router's overhead per call is measured by
+//! `cargo xtask bench inference`'s peer runs only indirectly and is not reported here.
+
+use super::inference::{cores, cpu_model};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::process::Command;
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the echo agent and the measuring program, runs it, returns the report.
+pub fn run() -> Result<Value> {
+    crate::deps::ensure_rust_target("wasm32-wasip2")?;
+    let root = crate::build::repo_root();
+    let wasm_target = root.join("target").join("wasm-agents");
+    eprintln!("bench agents: building the echo agent for wasm32-wasip2");
+    let st = cargo()
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &wasm_target)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "cairn-agent-sdk",
+            "--example",
+            "echo",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("building the echo agent failed");
+    }
+    let echo = wasm_target.join("wasm32-wasip2/release/examples/echo.wasm");
+    eprintln!("bench agents: measuring (instantiate, tasks, spawn peer, 1k and 10k idle agents)");
+    let out = cargo()
+        .current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-q",
+            "-p",
+            "cairn-agents",
+            "--example",
+            "bench_agents",
+            "--",
+        ])
+        .arg(&echo)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench_agents failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let m: Value = serde_json::from_slice(&out.stdout).context("bench_agents output")?;
+    let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    let idle = m["idle"].as_array().cloned().unwrap_or_default();
+    let mut figures = vec![
+        json!({"name": "instantiate_p50", "unit": "us", "value": r(f("instantiate_p50_us")),
+               "peer": "native process spawn (/bin/true) p50", "peer_value": r(f("spawn_p50_us")),
+               "ratio": r(f("spawn_p50_us") / f("instantiate_p50_us")), "better": "lower",
+               "target": {"max_value": 10.0}}),
+        json!({"name": "instantiate_p99", "unit": "us", "value": r(f("instantiate_p99_us")),
+               "peer": "native process spawn (/bin/true) p99", "peer_value": r(f("spawn_p99_us")),
+               "ratio": r(f("spawn_p99_us") / f("instantiate_p99_us")), "better": "lower"}),
+        json!({"name": "trivial_tasks_per_s", "unit": "tasks/s", "value": r(f("tasks_per_s")),
+               "peer": "native process spawns per second", "peer_value": r(f("spawn_per_s")),
+               "ratio": r(f("tasks_per_s") / f("spawn_per_s")), "better": "higher"}),
+    ];
+    for i in idle {
+        let n = i["agents"].as_u64().unwrap_or(0);
+        figures.push(
+            json!({"name": format!("idle_agents_{n}_rss"), "unit": "MiB",
+            "value": i["rss_mib"], "better": "lower",
+            "target": if n == 10_000 { json!({"max_value": 512.0}) } else { json!(null) }}),
+        );
+    }
+    Ok(json!({
+        "area": "agents",
+        "peer": "native process spawn of /bin/true (same trivial work, same run)",
+        "machine": {"cpu": cpu_model(), "cores": cores()},
+        "runs": 1,
+        "figures": figures,
+        "raw": m,
+        "not_measured": ["router overhead per call (p99 added latency vs the local model directly)"],
+    }))
+}
