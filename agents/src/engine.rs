@@ -13,14 +13,15 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Builds the engine. `max_instances` sizes the pool: component instances that may exist at
-/// once (idle agents included).
+/// once (idle agents included). An async store keeps its fiber stack while it lives, so the
+/// pool holds a stack per instance, not per running task.
 pub fn build(max_instances: u32, max_running: u32) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances.saturating_mul(4))
         .total_memories(max_instances.saturating_mul(2))
         .total_tables(max_instances.saturating_mul(4))
-        .total_stacks(max_running.max(1))
+        .total_stacks(max_instances.max(max_running))
         .max_memory_size((MAX_MEMORY_MB as usize) << 20)
         .max_memories_per_component(4)
         .max_tables_per_component(8)

@@ -572,3 +572,22 @@ async fn runs_interrupted_by_a_restart_are_marked() {
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_idle_agents_than_execution_slots_still_run() {
+    // Each live instance keeps a fiber stack; the pool must not be sized by running tasks.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), FakeServices::new()).await;
+    let key = key();
+    rt.trust(&key.public_hex(), "tests").unwrap();
+    rt.install(package(&key, "echo", "echo", ""), true)
+        .await
+        .unwrap();
+    rt.install(package(&key, "parrot", "parrot", ""), true)
+        .await
+        .unwrap();
+    assert_eq!(rt.prewarm("echo", 20).await.unwrap(), 20);
+    let run = rt.run("parrot", "still room".into(), None).await.unwrap();
+    assert_eq!(run.output.as_deref(), Some("still room"), "{run:?}");
+    assert_eq!(rt.info("echo").unwrap().idle_instances, 20);
+}
