@@ -122,6 +122,8 @@ struct Loaded {
     generation: std::sync::atomic::AtomicU64,
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     files: Option<PathBuf>,
+    /// The stored checkpoint, kept in memory so instantiation needs no database read.
+    checkpoint: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 struct Waiter {
@@ -630,6 +632,7 @@ impl Runtime {
             return Err(AgentError::Invalid("snapshot is over 16 MiB".into()));
         }
         let ms = self.shared.db.put_checkpoint(name, &state)?;
+        *loaded.checkpoint.lock().expect("checkpoint lock") = Some(Arc::new(state.clone()));
         self.shared.put_back(&loaded, inst);
         self.shared.db.audit(
             Some(name),
@@ -762,6 +765,10 @@ impl Shared {
             .map_err(|e| AgentError::World(format!("{e:#}")))?;
         let pre = AgentPre::new(pre).map_err(|e| AgentError::World(format!("{e:#}")))?;
         let m = package.manifest;
+        let checkpoint = self
+            .db
+            .checkpoint(&m.name)?
+            .map(|(_, state)| Arc::new(state));
         let files = m.capabilities.files.then(|| {
             self.config
                 .data_dir
@@ -779,6 +786,7 @@ impl Shared {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 running: Mutex::new(HashMap::new()),
                 files,
+                checkpoint: Mutex::new(checkpoint),
             }),
             (),
         ))
@@ -858,7 +866,8 @@ impl Shared {
             .map_err(|e| {
                 AgentError::Conflict(format!("instantiation failed: {}", trap_reason(&e)))
             })?;
-        if let Some((_, state)) = self.db.checkpoint(name)? {
+        let checkpoint = loaded.checkpoint.lock().expect("checkpoint lock").clone();
+        if let Some(state) = checkpoint {
             match agent.call_restore(&mut store, &state).await {
                 Ok(Ok(())) => {}
                 Ok(Err(m)) => {
