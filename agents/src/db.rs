@@ -398,22 +398,39 @@ impl Db {
     /// Marks runs left queued or running by a previous process as interrupted, and drops the
     /// oldest runs beyond [`MAX_RUNS`].
     pub fn recover_runs(&self) -> Result<usize, DbError> {
+        self.recover(
+            RUNS,
+            |r: &RunRecord| matches!(r.status, RunStatus::Queued | RunStatus::Running),
+            |r: &mut RunRecord| {
+                r.status = RunStatus::Interrupted;
+                r.error = Some("the appliance restarted while this run was in progress".into());
+                r.finished_ms = Some(now_ms());
+            },
+        )
+    }
+
+    /// One transaction over a table of JSON run records: rewrites the `stale` ones with
+    /// `interrupt`, then drops the oldest beyond [`MAX_RUNS`] (keys are time-ordered).
+    fn recover<T: Serialize + for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        stale: impl Fn(&T) -> bool,
+        interrupt: impl Fn(&mut T),
+    ) -> Result<usize, DbError> {
         let w = self.db.begin_write().map_err(e)?;
         let mut fixed = 0;
         {
-            let mut t = w.open_table(RUNS).map_err(e)?;
-            let mut stale = Vec::new();
+            let mut t = w.open_table(table).map_err(e)?;
+            let mut found = Vec::new();
             for item in t.iter().map_err(e)? {
                 let (k, v) = item.map_err(e)?;
-                let run: RunRecord = serde_json::from_str(v.value()).map_err(e)?;
-                if matches!(run.status, RunStatus::Queued | RunStatus::Running) {
-                    stale.push((k.value().to_string(), run));
+                let run: T = serde_json::from_str(v.value()).map_err(e)?;
+                if stale(&run) {
+                    found.push((k.value().to_string(), run));
                 }
             }
-            for (k, mut run) in stale {
-                run.status = RunStatus::Interrupted;
-                run.error = Some("the appliance restarted while this run was in progress".into());
-                run.finished_ms = Some(now_ms());
+            for (k, mut run) in found {
+                interrupt(&mut run);
                 let json = serde_json::to_string(&run).map_err(e)?;
                 t.insert(k.as_str(), json.as_str()).map_err(e)?;
                 fixed += 1;
@@ -468,42 +485,15 @@ impl Db {
     /// Marks workflow runs a previous process left running as interrupted, and drops the
     /// oldest beyond [`MAX_RUNS`].
     pub fn recover_workflow_runs(&self) -> Result<usize, DbError> {
-        let w = self.db.begin_write().map_err(e)?;
-        let mut fixed = 0;
-        {
-            let mut t = w.open_table(WORKFLOW_RUNS).map_err(e)?;
-            let mut stale = Vec::new();
-            for item in t.iter().map_err(e)? {
-                let (k, v) = item.map_err(e)?;
-                let run: WorkflowRun = serde_json::from_str(v.value()).map_err(e)?;
-                if run.status == WorkflowStatus::Running {
-                    stale.push((k.value().to_string(), run));
-                }
-            }
-            for (k, mut run) in stale {
-                run.status = WorkflowStatus::Interrupted;
-                run.error = Some("the appliance restarted while this workflow was running".into());
-                run.finished_ms = Some(now_ms());
-                let json = serde_json::to_string(&run).map_err(e)?;
-                t.insert(k.as_str(), json.as_str()).map_err(e)?;
-                fixed += 1;
-            }
-            let len = t.len().map_err(e)? as usize;
-            if len > MAX_RUNS {
-                let mut drop = len - MAX_RUNS;
-                t.retain(|_, _| {
-                    if drop > 0 {
-                        drop -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                })
-                .map_err(e)?;
-            }
-        }
-        w.commit().map_err(e)?;
-        Ok(fixed)
+        self.recover(
+            WORKFLOW_RUNS,
+            |r: &WorkflowRun| r.status == WorkflowStatus::Running,
+            |r: &mut WorkflowRun| {
+                r.status = WorkflowStatus::Interrupted;
+                r.error = Some("the appliance restarted while this workflow was running".into());
+                r.finished_ms = Some(now_ms());
+            },
+        )
     }
 
     /// A value in an agent's key-value store.

@@ -259,6 +259,14 @@ impl HostState {
         })
     }
 
+    fn check_kv(&mut self) -> Result<(), Error> {
+        if self.manifest.capabilities.kv {
+            Ok(())
+        } else {
+            Err(self.deny("kv", "the manifest does not grant kv".into()))
+        }
+    }
+
     fn check_namespace(&mut self, ns: &str) -> Result<(), Error> {
         if self.manifest.capabilities.memory.iter().any(|n| n == ns) {
             Ok(())
@@ -565,8 +573,8 @@ impl http::Host for HostState {
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         self.count()?;
-        if !self.manifest.capabilities.kv {
-            return Ok(Err(self.deny("kv", "the manifest does not grant kv".into())));
+        if let Err(e) = self.check_kv() {
+            return Ok(Err(e));
         }
         Ok(self
             .db
@@ -576,8 +584,8 @@ impl kv::Host for HostState {
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
         self.count()?;
-        if !self.manifest.capabilities.kv {
-            return Ok(Err(self.deny("kv", "the manifest does not grant kv".into())));
+        if let Err(e) = self.check_kv() {
+            return Ok(Err(e));
         }
         if key.is_empty() || key.len() > 512 {
             return Ok(Err(Error::Invalid("keys are 1 to 512 bytes".into())));
@@ -594,8 +602,8 @@ impl kv::Host for HostState {
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
         self.count()?;
-        if !self.manifest.capabilities.kv {
-            return Ok(Err(self.deny("kv", "the manifest does not grant kv".into())));
+        if let Err(e) = self.check_kv() {
+            return Ok(Err(e));
         }
         Ok(self
             .db
@@ -605,8 +613,8 @@ impl kv::Host for HostState {
 
     async fn keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
         self.count()?;
-        if !self.manifest.capabilities.kv {
-            return Ok(Err(self.deny("kv", "the manifest does not grant kv".into())));
+        if let Err(e) = self.check_kv() {
+            return Ok(Err(e));
         }
         Ok(self
             .db
