@@ -523,41 +523,42 @@ impl Runtime {
     /// Pauses an agent: running tasks are suspended at their next preemption point, new tasks
     /// queue until it is resumed.
     pub fn pause(&self, name: &str) -> Result<AgentInfo, AgentError> {
-        let loaded = self.shared.loaded(name)?;
-        let rec = self
-            .shared
-            .db
-            .agent(name)?
-            .ok_or_else(|| AgentError::NotFound(name.into()))?;
-        if rec.state != AgentState::Running {
-            return Err(AgentError::Conflict(format!(
-                "agent {name:?} is {:?}, not running",
-                rec.state
-            )));
-        }
-        self.set_state(name, |r| r.state = AgentState::Paused)?;
-        loaded.paused.send_replace(true);
-        self.shared.db.audit(Some(name), None, "pause", name)?;
-        self.info(name)
+        self.switch_pause(name, AgentState::Running, AgentState::Paused, "pause")
     }
 
     /// Resumes a paused agent.
     pub fn resume(&self, name: &str) -> Result<AgentInfo, AgentError> {
+        self.switch_pause(name, AgentState::Paused, AgentState::Running, "resume")
+    }
+
+    /// Moves an agent between running and paused, refusing any other starting state.
+    fn switch_pause(
+        &self,
+        name: &str,
+        from: AgentState,
+        to: AgentState,
+        event: &str,
+    ) -> Result<AgentInfo, AgentError> {
         let loaded = self.shared.loaded(name)?;
         let rec = self
             .shared
             .db
             .agent(name)?
             .ok_or_else(|| AgentError::NotFound(name.into()))?;
-        if rec.state != AgentState::Paused {
+        if rec.state != from {
+            let want = if from == AgentState::Paused {
+                "paused"
+            } else {
+                "running"
+            };
             return Err(AgentError::Conflict(format!(
-                "agent {name:?} is {:?}, not paused",
+                "agent {name:?} is {:?}, not {want}",
                 rec.state
             )));
         }
-        self.set_state(name, |r| r.state = AgentState::Running)?;
-        loaded.paused.send_replace(false);
-        self.shared.db.audit(Some(name), None, "resume", name)?;
+        self.set_state(name, |r| r.state = to)?;
+        loaded.paused.send_replace(to == AgentState::Paused);
+        self.shared.db.audit(Some(name), None, event, name)?;
         self.info(name)
     }
 
