@@ -1,9 +1,8 @@
 //! Agents over HTTP: install signed packages, lifecycle, runs, messages, the trust store and
 //! the audit log (`/api/v1/agents`, `/api/v1/runs`, `/api/v1/trust`, `/api/v1/audit`).
 
-use super::{ApiError, Shared};
+use super::{ApiError, Routes, Shared};
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -42,8 +41,8 @@ impl From<AgentError> for ApiError {
     }
 }
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/agents", get(list))
         .route("/api/v1/agents/{name}", get(one).delete(uninstall))
         .route("/api/v1/agents/{name}/{action}", post(action))
@@ -63,8 +62,8 @@ pub(super) fn routes() -> Router<Shared> {
 }
 
 /// The package upload route, with its own body limit.
-pub(super) fn install_routes() -> Router<Shared> {
-    Router::new().route("/api/v1/agents", post(install))
+pub(super) fn install_routes() -> Routes {
+    Routes::new().route("/api/v1/agents", post(install))
 }
 
 fn runtime(s: &Shared) -> Result<&Runtime, ApiError> {

@@ -3,11 +3,10 @@
 //! transaction is durable. Until the console's authentication lands, the API caller is the
 //! operator (full access); agents get their own `Access` through the runtime.
 
-use super::{ApiError, Shared};
+use super::{ApiError, Routes, Shared};
 use crate::memory::{Access, Memory, MemoryError, NewRecord, Query, RecordUpdate, Tier};
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query as UrlQuery, State};
+use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -44,8 +43,8 @@ impl From<MemoryError> for ApiError {
 }
 
 /// The memory routes.
-pub fn routes() -> Router<Shared> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/memory", get(overview))
         .route("/api/v1/memory/namespaces", get(namespaces))
         .route(
@@ -67,10 +66,10 @@ pub fn routes() -> Router<Shared> {
 }
 
 /// The import route, with its own (larger) body limit.
-pub fn import_routes() -> Router<Shared> {
-    Router::new()
+pub fn import_routes() -> Routes {
+    Routes::new()
         .route("/api/v1/memory/import", post(import))
-        .layer(DefaultBodyLimit::max(MAX_IMPORT_BODY))
+        .body_limit(MAX_IMPORT_BODY)
 }
 
 fn memory(s: &Shared) -> Result<Arc<Memory>, ApiError> {

@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,19 +118,64 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// Every route of the API.
-pub fn router(state: Shared) -> Router {
-    Router::new()
+/// A set of routes that remembers every path it registers, so the whole route table can be
+/// walked (the authentication test proves every path refuses anonymous callers).
+#[derive(Default)]
+pub struct Routes {
+    router: Router<Shared>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    /// No routes.
+    pub fn new() -> Routes {
+        Routes::default()
+    }
+
+    /// Adds `path` with its handlers.
+    pub fn route(mut self, path: &'static str, handlers: MethodRouter<Shared>) -> Routes {
+        self.router = self.router.route(path, handlers);
+        self.paths.push(path);
+        self
+    }
+
+    /// Adds every route of `other`.
+    pub fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// Caps request bodies of the routes added so far at `bytes` (bigger bodies get 413).
+    pub fn body_limit(mut self, bytes: usize) -> Routes {
+        self.router = self.router.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .merge(system::routes())
         .merge(settings::routes())
         .merge(memory::routes())
         .merge(agents::routes())
         .merge(model_router::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .body_limit(MAX_BODY)
         // Conversations and embedding batches are bigger than settings.
-        .merge(openai::routes().layer(DefaultBodyLimit::max(MAX_MODEL_BODY)))
+        .merge(openai::routes().body_limit(MAX_MODEL_BODY))
         .merge(memory::import_routes())
-        .merge(agents::install_routes().layer(DefaultBodyLimit::max(agents::MAX_PACKAGE_BODY)))
-        .fallback(not_found)
-        .with_state(state)
+        .merge(agents::install_routes().body_limit(agents::MAX_PACKAGE_BODY))
+}
+
+/// Every path of the route table, as registered (`{name}` marks a parameter).
+pub fn route_table() -> Vec<&'static str> {
+    let mut paths = routes().paths;
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+/// Every route of the API.
+pub fn router(state: Shared) -> Router {
+    routes().router.fallback(not_found).with_state(state)
 }

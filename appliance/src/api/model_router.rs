@@ -1,18 +1,18 @@
 //! `/api/v1/router`: the model router's providers (keys write-only), policy and budgets, usage,
 //! circuit breakers and learned scores (docs/router.md).
 
-use super::{ApiError, Shared};
+use super::{ApiError, Routes, Shared};
 use crate::router::{AdminError, config};
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/router", get(overview))
         .route("/api/v1/router/providers", get(list).post(create))
         .route(

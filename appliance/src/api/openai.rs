@@ -13,8 +13,9 @@
 //! `X-Cairn-Task-Kind` set the call's routing context; answers carry `X-Cairn-Provider` and
 //! `X-Cairn-Model`.
 
-use super::Shared;
+use super::{Routes, Shared};
 use crate::router::{CallContext, ChatCall, Policy, RouterError, StreamEvent, TokenUsage};
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -22,15 +23,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use cairn_models::chat::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))

@@ -1,15 +1,15 @@
 //! `/api/v1/settings`: small JSON values, durably stored.
 
-use super::{ApiError, Shared};
+use super::{ApiError, Routes, Shared};
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new().route("/api/v1/settings", get(list)).route(
+pub(super) fn routes() -> Routes {
+    Routes::new().route("/api/v1/settings", get(list)).route(
         "/api/v1/settings/{key}",
         get(read).put(write).delete(remove),
     )

@@ -1,17 +1,17 @@
 //! `/healthz`, `/api/v1/system` and power control.
 
-use super::{ApiError, Shared};
+use super::{ApiError, Routes, Shared};
 use crate::sysinfo;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use cairn_init::bootinfo::{BootInfo, PowerAction};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/system", get(system))
         .route("/api/v1/system/power", post(power))
