@@ -295,14 +295,14 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
                 remote.save_config(&cfg)?;
                 println!(
                     "logged in to {} ({}); saved in {}",
-                    who["system"]["hostname"].as_str().unwrap_or("?"),
+                    who["hostname"].as_str().unwrap_or("?"),
                     cfg.remote.as_deref().unwrap_or("?"),
                     remote.config_path().display()
                 );
             }
             ManageCommand::Status => {
                 let v = api.send(api.get("/api/v1/system")).await?;
-                let sys = &v["system"];
+                let sys = &v;
                 println!(
                     "{} {} ({}, {}), up {:.0} s, data {}",
                     sys["hostname"].as_str().unwrap_or("?"),

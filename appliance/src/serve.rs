@@ -267,18 +267,18 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     if let Some(r) = &degraded {
         warn!("DEGRADED, READ-ONLY: {r}");
     }
-    info!(
-        "listening on https://{} (TLS SHA-256 {}), ready in {} ms",
-        listener.local_addr()?,
-        identity.fingerprint,
-        started.elapsed().as_millis()
-    );
     let setup_code = auth.setup_code();
     if let Some(code) = &setup_code {
         info!(
             "setup code: {code} (open https://<address>:{port}/onboard to create the administrator)"
         );
     }
+    info!(
+        "listening on https://{} (TLS SHA-256 {}), ready in {} ms",
+        listener.local_addr()?,
+        identity.fingerprint,
+        started.elapsed().as_millis()
+    );
     if state.control.is_present() {
         let mut notes: Vec<String> = degraded
             .iter()

@@ -143,6 +143,20 @@ pub fn request_to(
     pin: Option<&str>,
     timeout: Duration,
 ) -> Result<Response> {
+    request_with(addr, method, path, &[], body, pin, timeout)
+}
+
+/// [`request_to`] with extra header lines (`Authorization`, `Cookie`, ...). The path is sent
+/// exactly as given (nothing is normalised), which the path-traversal tests rely on.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    pin: Option<&str>,
+    timeout: Duration,
+) -> Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinning {
         pin: pin.map(String::from),
@@ -161,9 +175,13 @@ pub fn request_to(
     tcp.set_write_timeout(Some(timeout))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let body = body.unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes())?;
