@@ -598,4 +598,64 @@ async fn remote_cli_pins_on_first_contact_and_uses_the_api() {
     assert!(!ok && err.contains("not the pinned one"), "{err}");
     let (ok, _, err) = cli(&config, &["status", "--fingerprint", &fp]);
     assert!(ok, "{err}");
+
+    // `login --user` with the password makes and saves a token of its own.
+    let with_password = |config: &Path, password: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_CONFIG", config)
+            .env("CAIRN_PASSWORD", password)
+            .env_remove("CAIRN_TOKEN")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let user_cfg = work.path().join("user.toml");
+    let (ok, err) = with_password(
+        &user_cfg,
+        "not the password",
+        &["login", "--remote", url, "--user", ADMIN],
+    );
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, err) = with_password(
+        &user_cfg,
+        PASSWORD,
+        &["login", "--remote", url, "--user", ADMIN],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&user_cfg, &["settings", "get", "site"]);
+    assert!(ok && out.contains("north-3"), "{out}{err}");
+
+    // First boot from the CLI: onboarding with the code from the log.
+    let fresh_data = tempfile::tempdir().unwrap();
+    let fresh = Server::spawn(
+        "cli-fresh",
+        fresh_data.path(),
+        &["--models", models.path().to_str().unwrap()],
+    );
+    let code = fresh.setup_code().expect("setup code");
+    let fresh_cfg = work.path().join("fresh.toml");
+    let (ok, err) = with_password(
+        &fresh_cfg,
+        PASSWORD,
+        &[
+            "onboard",
+            "--remote",
+            &fresh.url,
+            "--code",
+            "WRNG-WRNG-WRNG",
+        ],
+    );
+    assert!(!ok && err.contains("setup code is not correct"), "{err}");
+    let (ok, err) = with_password(
+        &fresh_cfg,
+        PASSWORD,
+        &["onboard", "--remote", &fresh.url, "--code", &code],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&fresh_cfg, &["token", "list"]);
+    assert!(ok && out.contains("cli admin@"), "{out}{err}");
 }
