@@ -47,6 +47,31 @@ pub enum AgentCommand {
         #[arg(long)]
         name: String,
     },
+    /// Installed agents with their state.
+    List,
+    /// Starts, stops, pauses, resumes, kills or checkpoints an agent.
+    Control {
+        /// start, stop, pause, resume, kill or checkpoint.
+        action: String,
+        /// The agent.
+        name: String,
+    },
+    /// Runs a task and prints its result.
+    Run {
+        /// The agent.
+        name: String,
+        /// The task's input.
+        input: String,
+    },
+    /// Recent runs.
+    Runs {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Installs (or upgrades) a signed package on an appliance and starts it.
     Deploy {
         /// The package.
@@ -118,6 +143,68 @@ pub fn run(cmd: AgentCommand, remote: &RemoteArgs) -> Result<()> {
                 v["key"].as_str().unwrap_or(""),
                 v["name"].as_str().unwrap_or("")
             );
+            Ok(())
+        }),
+        AgentCommand::List => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(30)).await?;
+            let v = api.send(api.get("/api/v1/agents")).await?;
+            for a in v["agents"].as_array().into_iter().flatten() {
+                println!(
+                    "{:24} {:10} {:10}",
+                    a["name"].as_str().unwrap_or("?"),
+                    a["version"].as_str().unwrap_or("?"),
+                    a["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }),
+        AgentCommand::Control { action, name } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(60)).await?;
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/agents/{name}/{action}"))
+                        .json(&serde_json::json!({})),
+                )
+                .await?;
+            println!("{name}: {}", v["state"].as_str().unwrap_or(&v.to_string()));
+            Ok(())
+        }),
+        AgentCommand::Run { name, input } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(600)).await?;
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/agents/{name}/runs"))
+                        .json(&serde_json::json!({"input": input})),
+                )
+                .await?;
+            match v["status"].as_str() {
+                Some("succeeded") => {
+                    println!("{}", v["output"].as_str().unwrap_or(""));
+                    Ok(())
+                }
+                other => bail!(
+                    "run {} {}: {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    other.unwrap_or("?"),
+                    v["error"].as_str().unwrap_or("")
+                ),
+            }
+        }),
+        AgentCommand::Runs { agent, limit } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(30)).await?;
+            let mut path = format!("/api/v1/runs?limit={limit}");
+            if let Some(a) = agent {
+                path.push_str(&format!("&agent={a}"));
+            }
+            let v = api.send(api.get(&path)).await?;
+            for r in v["runs"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {:16} {:10}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["agent"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?")
+                );
+            }
             Ok(())
         }),
         AgentCommand::Deploy { package, no_start } => runtime()?.block_on(async {

@@ -144,6 +144,24 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         pkg.to_str().unwrap(),
     ]);
     assert!(ok && out.contains("echo 1.0.0 installed, running"), "{out}");
+    let remote = [
+        "--remote",
+        url.as_str(),
+        "--token",
+        token.as_str(),
+        "--fingerprint",
+        fp.as_str(),
+    ];
+    let with = |args: &[&str]| cli(&[&remote[..], args].concat());
+    let (ok, out) = with(&["agent", "list"]);
+    assert!(
+        ok && out.contains("echo") && out.contains("running"),
+        "{out}"
+    );
+    let (ok, out) = with(&["agent", "run", "echo", "from the cli"]);
+    assert!(ok && out.trim() == "from the cli (task 1)", "{out}");
+    let (ok, out) = with(&["agent", "runs", "--agent", "echo"]);
+    assert!(ok && out.contains("succeeded"), "{out}");
 
     // Tasks through the API.
     let (status, run) = call(
@@ -153,7 +171,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     .await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "succeeded");
-    assert_eq!(run["output"], "hello (task 1)");
+    assert_eq!(run["output"], "hello (task 2)");
     let (status, queued) = call(
         c.post(format!("{url}/api/v1/agents/echo/runs"))
             .json(&json!({"input": "later", "wait": false})),
@@ -170,7 +188,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(done["output"], "later (task 2)");
+    assert_eq!(done["output"], "later (task 3)");
     let (_, reply) = call(
         c.post(format!("{url}/api/v1/agents/echo/messages"))
             .json(&json!({"body": "hi"})),
@@ -213,7 +231,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "succeeded", "{v}");
-    assert_eq!(v["output"], "w (task 3)! (task 4)", "{v}");
+    assert_eq!(v["output"], "w (task 4)! (task 5)", "{v}");
     let cyclic = "name = \"loopy\"\n[topology]\nkind = \"dag\"\nnodes = [{ id = \"x\", agent = \"echo\", after = [\"y\"] }, { id = \"y\", agent = \"echo\", after = [\"x\"] }]\n";
     let (status, v) = call(
         c.post(format!("{url}/api/v1/workflows/runs"))
