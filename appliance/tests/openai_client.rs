@@ -3,10 +3,8 @@
 //! Needs the default models (`cargo xtask fetch-models`) and a Python with the pinned client
 //! (`CAIRN_OPENAI_PYTHON`); `cargo xtask test` provides both and runs this in release mode.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 #[path = "support/mod.rs"]
 mod support;

@@ -8,11 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -657,18 +656,6 @@ async fn a_second_cairn_over_pinned_tls() {
         "{v}"
     );
     assert_eq!(v["by_provider"]["local"]["cost_usd"], 0.0, "{v}");
-}
-
-/// JSON request bodies (reqwest's `json` feature is not built).
-trait JsonBody {
-    fn json(self, v: &Value) -> Self;
-}
-
-impl JsonBody for reqwest::RequestBuilder {
-    fn json(self, v: &Value) -> Self {
-        self.header("content-type", "application/json")
-            .body(v.to_string())
-    }
 }
 
 /// The Rust interface agents use: a streamed call, accounted to the agent.

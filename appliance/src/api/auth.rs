@@ -143,10 +143,10 @@ async fn onboard(
     let auth = s.auth.clone();
     let user = b.username.clone();
     let result = blocking(move || auth.onboard(&b.code, &b.username, &b.password)).await;
-    if let Err(e) = &result {
-        if e.code == "bad_code" {
-            s.auth.by_addr.fail(&addr);
-        }
+    if let Err(e) = &result
+        && e.code == "bad_code"
+    {
+        s.auth.by_addr.fail(&addr);
     }
     let session = result?;
     crate::auth::guard::record_later(

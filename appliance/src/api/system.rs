@@ -131,15 +131,16 @@ struct LogsQuery {
 async fn logs(
     axum::extract::Query(q): axum::extract::Query<LogsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(l) = &q.level {
-        if !["error", "warn", "info", "debug", "trace"].contains(&l.to_ascii_lowercase().as_str()) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "level is one of error, warn, info, debug, trace",
-            )
-            .field("level"));
-        }
+    let levels = ["error", "warn", "info", "debug", "trace"];
+    if let Some(l) = &q.level
+        && !levels.contains(&l.to_ascii_lowercase().as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "level is one of error, warn, info, debug, trace",
+        )
+        .field("level"));
     }
     let limit = q.limit.unwrap_or(200).clamp(1, crate::logbuf::CAPACITY);
     let (lines, next) = crate::logbuf::read(
