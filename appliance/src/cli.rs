@@ -1,5 +1,5 @@
 //! `cairn agent …`: publisher keys, signing, trust and deployment to an appliance over its
-//! HTTPS API (the server certificate pinned by the fingerprint its console banner shows).
+//! HTTPS API (see [`crate::remote`] for how the appliance is reached and trusted).
 
 use anyhow::{Context, Result, bail};
 use cairn_agents::package::{Package, SigningKey};
@@ -7,16 +7,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where an appliance is and how to trust it.
-#[derive(clap::Args, Debug)]
-pub struct Remote {
-    /// The appliance, e.g. `https://10.0.2.15:443`.
-    #[arg(long)]
-    pub remote: String,
-    /// SHA-256 fingerprint of its TLS certificate (shown on its console).
-    #[arg(long)]
-    pub fingerprint: String,
-}
+pub use crate::remote::{Api, RemoteArgs};
 
 /// Agent commands.
 #[derive(Subcommand, Debug)]
@@ -49,8 +40,6 @@ pub enum AgentCommand {
     },
     /// Adds a publisher key to an appliance's trust store.
     Trust {
-        #[command(flatten)]
-        remote: Remote,
         /// The publisher's public key (hex).
         #[arg(long)]
         key: String,
@@ -60,8 +49,6 @@ pub enum AgentCommand {
     },
     /// Installs (or upgrades) a signed package on an appliance and starts it.
     Deploy {
-        #[command(flatten)]
-        remote: Remote,
         /// The package.
         package: PathBuf,
         /// Install without starting.
@@ -70,20 +57,8 @@ pub enum AgentCommand {
     },
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<serde_json::Value> {
-    let resp = req.send().await.context("reaching the appliance")?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let msg = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("the appliance answered {status}: {msg}");
-    }
-    Ok(body)
-}
-
 /// Runs an agent command.
-pub fn run(cmd: AgentCommand) -> Result<()> {
+pub fn run(cmd: AgentCommand, remote: &RemoteArgs) -> Result<()> {
     match cmd {
         AgentCommand::Keygen { out } => {
             if out.exists() {
@@ -130,18 +105,14 @@ pub fn run(cmd: AgentCommand) -> Result<()> {
             );
             Ok(())
         }
-        AgentCommand::Trust { remote, key, name } => runtime()?.block_on(async {
-            let client =
-                crate::router::remote::pinned_client(&remote.fingerprint, Duration::from_secs(30))
-                    .map_err(anyhow::Error::msg)?;
-            let url = format!("{}/api/v1/trust", remote.remote.trim_end_matches('/'));
-            let v = send(
-                client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(serde_json::json!({"key": key, "name": name}).to_string()),
-            )
-            .await?;
+        AgentCommand::Trust { key, name } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(30)).await?;
+            let v = api
+                .send(
+                    api.post("/api/v1/trust")
+                        .json(&serde_json::json!({"key": key, "name": name})),
+                )
+                .await?;
             println!(
                 "trusted {} ({})",
                 v["key"].as_str().unwrap_or(""),
@@ -149,28 +120,17 @@ pub fn run(cmd: AgentCommand) -> Result<()> {
             );
             Ok(())
         }),
-        AgentCommand::Deploy {
-            remote,
-            package,
-            no_start,
-        } => runtime()?.block_on(async {
+        AgentCommand::Deploy { package, no_start } => runtime()?.block_on(async {
             let bytes = std::fs::read(&package).with_context(|| package.display().to_string())?;
             Package::parse(&bytes)?.verify_signature()?;
-            let client =
-                crate::router::remote::pinned_client(&remote.fingerprint, Duration::from_secs(300))
-                    .map_err(anyhow::Error::msg)?;
-            let url = format!(
-                "{}/api/v1/agents?start={}",
-                remote.remote.trim_end_matches('/'),
-                !no_start
-            );
-            let v = send(
-                client
-                    .post(url)
-                    .header("content-type", "application/octet-stream")
-                    .body(bytes),
-            )
-            .await?;
+            let api = Api::connect(remote, Duration::from_secs(300)).await?;
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/agents?start={}", !no_start))
+                        .header("content-type", "application/octet-stream")
+                        .body(bytes),
+                )
+                .await?;
             println!(
                 "{} {} installed, {}",
                 v["name"].as_str().unwrap_or("?"),
@@ -182,7 +142,8 @@ pub fn run(cmd: AgentCommand) -> Result<()> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// Builds the single-threaded runtime the CLI's requests run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -203,4 +164,265 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Managing an appliance over its API (the same API the console uses).
+#[derive(Subcommand, Debug)]
+pub enum ManageCommand {
+    /// Checks a token against an appliance and saves the URL, token and certificate pin in
+    /// the config file, so later commands need no flags.
+    Login,
+    /// Health, version, uptime, models, data partition.
+    Status,
+    /// The appliance's recent log lines, or one agent run's log with `--run`.
+    Logs {
+        /// An agent run id.
+        #[arg(long)]
+        run: Option<String>,
+        /// Lines to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Local models and remote providers.
+    Models,
+    /// Agent memory.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Appliance settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Operator actions, newest first.
+    Audit {
+        /// Entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Reboots the appliance.
+    Reboot {
+        /// Confirms the reboot.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Shuts the appliance down.
+    Shutdown {
+        /// Confirms the shutdown.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `cairn memory …`.
+#[derive(Subcommand, Debug)]
+pub enum MemoryCommand {
+    /// Namespaces with their record counts.
+    Namespaces,
+    /// Hybrid (lexical + semantic) search.
+    Search {
+        /// What to look for.
+        query: String,
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// How many results.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+}
+
+/// `cairn settings …`.
+#[derive(Subcommand, Debug)]
+pub enum SettingsCommand {
+    /// Every setting.
+    List,
+    /// One setting.
+    Get {
+        /// Its name.
+        key: String,
+    },
+    /// Sets a setting to a JSON value (a bare word is taken as a string).
+    Set {
+        /// Its name.
+        key: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// `cairn token …`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Every token (without secrets).
+    List,
+    /// Makes a token and prints it once.
+    Create {
+        /// A label.
+        name: String,
+        /// reader, operator or admin.
+        #[arg(long, default_value = "reader")]
+        scope: String,
+    },
+    /// Revokes a token.
+    Revoke {
+        /// Its id.
+        id: String,
+    },
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Runs a management command.
+pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let api = Api::connect(remote, Duration::from_secs(120)).await?;
+        match cmd {
+            ManageCommand::Login => {
+                let who = api.send(api.get("/api/v1/system")).await?;
+                let mut cfg = remote.load_config()?;
+                if let Some(url) = &remote.remote {
+                    cfg.remote = Some(url.trim_end_matches('/').to_string());
+                }
+                if let Some(t) = &remote.token {
+                    cfg.token = Some(t.clone());
+                }
+                remote.save_config(&cfg)?;
+                println!(
+                    "logged in to {} ({}); saved in {}",
+                    who["system"]["hostname"].as_str().unwrap_or("?"),
+                    cfg.remote.as_deref().unwrap_or("?"),
+                    remote.config_path().display()
+                );
+            }
+            ManageCommand::Status => {
+                let v = api.send(api.get("/api/v1/system")).await?;
+                let sys = &v["system"];
+                println!(
+                    "{} {} ({}, {}), up {:.0} s, data {}",
+                    sys["hostname"].as_str().unwrap_or("?"),
+                    sys["version"].as_str().unwrap_or("?"),
+                    sys["arch"].as_str().unwrap_or("?"),
+                    sys["mode"].as_str().unwrap_or("?"),
+                    sys["uptime_secs"].as_f64().unwrap_or(0.0),
+                    v["data"]["mode"].as_str().unwrap_or("?"),
+                );
+                print_json(&v);
+            }
+            ManageCommand::Logs { run, limit } => match run {
+                Some(id) => {
+                    let v = api.send(api.get(&format!("/api/v1/runs/{id}"))).await?;
+                    for line in v["logs"].as_array().into_iter().flatten() {
+                        println!("{}", line.as_str().unwrap_or(&line.to_string()));
+                    }
+                    println!("status: {}", v["status"].as_str().unwrap_or("?"));
+                }
+                None => {
+                    let v = api
+                        .send(api.get(&format!("/api/v1/system/logs?limit={limit}")))
+                        .await?;
+                    for e in v["lines"].as_array().into_iter().flatten() {
+                        println!(
+                            "{} {:5} {}",
+                            e["time"].as_str().unwrap_or(""),
+                            e["level"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            },
+            ManageCommand::Models => {
+                let local = api.send(api.get("/v1/models")).await?;
+                let providers = api.send(api.get("/api/v1/router/providers")).await?;
+                print_json(&serde_json::json!({"local": local["data"], "providers": providers}));
+            }
+            ManageCommand::Memory(MemoryCommand::Namespaces) => {
+                print_json(&api.send(api.get("/api/v1/memory/namespaces")).await?);
+            }
+            ManageCommand::Memory(MemoryCommand::Search {
+                query,
+                namespace,
+                k,
+            }) => {
+                let mut body = serde_json::json!({"query": query, "k": k});
+                if let Some(ns) = namespace {
+                    body["namespaces"] = serde_json::json!([ns]);
+                }
+                let v = api
+                    .send(api.post("/api/v1/memory/recall").json(&body))
+                    .await?;
+                print_json(&v);
+            }
+            ManageCommand::Settings(SettingsCommand::List) => {
+                print_json(&api.send(api.get("/api/v1/settings")).await?);
+            }
+            ManageCommand::Settings(SettingsCommand::Get { key }) => {
+                let v = api
+                    .send(api.get(&format!("/api/v1/settings/{key}")))
+                    .await?;
+                print_json(&v["value"]);
+            }
+            ManageCommand::Settings(SettingsCommand::Set { key, value }) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                let v = api
+                    .send(api.put(&format!("/api/v1/settings/{key}")).json(&value))
+                    .await?;
+                println!("{key} = {}", v["value"]);
+            }
+            ManageCommand::Token(TokenCommand::List) => {
+                print_json(&api.send(api.get("/api/v1/auth/tokens")).await?);
+            }
+            ManageCommand::Token(TokenCommand::Create { name, scope }) => {
+                let v = api
+                    .send(
+                        api.post("/api/v1/auth/tokens")
+                            .json(&serde_json::json!({"name": name, "scope": scope})),
+                    )
+                    .await?;
+                eprintln!(
+                    "token {} ({}) created; it is shown only now:",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["scope"].as_str().unwrap_or("?")
+                );
+                println!("{}", v["token"].as_str().unwrap_or(""));
+            }
+            ManageCommand::Token(TokenCommand::Revoke { id }) => {
+                api.send(api.delete(&format!("/api/v1/auth/tokens/{id}")))
+                    .await?;
+                println!("revoked {id}");
+            }
+            ManageCommand::Audit { limit } => {
+                print_json(
+                    &api.send(api.get(&format!("/api/v1/audit/actions?limit={limit}")))
+                        .await?,
+                );
+            }
+            ManageCommand::Reboot { yes } | ManageCommand::Shutdown { yes } if !yes => {
+                bail!("this stops every agent on the appliance: add --yes to confirm");
+            }
+            ManageCommand::Reboot { .. } => {
+                api.send(
+                    api.post("/api/v1/system/power")
+                        .json(&serde_json::json!({"action": "reboot"})),
+                )
+                .await?;
+                println!("rebooting");
+            }
+            ManageCommand::Shutdown { .. } => {
+                api.send(
+                    api.post("/api/v1/system/power")
+                        .json(&serde_json::json!({"action": "poweroff"})),
+                )
+                .await?;
+                println!("shutting down");
+            }
+        }
+        Ok(())
+    })
 }

@@ -7,12 +7,15 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod console;
 pub mod control;
 pub mod inference;
+pub mod logbuf;
 pub mod memory;
 pub mod metrics;
+pub mod remote;
 pub mod router;
 pub mod serve;
 pub mod store;

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn, an agent operating system")]
 struct Cli {
+    #[command(flatten)]
+    remote: cairn::remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,29 +48,35 @@ enum Command {
         #[arg(long, value_enum, default_value = "lazy")]
         load_models: cairn::inference::LoadPolicy,
     },
-    /// Agent packages: keys, signing, trust, deployment.
+    /// Agents: package keys, signing, trust, deployment, and running agents.
     #[command(subcommand)]
     Agent(cairn::cli::AgentCommand),
+    #[command(flatten)]
+    Manage(cairn::cli::ManageCommand),
 }
 
 fn init_tracing(appliance: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(cairn::logbuf::Capture);
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
     if appliance {
         // The console already shows the kernel's clock; keep lines short and plain.
-        builder.without_time().with_ansi(false).init();
+        registry.with(fmt.without_time().with_ansi(false)).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(cmd) => cairn::cli::run(cmd),
+        Command::Agent(cmd) => cairn::cli::run(cmd, &cli.remote),
+        Command::Manage(cmd) => cairn::cli::manage(cmd, &cli.remote),
         Command::Serve {
             data,
             listen,

@@ -57,6 +57,69 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether the client's first byte is a TLS handshake record (0x16), waiting at most the
+/// handshake deadline for it.
+async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 0x16,
+        // Closed, failed or silent: let the TLS path fail it with its own deadline.
+        _ => true,
+    }
+}
+
+/// Answers a plain-HTTP request on the HTTPS port with a redirect to the `https://` URL.
+async fn redirect_plain_http(mut tcp: tokio::net::TcpStream, port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let read_head = async {
+        while len < buf.len() {
+            match tcp.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(HEADER_TIMEOUT, read_head)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let path = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .filter(|p| p.starts_with('/') && p.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("/");
+    let host = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("host")
+                .then(|| v.trim().to_string())
+        })
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or_else(|| format!("localhost:{port}"));
+    let body = "This port speaks HTTPS only.\n";
+    let response = format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://{host}{path}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(response.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     let started = Instant::now();
@@ -166,6 +229,18 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         _ => None,
     };
     debug!("agents ready after {} ms", started.elapsed().as_millis());
+    let auth = {
+        let db = store.as_ref().map(|s| s.database());
+        match tokio::task::spawn_blocking(move || crate::auth::Auth::open(db)).await? {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                // Unreadable auth tables: keep serving with accounts in memory, so the
+                // operator can onboard with a fresh code and see what is wrong.
+                error!("accounts: {e}; using a temporary in-memory account store");
+                Arc::new(crate::auth::Auth::open(None)?)
+            }
+        }
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -184,6 +259,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         memory: memory.clone(),
         agents,
         router,
+        auth: auth.clone(),
     });
     let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));
     let app = api::router(state.clone());
@@ -197,11 +273,22 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         identity.fingerprint,
         started.elapsed().as_millis()
     );
+    let setup_code = auth.setup_code();
+    if let Some(code) = &setup_code {
+        info!(
+            "setup code: {code} (open https://<address>:{port}/onboard to create the administrator)"
+        );
+    }
     if state.control.is_present() {
-        let notes = degraded
+        let mut notes: Vec<String> = degraded
             .iter()
             .map(|r| format!("Appliance:   degraded, read-only ({r})"))
             .collect();
+        if let Some(code) = &setup_code {
+            notes.push(format!(
+                "Setup code:  {code}  (one time; enter it at /onboard)"
+            ));
+        }
         if let Err(e) = state.control.ready(&identity.fingerprint, port, notes) {
             warn!("could not notify init: {e}");
         }
@@ -229,6 +316,11 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         active.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            if !starts_with_tls(&tcp).await {
+                redirect_plain_http(tcp, port).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let mut builder =
@@ -237,6 +329,14 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
                         .http1()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_TIMEOUT);
+                    let peer_addr = crate::auth::guard::PeerAddr(peer);
+                    let app = tower::ServiceExt::map_request(
+                        app,
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(peer_addr);
+                            req
+                        },
+                    );
                     let svc = TowerToHyperService::new(app);
                     if let Err(e) = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)

@@ -20,7 +20,12 @@ pub struct Identity {
 
 /// Formats a certificate fingerprint the way the banner and the CLI show it.
 pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
+    fingerprint_of_digest(&Sha256::digest(der))
+}
+
+/// Formats a SHA-256 digest as a fingerprint (`AB:CD:…`).
+pub fn fingerprint_of_digest(digest: &[u8]) -> String {
+    digest
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()

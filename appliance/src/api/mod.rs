@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state and the JSON error shape.
 
 mod agents;
+mod auth;
 mod memory;
 mod model_router;
 mod openai;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub memory: Option<Arc<crate::memory::Memory>>,
     /// The model router: every LLM call goes through it.
     pub router: Arc<crate::router::Router>,
+    /// Accounts, sessions, API tokens and the operator audit log.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Shared state handle.
@@ -59,8 +62,13 @@ pub type Shared = Arc<AppState>;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    /// Stable machine-readable code.
+    pub code: &'static str,
     message: String,
+    /// The form field the error is about, if any.
+    pub field: Option<&'static str>,
+    /// Seconds for a `Retry-After` header, if any.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -70,14 +78,32 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
+            retry_after: None,
         }
+    }
+
+    /// Names the form field the error is about.
+    pub fn field(mut self, field: &'static str) -> ApiError {
+        self.field = Some(field);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            error["field"] = f.into();
+        }
+        let mut r = (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        r
     }
 }
 
@@ -155,6 +181,7 @@ impl Routes {
 
 fn routes() -> Routes {
     Routes::new()
+        .merge(auth::routes())
         .merge(system::routes())
         .merge(settings::routes())
         .merge(memory::routes())
@@ -176,7 +203,14 @@ pub fn route_table() -> Vec<&'static str> {
     paths
 }
 
-/// Every route of the API.
+/// Every route of the API, behind the authentication guard (`docs/console.md`).
 pub fn router(state: Shared) -> Router {
-    routes().router.fallback(not_found).with_state(state)
+    routes()
+        .router
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard::guard,
+        ))
+        .with_state(state)
 }

@@ -15,6 +15,7 @@ pub(super) fn routes() -> Routes {
         .route("/healthz", get(healthz))
         .route("/api/v1/system", get(system))
         .route("/api/v1/system/power", post(power))
+        .route("/api/v1/system/logs", get(logs))
 }
 
 async fn healthz(State(s): State<Shared>) -> Json<Value> {
@@ -114,4 +115,37 @@ async fn power(
         )
     })?;
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": req.action}))))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    since: Option<u64>,
+    level: Option<String>,
+    contains: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Recent log lines: `?since=SEQ&level=warn&contains=TEXT&limit=N`.
+async fn logs(
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(l) = &q.level {
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.to_ascii_lowercase().as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "level is one of error, warn, info, debug, trace",
+            )
+            .field("level"));
+        }
+    }
+    let limit = q.limit.unwrap_or(200).clamp(1, crate::logbuf::CAPACITY);
+    let (lines, next) = crate::logbuf::read(
+        q.since.unwrap_or(0),
+        q.level.as_deref(),
+        q.contains.as_deref(),
+        limit,
+    );
+    Ok(Json(json!({"lines": lines, "next": next})))
 }

@@ -1,0 +1,163 @@
+//! The appliance's recent log lines, kept in memory for `GET /api/v1/system/logs` (the console's
+//! events page and `cairn logs`): an air-gapped box has no shell to read them from.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+
+/// Lines kept.
+pub const CAPACITY: usize = 2000;
+
+/// One log line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Line {
+    /// Sequence number (increasing from 1).
+    pub seq: u64,
+    /// RFC 3339 time (UTC).
+    pub time: String,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: &'static str,
+    /// The message with its fields.
+    pub message: String,
+}
+
+struct Ring {
+    next: u64,
+    lines: VecDeque<Line>,
+}
+
+static RING: Mutex<Ring> = Mutex::new(Ring {
+    next: 1,
+    lines: VecDeque::new(),
+});
+
+/// The tracing layer that fills the buffer.
+pub struct Capture;
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        push(level_name(event.metadata().level()), m.0);
+    }
+}
+
+fn level_name(l: &tracing::Level) -> &'static str {
+    match *l {
+        tracing::Level::ERROR => "ERROR",
+        tracing::Level::WARN => "WARN",
+        tracing::Level::INFO => "INFO",
+        tracing::Level::DEBUG => "DEBUG",
+        _ => "TRACE",
+    }
+}
+
+/// Appends a line.
+pub fn push(level: &'static str, message: String) {
+    let mut r = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let seq = r.next;
+    r.next += 1;
+    if r.lines.len() >= CAPACITY {
+        r.lines.pop_front();
+    }
+    r.lines.push_back(Line {
+        seq,
+        time: now_rfc3339(),
+        level,
+        message,
+    });
+}
+
+fn rank(level: &str) -> u8 {
+    match level.to_ascii_uppercase().as_str() {
+        "ERROR" => 0,
+        "WARN" => 1,
+        "INFO" => 2,
+        "DEBUG" => 3,
+        _ => 4,
+    }
+}
+
+/// Lines after `since`, at `level` or more severe, containing `contains`, at most `limit`
+/// (the newest when there are more); and the sequence number to ask from next time.
+pub fn read(
+    since: u64,
+    level: Option<&str>,
+    contains: Option<&str>,
+    limit: usize,
+) -> (Vec<Line>, u64) {
+    let r = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let max = level.map(rank).unwrap_or(4);
+    let needle = contains.map(str::to_lowercase);
+    let mut out: Vec<Line> = r
+        .lines
+        .iter()
+        .filter(|l| l.seq > since && rank(l.level) <= max)
+        .filter(|l| {
+            needle
+                .as_ref()
+                .is_none_or(|n| l.message.to_lowercase().contains(n))
+        })
+        .cloned()
+        .collect();
+    if out.len() > limit {
+        out.drain(..out.len() - limit);
+    }
+    (out, r.next - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_sequence_level_and_text() {
+        push("INFO", "unit-test alpha".into());
+        push("WARN", "unit-test beta".into());
+        let (all, next) = read(0, None, Some("unit-test"), 100);
+        assert!(all.len() >= 2);
+        let (warn, _) = read(0, Some("warn"), Some("unit-test"), 100);
+        assert!(warn.iter().all(|l| l.level == "WARN" || l.level == "ERROR"));
+        assert!(warn.iter().any(|l| l.message == "unit-test beta"));
+        let (none, _) = read(next, None, Some("unit-test"), 100);
+        assert!(none.is_empty());
+        let (one, _) = read(0, None, Some("unit-test"), 1);
+        assert_eq!(one.len(), 1);
+    }
+}
