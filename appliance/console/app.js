@@ -6,7 +6,7 @@ const auth = { csrf: null, user: null, onboarded: null, fingerprint: null };
 let page = { timers: [], aborts: [] };
 const main = document.getElementById('main');
 
-// ---------- DOM helpers ----------
+// DOM helpers
 
 /** Builds an element: h('p', {class: 'x'}, 'text', child). Text is never parsed as HTML. */
 function h(tag, attrs = {}, ...kids) {
@@ -69,7 +69,7 @@ function toast(text, bad = false) {
   setTimeout(() => p.remove(), 5000);
 }
 
-// ---------- API ----------
+// API
 
 class ApiError extends Error {
   constructor(status, body, retryAfter) {
@@ -114,7 +114,7 @@ async function attempt(f, what) {
   try { return await f(); } catch (e) { toast(`${what}: ${e.message}`, true); return undefined; }
 }
 
-// ---------- forms ----------
+// forms
 
 let fieldSeq = 0;
 
@@ -179,7 +179,7 @@ function form({ fields, submit, onSubmit, label }) {
       const m = /^([A-Za-z_][\w.[\]]*): (.*)$/s.exec(msg || '');
       if (!field && m && errs[m[1]]) { field = m[1]; msg = m[2]; }
       if (!field && e.code && CODE_FIELD[e.code] && errs[CODE_FIELD[e.code]]) field = CODE_FIELD[e.code];
-      if (e.status === 429 && e.retryAfter) msg += ` Try again in ${fmtSecs(Number(e.retryAfter))}.`;
+      if (e.status === 429 && e.retryAfter && !/try again/i.test(msg)) msg += ` Try again in ${fmtSecs(Number(e.retryAfter))}.`;
       show(field, msg || 'The request failed.');
     } finally {
       button.disabled = false;
@@ -193,7 +193,7 @@ function form({ fields, submit, onSubmit, label }) {
 // Error codes of the auth contract that belong to one field even when the answer names none.
 const CODE_FIELD = { bad_code: 'code', bad_credentials: 'password', locked: 'username', bad_password: 'current' };
 
-// ---------- router ----------
+// router
 
 const routes = {
   '/onboard': pageOnboard, '/login': pageLogin, '/': pageOverview, '/chat': pageChat,
@@ -292,7 +292,7 @@ function signedIn(answer) {
   loadSiteName();
 }
 
-// ---------- pages: onboarding and login ----------
+// pages: onboarding and login
 
 async function pageOnboard(m) {
   m.append(
@@ -330,7 +330,7 @@ async function pageLogin(m) {
     auth.fingerprint ? h('p', { class: 'muted' }, 'Certificate fingerprint: ', h('code', {}, auth.fingerprint)) : null);
 }
 
-// ---------- overview ----------
+// overview
 
 async function pageOverview(m) {
   const health = h('span', { class: 'badge' }, '…');
@@ -393,7 +393,7 @@ async function pageOverview(m) {
       ['Memory', mem ? `${fmtBytes(mem.total_bytes - mem.available_bytes)} of ${fmtBytes(mem.total_bytes)} used` : '–'],
     ]), mem ? bar(mem.total_bytes - mem.available_bytes, mem.total_bytes) : null,
     ...(s.disks || []).map((d) => [h('p', {}, `Disk ${d.path}: ${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)} used`), bar(d.total_bytes - d.free_bytes, d.total_bytes)]).flat(),
-    h('h3', {}, 'Processes'), table([['Name', (p) => p.name], ['PID', (p) => p.pid], ['Memory', (p) => fmtBytes(p.rss_kib * 1024)]], s.processes || []));
+    h('p', {}, `Processes: ${(s.processes || []).map((p) => `${p.name} ${fmtBytes(p.rss_kib * 1024)}`).join(', ')}`));
     put(net, table([['Interface', (i) => i.name], ['State', (i) => i.state], ['MAC', (i) => i.mac || '–'], ['Addresses', (i) => i.addresses.join(', ') || '–']], s.network || [], 'No network interfaces.'));
     const eng = s.inference.engines || {};
     put(models, table([
@@ -413,7 +413,7 @@ async function pageOverview(m) {
   });
 }
 
-// ---------- chat ----------
+// chat
 
 const CHAT_KEY = 'cairn.chat';
 function loadChat() {
@@ -532,7 +532,7 @@ async function pageChat(m) {
   });
 }
 
-// ---------- agents ----------
+// agents
 
 function uploadPackage(file, start, progress) {
   return new Promise((resolve, reject) => {
@@ -644,7 +644,7 @@ function runView(r) {
   r.logs_dropped ? h('p', { class: 'warn' }, `${r.logs_dropped} log lines were dropped.`) : null);
 }
 
-// ---------- workflows ----------
+// workflows
 
 async function pageWorkflows(m) {
   const out = h('div', { 'aria-live': 'polite' });
@@ -711,7 +711,7 @@ function workflowView(r) {
     h('h3', {}, 'Output'), h('pre', {}, r.output ?? '(none yet)'));
 }
 
-// ---------- memory ----------
+// memory
 
 async function pageMemory(m) {
   const overview = h('div');
@@ -781,7 +781,7 @@ async function pageMemory(m) {
   await load();
 }
 
-// ---------- models and routing ----------
+// models and routing
 
 async function pageModels(m) {
   const local = h('div');
@@ -844,10 +844,33 @@ async function pageModels(m) {
   await load();
 }
 
-// ---------- events, audit ----------
+// events, audit
 
 async function pageEvents(m) {
-  m.append(unavailable('Live events', 'This version of the appliance has no event stream API, so there is nothing to show here. Agent capability denials and operator actions are on the Audit page; runs are on the Agents page.'));
+  const out = h('pre', { class: 'log', 'aria-live': 'polite', 'aria-label': 'Log lines' });
+  const note = h('p', { class: 'muted' });
+  let since = 0;
+  let lines = [];
+  const f = form({
+    submit: 'Apply', label: 'Filter',
+    fields: [
+      { name: 'level', label: 'Level', type: 'select', options: ['info', 'warn', 'error', 'debug'], value: 'info' },
+      { name: 'contains', label: 'Containing' },
+    ],
+    async onSubmit() { since = 0; lines = []; await tick(); },
+  });
+  async function tick() {
+    const { level, contains } = f.inputs;
+    const q = `since=${since}&limit=500&level=${level.value}${contains.value ? `&contains=${encodeURIComponent(contains.value)}` : ''}`;
+    const r = await api('GET', `/api/v1/system/logs?${q}`);
+    since = r.next;
+    lines = lines.concat(r.lines.map((l) => `${l.time} ${l.level.padEnd(5)} ${l.message}`)).slice(-500);
+    out.textContent = lines.join('\n') || '(no lines yet)';
+    note.textContent = `Live: the appliance's last ${lines.length} log lines, newest last, refreshed every 3 s.`;
+  }
+  m.append(section('Log', f, note, out),
+    unavailable('Event stream', 'This version has no structured event stream; the log above is its running record. Capability denials and operator actions are on the Audit page.'));
+  every(3000, () => tick().catch((e) => { note.textContent = e.message; }));
 }
 
 async function pageAudit(m) {
@@ -865,7 +888,7 @@ async function pageAudit(m) {
   });
 }
 
-// ---------- settings ----------
+// settings
 
 async function pageSettings(m) {
   const tokens = h('div');
@@ -922,7 +945,7 @@ async function pageSettings(m) {
   await loadTokens().catch((e) => put(tokens, h('p', { class: 'bad' }, e.message)));
 }
 
-// ---------- power ----------
+// power
 
 async function pagePower(m) {
   const msg = h('p', { role: 'alert' });
@@ -953,7 +976,7 @@ async function pagePower(m) {
     msg), dlg);
 }
 
-// ---------- start ----------
+// start
 
 async function boot() {
   try {

@@ -37,7 +37,7 @@ impl Drop for Server {
     }
 }
 
-/// Starts `cairn serve` on `data` and answers it, its URL and the log lines as they come.
+/// Starts `cairn serve` on `data` and answers it, its URL and its log lines as they come.
 fn serve(data: &Path, models: &Path) -> (Server, String, mpsc::Receiver<String>) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -49,18 +49,23 @@ fn serve(data: &Path, models: &Path) -> (Server, String, mpsc::Receiver<String>)
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--models"])
         .arg(models)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn cairn serve");
-    let stderr = child.stderr.take().unwrap();
+    // The log goes to stdout or stderr depending on how it is set up: read both.
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("cairn: {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for stream in [out, err] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("cairn: {line}");
+                let _ = tx.send(line);
+            }
+        });
+    }
     let server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -106,7 +111,7 @@ fn wait_for_code(lines: &mpsc::Receiver<String>) -> String {
                     return code;
                 }
             }
-            Err(_) => panic!("cairn serve printed no `setup code:` line within 60 s"),
+            Err(_) => panic!("cairn serve logged no `setup code:` line within 60 s"),
         }
     }
 }
