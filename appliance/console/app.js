@@ -39,7 +39,7 @@ const fmtSecs = (s) => {
   const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
   return d ? `${d} d ${hr} h` : hr ? `${hr} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
 };
-const fmtTime = (ms) => (ms ? new Date(ms).toLocaleString() : '–');
+const fmtTime = (ms) => (ms ? new Date(ms).toLocaleString() : '–'); // the auth API counts seconds: pass s * 1000
 const fmtUsd = (x) => `$${(x || 0).toFixed(4)}`;
 
 function table(cols, rows, empty = 'Nothing yet.') {
@@ -476,6 +476,7 @@ async function pageChat(m) {
     const t0 = performance.now();
     let usage = null;
     let target = '';
+    let first = 0;
     try {
       const hd = headers('POST', { 'Content-Type': 'application/json' });
       if (policySel.value) hd['X-Cairn-Policy'] = policySel.value;
@@ -507,6 +508,7 @@ async function pageChat(m) {
             if (j.usage) usage = j.usage;
             const delta = j.choices && j.choices[0] && j.choices[0].delta;
             if (delta && delta.content) {
+              if (!first) first = performance.now();
               reply.content += delta.content;
               node.appendData(delta.content);
               log.scrollTop = log.scrollHeight;
@@ -520,7 +522,10 @@ async function pageChat(m) {
       node.data = reply.content;
     } finally {
       const secs = (performance.now() - t0) / 1000;
-      reply.meta = [target, usage ? `${usage.completion_tokens} tokens, ${(usage.completion_tokens / secs).toFixed(1)} tok/s` : null, `${secs.toFixed(1)} s`].filter(Boolean).join(' · ');
+      const gen = first ? (performance.now() - first) / 1000 : 0;
+      const rate = usage && gen > 0 ? `, ${(usage.completion_tokens / gen).toFixed(1)} tok/s` : '';
+      const ttft = first ? `first token after ${((first - t0) / 1000).toFixed(1)} s, ` : '';
+      reply.meta = [target, usage ? `${usage.completion_tokens} tokens${rate}` : null, `${ttft}${secs.toFixed(1)} s in all`].filter(Boolean).join(' · ');
       b.append(h('small', {}, reply.meta));
       b.removeAttribute('aria-busy');
       if (reply.content) history.push(reply); else b.remove();
@@ -883,7 +888,7 @@ async function pageAudit(m) {
       ['Time', (x) => fmtTime(x.ms)], ['Agent', (x) => x.agent || '–'], ['Run', (x) => x.run || '–'], ['Event', (x) => x.event], ['Detail', (x) => x.detail],
     ], d.entries, 'No denials recorded.'));
     put(actions, a instanceof Error ? h('p', { class: 'bad' }, a.status === 404 ? 'This version does not record operator actions.' : a.message) : table([
-      ['Time', (x) => (typeof x.time === 'number' ? fmtTime(x.time) : x.time)], ['Actor', (x) => x.actor], ['Request', (x) => `${x.method} ${x.path}`], ['Status', (x) => x.status],
+      ['Time', (x) => fmtTime(x.time * 1000)], ['Actor', (x) => x.actor], ['Request', (x) => `${x.method} ${x.path}`], ['Status', (x) => x.status],
     ], a.entries, 'No operator actions recorded.'));
   });
 }
@@ -908,8 +913,8 @@ async function pageSettings(m) {
   async function loadTokens() {
     const t = await api('GET', '/api/v1/auth/tokens');
     put(tokens, table([
-      ['Name', (x) => x.name], ['Scope', (x) => x.scope], ['Created', (x) => (typeof x.created === 'number' ? fmtTime(x.created) : x.created)],
-      ['Last used', (x) => (x.last_used == null ? 'never' : typeof x.last_used === 'number' ? fmtTime(x.last_used) : x.last_used)],
+      ['Name', (x) => x.name], ['Scope', (x) => x.scope], ['Created', (x) => fmtTime(x.created * 1000)],
+      ['Last used', (x) => (x.last_used == null ? 'never' : fmtTime(x.last_used * 1000))],
       ['', (x) => h('button', { type: 'button', class: 'danger', 'aria-label': `revoke token ${x.name}`, onclick: async () => { if (confirm(`Revoke ${x.name}?`)) { await attempt(() => api('DELETE', `/api/v1/auth/tokens/${encodeURIComponent(x.id)}`), 'Revoke'); loadTokens(); } } }, 'revoke')],
     ], t.tokens, 'No API tokens.'));
   }

@@ -248,6 +248,15 @@ if (phase === 'chat') {
     await shot(page, 'settings');
   });
 
+  await scenario('audit lists the operator actions', page, async () => {
+    await page.goto(`${base}/audit`);
+    await heading(page, 'Audit');
+    const year = String(new Date().getFullYear());
+    await until(async () => (await page.locator('main table tr').allTextContents()).some((r) => r.includes('PUT /api/v1/settings/site') && r.includes(year)),
+      'the site name change, dated this year, among the operator actions');
+    await shot(page, 'audit');
+  });
+
   if (env.CAIRN_AGENT_PACKAGE) {
     const name = env.CAIRN_AGENT_NAME || 'echo';
     await scenario('agents: install a package by upload and run a task', page, async () => {
