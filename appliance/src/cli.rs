@@ -47,6 +47,31 @@ pub enum AgentCommand {
         #[arg(long)]
         name: String,
     },
+    /// Installed agents with their state.
+    List,
+    /// Starts, stops, pauses, resumes, kills or checkpoints an agent.
+    Control {
+        /// start, stop, pause, resume, kill or checkpoint.
+        action: String,
+        /// The agent.
+        name: String,
+    },
+    /// Runs a task and prints its result.
+    Run {
+        /// The agent.
+        name: String,
+        /// The task's input.
+        input: String,
+    },
+    /// Recent runs.
+    Runs {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Installs (or upgrades) a signed package on an appliance and starts it.
     Deploy {
         /// The package.
@@ -120,6 +145,68 @@ pub fn run(cmd: AgentCommand, remote: &RemoteArgs) -> Result<()> {
             );
             Ok(())
         }),
+        AgentCommand::List => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(30)).await?;
+            let v = api.send(api.get("/api/v1/agents")).await?;
+            for a in v["agents"].as_array().into_iter().flatten() {
+                println!(
+                    "{:24} {:10} {:10}",
+                    a["name"].as_str().unwrap_or("?"),
+                    a["version"].as_str().unwrap_or("?"),
+                    a["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }),
+        AgentCommand::Control { action, name } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(60)).await?;
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/agents/{name}/{action}"))
+                        .json(&serde_json::json!({})),
+                )
+                .await?;
+            println!("{name}: {}", v["state"].as_str().unwrap_or(&v.to_string()));
+            Ok(())
+        }),
+        AgentCommand::Run { name, input } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(600)).await?;
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/agents/{name}/runs"))
+                        .json(&serde_json::json!({"input": input})),
+                )
+                .await?;
+            match v["status"].as_str() {
+                Some("succeeded") => {
+                    println!("{}", v["output"].as_str().unwrap_or(""));
+                    Ok(())
+                }
+                other => bail!(
+                    "run {} {}: {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    other.unwrap_or("?"),
+                    v["error"].as_str().unwrap_or("")
+                ),
+            }
+        }),
+        AgentCommand::Runs { agent, limit } => runtime()?.block_on(async {
+            let api = Api::connect(remote, Duration::from_secs(30)).await?;
+            let mut path = format!("/api/v1/runs?limit={limit}");
+            if let Some(a) = agent {
+                path.push_str(&format!("&agent={a}"));
+            }
+            let v = api.send(api.get(&path)).await?;
+            for r in v["runs"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {:16} {:10}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["agent"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }),
         AgentCommand::Deploy { package, no_start } => runtime()?.block_on(async {
             let bytes = std::fs::read(&package).with_context(|| package.display().to_string())?;
             Package::parse(&bytes)?.verify_signature()?;
@@ -169,9 +256,24 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 /// Managing an appliance over its API (the same API the console uses).
 #[derive(Subcommand, Debug)]
 pub enum ManageCommand {
-    /// Checks a token against an appliance and saves the URL, token and certificate pin in
-    /// the config file, so later commands need no flags.
-    Login,
+    /// Saves the appliance's URL, a token and its certificate pin in the config file, so later
+    /// commands need no flags: checks `--token`, or with `--user` logs in with the password
+    /// (asked for, or `CAIRN_PASSWORD`) and makes an admin token for this CLI.
+    Login {
+        /// The user to log in as (instead of `--token`).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// First boot: creates the administrator with the one-time setup code the console shows,
+    /// then logs in as with `login --user`.
+    Onboard {
+        /// The setup code from the appliance's console.
+        #[arg(long)]
+        code: String,
+        /// The administrator's user name.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
     /// Health, version, uptime, models, data partition.
     Status,
     /// The appliance's recent log lines, or one agent run's log with `--run`.
@@ -281,28 +383,25 @@ fn print_json(v: &serde_json::Value) {
 /// Runs a management command.
 pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let api = Api::connect(remote, Duration::from_secs(120)).await?;
+        let mut api = Api::connect(remote, Duration::from_secs(120)).await?;
         match cmd {
-            ManageCommand::Login => {
-                let who = api.send(api.get("/api/v1/system")).await?;
-                let mut cfg = remote.load_config()?;
-                if let Some(url) = &remote.remote {
-                    cfg.remote = Some(url.trim_end_matches('/').to_string());
+            ManageCommand::Login { user } => {
+                if let Some(user) = user {
+                    let password = read_password("password")?;
+                    let token = session_token(&api, "login", &user, &password, None).await?;
+                    api.set_token(token);
                 }
-                if let Some(t) = &remote.token {
-                    cfg.token = Some(t.clone());
-                }
-                remote.save_config(&cfg)?;
-                println!(
-                    "logged in to {} ({}); saved in {}",
-                    who["system"]["hostname"].as_str().unwrap_or("?"),
-                    cfg.remote.as_deref().unwrap_or("?"),
-                    remote.config_path().display()
-                );
+                save_login(&api, remote).await?;
+            }
+            ManageCommand::Onboard { code, user } => {
+                let password = read_password("new administrator password")?;
+                let token = session_token(&api, "onboard", &user, &password, Some(&code)).await?;
+                api.set_token(token);
+                save_login(&api, remote).await?;
             }
             ManageCommand::Status => {
                 let v = api.send(api.get("/api/v1/system")).await?;
-                let sys = &v["system"];
+                let sys = &v;
                 println!(
                     "{} {} ({}, {}), up {:.0} s, data {}",
                     sys["hostname"].as_str().unwrap_or("?"),
@@ -425,4 +524,110 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Saves the URL and the token in use, after checking them.
+async fn save_login(api: &Api, remote: &RemoteArgs) -> Result<()> {
+    let who = api.send(api.get("/api/v1/system")).await?;
+    let mut cfg = remote.load_config()?;
+    cfg.remote = Some(api.base().to_string());
+    cfg.token = api.token().map(str::to_string);
+    remote.save_config(&cfg)?;
+    println!(
+        "logged in to {} ({}); saved in {}",
+        who["hostname"].as_str().unwrap_or("?"),
+        api.base(),
+        remote.config_path().display()
+    );
+    Ok(())
+}
+
+/// Logs in (or onboards with `code`) and makes an admin API token for this CLI with the session.
+async fn session_token(
+    api: &Api,
+    action: &str,
+    user: &str,
+    password: &str,
+    code: Option<&str>,
+) -> Result<String> {
+    let mut body = serde_json::json!({"username": user, "password": password});
+    if let Some(code) = code {
+        body["code"] = code.into();
+    }
+    let resp = api
+        .post_anonymous(&format!("/api/v1/auth/{action}"))
+        .json(&body)
+        .send()
+        .await
+        .context("reaching the appliance")?;
+    let status = resp.status();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "{action} refused ({status}): {}",
+            v["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    let host = crate::sysinfo::hostname();
+    let name = format!(
+        "cli {user}@{host} {}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let made = api
+        .send(
+            api.post_anonymous("/api/v1/auth/tokens")
+                .header("cookie", cookie)
+                .header("x-csrf-token", v["csrf"].as_str().unwrap_or_default())
+                .json(&serde_json::json!({"name": name, "scope": "admin"})),
+        )
+        .await?;
+    made["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("the appliance returned no token")
+}
+
+/// A password from `CAIRN_PASSWORD`, or asked for on the terminal without echo.
+fn read_password(prompt: &str) -> Result<String> {
+    if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+        return Ok(p);
+    }
+    use std::io::{BufRead, IsTerminal, Write};
+    eprint!("{prompt}: ");
+    let _ = std::io::stderr().flush();
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    // SAFETY: termios is plain data; tcgetattr fills it for fd 0 when it returns 0.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is this process's stdin and `saved` is a valid termios to fill.
+    let echo_off = tty && unsafe { libc::tcgetattr(0, &mut saved) } == 0;
+    if echo_off {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: sets fd 0's attributes from a termios derived from its own.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if echo_off {
+        // SAFETY: restores the attributes read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        eprintln!();
+    }
+    read.context("reading the password")?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    if p.is_empty() {
+        bail!("no password given");
+    }
+    Ok(p)
 }

@@ -63,7 +63,9 @@ fn init_tracing(appliance: bool) {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(cairn::logbuf::Capture);
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(std::io::stderr);
     if appliance {
         // The console already shows the kernel's clock; keep lines short and plain.
         registry.with(fmt.without_time().with_ansi(false)).init();

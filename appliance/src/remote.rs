@@ -154,6 +154,26 @@ impl Api {
         }
     }
 
+    /// A POST to `path` without the token (login and onboarding).
+    pub fn post_anonymous(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base))
+    }
+
+    /// The appliance's URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The token in use, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Uses `token` for the following requests.
+    pub fn set_token(&mut self, token: String) {
+        self.token = Some(token);
+    }
+
     /// A GET of `path`.
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.with_token(self.client.get(format!("{}{path}", self.base)))

@@ -241,7 +241,9 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
             }
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&identity)?);
+    let tls_dir = (degraded.is_none() && store.is_some()).then(|| opts.data.join("tls"));
+    let certs = crate::tls::Certificates::new(&identity, tls_dir)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config_for(certs.clone())?);
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -252,7 +254,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         data_dir: opts.data.clone(),
         started,
         control,
-        fingerprint: identity.fingerprint.clone(),
+        certs,
         appliance: opts.appliance,
         inference: inference.clone(),
         metrics,
@@ -267,18 +269,18 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     if let Some(r) = &degraded {
         warn!("DEGRADED, READ-ONLY: {r}");
     }
-    info!(
-        "listening on https://{} (TLS SHA-256 {}), ready in {} ms",
-        listener.local_addr()?,
-        identity.fingerprint,
-        started.elapsed().as_millis()
-    );
     let setup_code = auth.setup_code();
     if let Some(code) = &setup_code {
         info!(
             "setup code: {code} (open https://<address>:{port}/onboard to create the administrator)"
         );
     }
+    info!(
+        "listening on https://{} (TLS SHA-256 {}), ready in {} ms",
+        listener.local_addr()?,
+        identity.fingerprint,
+        started.elapsed().as_millis()
+    );
     if state.control.is_present() {
         let mut notes: Vec<String> = degraded
             .iter()

@@ -106,6 +106,116 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The certificate the server presents: replaceable by the operator while the server runs
+/// (new handshakes get the new one; the files on the data partition are replaced atomically).
+#[derive(Debug)]
+pub struct Certificates {
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, String)>,
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Largest accepted PEM input (a chain of a few certificates and a key).
+pub const MAX_PEM: usize = 64 * 1024;
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key does not belong to the certificate".to_string()
+            }
+            e => format!("unusable certificate or key: {e}"),
+        })
+}
+
+impl Certificates {
+    /// Serves `id`; replacements are written to `dir` (none in degraded mode).
+    pub fn new(id: &Identity, dir: Option<std::path::PathBuf>) -> Result<Arc<Certificates>> {
+        let ck = certified(id.chain.clone(), id.key.clone_key()).map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(Certificates {
+            current: std::sync::RwLock::new((ck, id.fingerprint.clone())),
+            dir,
+        }))
+    }
+
+    /// The fingerprint of the certificate now served.
+    pub fn fingerprint(&self) -> String {
+        self.current.read().map(|c| c.1.clone()).unwrap_or_default()
+    }
+
+    /// Checks a PEM certificate chain and its PEM private key, stores them and serves them
+    /// from the next handshake on; returns the new fingerprint. Nothing changes on error.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<String, (&'static str, String)> {
+        let cert_err = |m: String| ("certificate", m);
+        let key_err = |m: String| ("key", m);
+        if cert_pem.len() > MAX_PEM {
+            return Err(cert_err(format!("limited to {MAX_PEM} bytes")));
+        }
+        if key_pem.len() > MAX_PEM {
+            return Err(key_err(format!("limited to {MAX_PEM} bytes")));
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| cert_err(format!("the certificate is not PEM: {e}")))?;
+        let leaf = chain.first().ok_or_else(|| {
+            cert_err("no certificate found (expected -----BEGIN CERTIFICATE-----)".into())
+        })?;
+        rustls::server::ParsedCertificate::try_from(leaf)
+            .map_err(|e| cert_err(format!("the certificate does not parse: {e}")))?;
+        let fp = fingerprint(leaf);
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| key_err(format!("the key is not a PEM private key: {e}")))?;
+        let ck = certified(chain, key).map_err(key_err)?;
+        if let Some(dir) = &self.dir {
+            // Key first: a crash between the two leaves the old certificate with a key that
+            // does not match, which start-up reports; the pair is written in one direction.
+            let io = |e: std::io::Error| ("certificate", format!("storing it: {e}"));
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let backup = |name: &str| {
+                let p = dir.join(name);
+                if p.exists() {
+                    let _ = std::fs::copy(&p, dir.join(format!("{name}.previous")));
+                }
+            };
+            backup("cert.pem");
+            backup("key.pem");
+            write_private(&dir.join("key.pem"), key_pem.as_bytes())
+                .map_err(|e| ("certificate", format!("storing it: {e}")))?;
+            write_private(&dir.join("cert.pem"), cert_pem.as_bytes())
+                .map_err(|e| ("certificate", format!("storing it: {e}")))?;
+        }
+        if let Ok(mut c) = self.current.write() {
+            *c = (ck, fp.clone());
+        }
+        Ok(fp)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok().map(|c| c.0.clone())
+    }
+}
+
+/// A rustls server configuration serving `certs` (TLS 1.2 and 1.3, h2 and http/1.1).
+pub fn server_config_for(certs: Arc<Certificates>) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A rustls server configuration for the identity (TLS 1.2 and 1.3, h2 and http/1.1).
 pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -137,5 +247,27 @@ mod tests {
         server_config(&a).unwrap();
         let c = load_or_create(None, "x").unwrap();
         assert_ne!(c.fingerprint, a.fingerprint);
+    }
+
+    #[test]
+    fn replacement_checks_the_pair_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(Some(dir.path()), "edge-1").unwrap();
+        let certs = Certificates::new(&a, Some(dir.path().to_path_buf())).unwrap();
+        let (cert2, key2) = generate("edge-2").unwrap();
+        let (_, key3) = generate("edge-3").unwrap();
+        assert!(certs.replace("garbage", &key2).is_err());
+        assert!(certs.replace(&cert2, "garbage").is_err());
+        let (field, e) = certs.replace(&cert2, &key3).unwrap_err();
+        assert!(field == "key" && e.contains("does not belong"), "{e}");
+        assert_eq!(certs.fingerprint(), a.fingerprint, "nothing changed");
+        let fp = certs.replace(&cert2, &key2).unwrap();
+        assert_eq!(certs.fingerprint(), fp);
+        let reloaded = load_or_create(Some(dir.path()), "edge-1").unwrap();
+        assert_eq!(
+            reloaded.fingerprint, fp,
+            "the new pair is what the next start serves"
+        );
+        assert!(dir.path().join("cert.pem.previous").exists());
     }
 }

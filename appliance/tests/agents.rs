@@ -5,75 +5,21 @@
 #[path = "../../agents/tests/common/mod.rs"]
 mod common;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::{Server, call};
 
-struct Server(Child, PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn serve(data: &Path) -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let models = data.join("no-models");
-    std::fs::create_dir_all(&models).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--models"])
-        .arg(&models)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cairn serve");
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("cairn: {line}");
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "cairn serve did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (
-        Server(child, data.to_path_buf()),
-        format!("https://127.0.0.1:{port}"),
-    )
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-async fn call(rb: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = rb.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn cli(args: &[&str]) -> (bool, String) {
+/// Runs the CLI with its own config file (never the user's).
+fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_CONFIG", config)
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_REMOTE")
         .args(args)
         .output()
         .unwrap();
@@ -88,8 +34,18 @@ fn cli(args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_with_the_cli_and_run_through_the_api() {
     let work = tempfile::tempdir().unwrap();
-    let (_server, url) = serve(&work.path().join("data"));
-    let c = client();
+    let models = work.path().join("no-models");
+    std::fs::create_dir_all(&models).unwrap();
+    let server = Server::start(
+        "agents",
+        &work.path().join("data"),
+        &["--models", models.to_str().unwrap()],
+    )
+    .await;
+    let (url, token) = (server.url.clone(), server.token.clone());
+    let c = server.client();
+    let config = work.path().join("cli.toml");
+    let cli = |args: &[&str]| cli(&config, args);
     let (_, system) = call(c.get(format!("{url}/api/v1/system"))).await;
     let fp = system["tls_fingerprint"]
         .as_str()
@@ -134,6 +90,8 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         "deploy",
         "--remote",
         &url,
+        "--token",
+        &token,
         "--fingerprint",
         &fp,
         pkg.to_str().unwrap(),
@@ -149,6 +107,8 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         "trust",
         "--remote",
         &url,
+        "--token",
+        &token,
         "--fingerprint",
         &wrong,
         "--key",
@@ -162,6 +122,8 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         "trust",
         "--remote",
         &url,
+        "--token",
+        &token,
         "--fingerprint",
         &fp,
         "--key",
@@ -175,11 +137,31 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         "deploy",
         "--remote",
         &url,
+        "--token",
+        &token,
         "--fingerprint",
         &fp,
         pkg.to_str().unwrap(),
     ]);
     assert!(ok && out.contains("echo 1.0.0 installed, running"), "{out}");
+    let remote = [
+        "--remote",
+        url.as_str(),
+        "--token",
+        token.as_str(),
+        "--fingerprint",
+        fp.as_str(),
+    ];
+    let with = |args: &[&str]| cli(&[&remote[..], args].concat());
+    let (ok, out) = with(&["agent", "list"]);
+    assert!(
+        ok && out.contains("echo") && out.contains("running"),
+        "{out}"
+    );
+    let (ok, out) = with(&["agent", "run", "echo", "from the cli"]);
+    assert!(ok && out.trim() == "from the cli (task 1)", "{out}");
+    let (ok, out) = with(&["agent", "runs", "--agent", "echo"]);
+    assert!(ok && out.contains("succeeded"), "{out}");
 
     // Tasks through the API.
     let (status, run) = call(
@@ -189,7 +171,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     .await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "succeeded");
-    assert_eq!(run["output"], "hello (task 1)");
+    assert_eq!(run["output"], "hello (task 2)");
     let (status, queued) = call(
         c.post(format!("{url}/api/v1/agents/echo/runs"))
             .json(&json!({"input": "later", "wait": false})),
@@ -206,7 +188,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(done["output"], "later (task 2)");
+    assert_eq!(done["output"], "later (task 3)");
     let (_, reply) = call(
         c.post(format!("{url}/api/v1/agents/echo/messages"))
             .json(&json!({"body": "hi"})),
@@ -249,7 +231,7 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "succeeded", "{v}");
-    assert_eq!(v["output"], "w (task 3)! (task 4)", "{v}");
+    assert_eq!(v["output"], "w (task 4)! (task 5)", "{v}");
     let cyclic = "name = \"loopy\"\n[topology]\nkind = \"dag\"\nnodes = [{ id = \"x\", agent = \"echo\", after = [\"y\"] }, { id = \"y\", agent = \"echo\", after = [\"x\"] }]\n";
     let (status, v) = call(
         c.post(format!("{url}/api/v1/workflows/runs"))
@@ -343,16 +325,4 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     assert_eq!(status, 204);
     let (status, _) = call(c.get(format!("{url}/api/v1/agents/hostile"))).await;
     assert_eq!(status, 404);
-}
-
-/// reqwest here is built without its `json` feature.
-trait JsonBody {
-    fn json(self, v: &Value) -> Self;
-}
-
-impl JsonBody for reqwest::RequestBuilder {
-    fn json(self, v: &Value) -> Self {
-        self.header("content-type", "application/json")
-            .body(v.to_string())
-    }
 }

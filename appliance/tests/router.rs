@@ -14,72 +14,26 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Server(Child, PathBuf);
+#[path = "support/mod.rs"]
+mod support;
+use support::Server;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// Starts `cairn serve` with model store `models` on a fresh data directory.
-fn serve(tag: &str, models: &Path) -> (Server, String) {
-    let port = free_port();
-    let data =
-        std::env::temp_dir().join(format!("cairn-router-{tag}-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--data"])
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+/// Starts `cairn serve` with model store `models` on a fresh data directory, onboarded.
+async fn serve(tag: &str, models: &Path) -> (Server, String) {
+    let s = Server::start_temp(
+        tag,
+        &[
             "--threads",
             "2",
             "--device",
             "cpu",
             "--models",
-        ])
-        .arg(models)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cairn serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let tag2 = tag.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("cairn {tag2}: {line}");
-        }
-    });
-    let server = Server(child, data);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "cairn serve did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (server, format!("https://127.0.0.1:{port}"))
-}
-
-/// A client for the appliance under test (its certificate is self-signed).
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap()
+            models.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    let url = s.url.clone();
+    (s, url)
 }
 
 async fn send(rb: reqwest::RequestBuilder) -> (u16, HeaderMap, Value, String) {
@@ -286,9 +240,9 @@ fn provider(name: &str, url: String, price: f64, extra: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_wire_format_faults_fallbacks_breakers_and_budgets() {
     let empty = tempfile::tempdir().unwrap();
-    let (_a, a) = serve("faults", empty.path());
+    let (sa, a) = serve("faults", empty.path()).await;
     let (fbase, reset_port, fake) = fakes().await;
-    let c = client();
+    let c = sa.client();
     let post = |path: &str, body: Value| c.post(format!("{a}{path}")).json(&body);
 
     // Providers, through the REST API (the key is write-only).
@@ -607,22 +561,31 @@ async fn a_second_cairn_over_pinned_tls() {
             store.root().display()
         );
     }
-    let (_b, b) = serve("remote", &default_dir());
-    let (_a, a) = serve("router", &default_dir());
-    let c = client();
-    let (_, _, sys, _) = send(c.get(format!("{b}/api/v1/system"))).await;
+    let (sb, b) = serve("remote", &default_dir()).await;
+    let (sa, a) = serve("router", &default_dir()).await;
+    let c = sa.client();
+    let (_, _, sys, _) = send(sb.client().get(format!("{b}/api/v1/system"))).await;
+    // A's key for B is an operator API token made on B.
+    let (st, _, tok, text) = send(
+        sb.client()
+            .post(format!("{b}/api/v1/auth/tokens"))
+            .json(&json!({"name": "router-a", "scope": "operator"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{text}");
+    let peer_key = tok["token"].as_str().expect("token").to_string();
     let pin = sys["tls_fingerprint"]
         .as_str()
         .expect("fingerprint")
         .to_string();
 
     let peer = json!({"name": "peer", "kind": "openai", "base_url": format!("{b}/v1"), "tls_sha256": pin,
-        "key": "peer-secret-123",
+        "key": peer_key,
         "models": [{"id": CHAT, "input_per_1k_usd": 0.5, "output_per_1k_usd": 1.0},
                    {"id": EMBED, "kind": "embedding", "input_per_1k_usd": 0.1}]});
     let (st, _, _, text) = send(c.post(format!("{a}/api/v1/router/providers")).json(&peer)).await;
     assert_eq!(st, 201, "{text}");
-    assert!(!text.contains("peer-secret-123"));
+    assert!(!text.contains(&peer_key));
     let badpin = json!({"name": "badpin", "kind": "openai", "base_url": format!("{b}/v1"), "tls_sha256": "00".repeat(32),
         "max_retries": 0, "models": [{"id": CHAT}]});
     let (st, _, _, text) = send(c.post(format!("{a}/api/v1/router/providers")).json(&badpin)).await;

@@ -143,6 +143,20 @@ pub fn request_to(
     pin: Option<&str>,
     timeout: Duration,
 ) -> Result<Response> {
+    request_with(addr, method, path, &[], body, pin, timeout)
+}
+
+/// [`request_to`] with extra header lines (`Authorization`, `Cookie`, ...). The path is sent
+/// exactly as given (nothing is normalised), which the path-traversal tests rely on.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    pin: Option<&str>,
+    timeout: Duration,
+) -> Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinning {
         pin: pin.map(String::from),
@@ -161,20 +175,47 @@ pub fn request_to(
     tcp.set_write_timeout(Some(timeout))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let body = body.unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    tls.write_all(head.as_bytes())?;
-    tls.write_all(body)?;
-    tls.flush()?;
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // Servers may close without close_notify after a complete response.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+    let wrote = tls
+        .write_all(head.as_bytes())
+        .and_then(|_| tls.write_all(body))
+        .and_then(|_| tls.flush());
+    let early = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    };
+    match wrote {
+        Ok(()) => {}
+        // A server may answer (401, 413) and close before reading a large body: read what it
+        // said instead of reporting the write.
+        Err(e) if early(&e) => {}
         Err(e) => return Err(e.into()),
+    }
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match tls.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // Servers may close without close_notify (or reset) after a complete response.
+            Err(e)
+                if (e.kind() == std::io::ErrorKind::UnexpectedEof || early(&e))
+                    && !raw.is_empty() =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let fp = verifier.seen.lock().map(|s| s.clone()).unwrap_or_default();
     parse(&raw, fp)

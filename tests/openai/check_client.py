@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives Cairn's OpenAI-compatible API with the official `openai` Python client.
 
-usage: check_client.py --base-url https://127.0.0.1:PORT/v1 [--quick]
+usage: check_client.py --base-url https://127.0.0.1:PORT/v1 --api-key TOKEN [--quick]
 
 Every check raises AssertionError with what a user would see go wrong; the last line printed
 is "all checks passed". The appliance's certificate is self-signed, so TLS verification is off
@@ -43,10 +43,19 @@ def expect_error(name, status, fn):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-url", required=True)
+    ap.add_argument("--api-key", required=True, help="a Cairn API token (operator or admin)")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter generations (emulated CPUs)")
     a = ap.parse_args()
     http = httpx.Client(verify=False, timeout=httpx.Timeout(600.0))
-    client = openai.OpenAI(base_url=a.base_url, api_key="unused", http_client=http, max_retries=0)
+
+    stranger = openai.OpenAI(base_url=a.base_url, api_key="cairn_0000_wrong", http_client=http, max_retries=0)
+    try:
+        stranger.models.list()
+        raise AssertionError("a wrong API key was accepted")
+    except openai.AuthenticationError as e:
+        check("a wrong API key is refused with 401", e.status_code == 401, str(e))
+
+    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, http_client=http, max_retries=0)
 
     ids = [m.id for m in client.models.list().data]
     check("models lists the chat and embedding models", CHAT in ids and EMBED in ids, ids)

@@ -122,6 +122,42 @@ pub struct Booted {
     pub vm: Vm,
     /// Host port forwarded to the appliance's HTTPS port (0 without network).
     pub port: u16,
+    /// An admin API token (empty until [`Booted::authenticate`]; [`boot`] does it).
+    pub token: String,
+}
+
+/// The administrator the end-to-end tests create.
+pub const ADMIN: &str = "admin";
+/// Its password.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The one-time setup code the console shows, if it shows one.
+pub fn setup_code(console: &str) -> Option<String> {
+    let at = console.rfind("etup code:")?;
+    let rest = console[at + 10..].trim_start();
+    let code: String = rest.chars().take(14).collect();
+    (code.len() == 14 && code.chars().nth(4) == Some('-')).then_some(code)
+}
+
+/// A request with an API token.
+pub fn authed(
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<http::Response> {
+    let bearer = format!("Bearer {token}");
+    http::request_with(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        method,
+        path,
+        &[("Authorization", &bearer)],
+        body,
+        None,
+        timeout,
+    )
 }
 
 /// Starts a VM on `disk` (not waiting for anything).
@@ -168,7 +204,11 @@ pub fn start(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<
         cfg.memory_mib = plan.memory_mib;
     }
     let vm = Vm::start(&cfg)?;
-    Ok(Booted { vm, port })
+    Ok(Booted {
+        vm,
+        port,
+        token: String::new(),
+    })
 }
 
 /// Boots and waits until the appliance reports ready on the console and over HTTPS.
@@ -177,21 +217,86 @@ pub fn boot(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<B
     b.vm.wait_for_console(cairn_init::layout::READY_MARKER, BOOT_TIMEOUT)?;
     if plan.network {
         b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
+        b.authenticate()?;
     }
     Ok(b)
 }
 
 impl Booted {
+    /// Onboards the appliance the way an operator does, with the setup code read from the
+    /// console (or logs in when this disk was onboarded before), and makes an admin API token.
+    pub fn authenticate(&mut self) -> Result<()> {
+        let t = Duration::from_secs(120);
+        let (path, body) = match setup_code(&self.vm.console()) {
+            Some(code) => (
+                "/api/v1/auth/onboard",
+                serde_json::json!({"code": code, "username": ADMIN, "password": PASSWORD}),
+            ),
+            None => (
+                "/api/v1/auth/login",
+                serde_json::json!({"username": ADMIN, "password": PASSWORD}),
+            ),
+        };
+        let r = http::request(
+            "POST",
+            self.port,
+            path,
+            Some(&serde_json::to_vec(&body)?),
+            t,
+        )?;
+        if r.status != 200 {
+            bail!("{path} answered {}: {}", r.status, r.text());
+        }
+        let csrf = r.json()?["csrf"].as_str().unwrap_or_default().to_string();
+        let cookie = r
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .context("no session cookie")?
+            .to_string();
+        let name = format!(
+            "e2e-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let body = serde_json::to_vec(&serde_json::json!({"name": name, "scope": "admin"}))?;
+        let r = http::request_with(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            "POST",
+            "/api/v1/auth/tokens",
+            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+            Some(&body),
+            None,
+            t,
+        )?;
+        if r.status != 201 {
+            bail!("making a token answered {}: {}", r.status, r.text());
+        }
+        self.token = r.json()?["token"].as_str().context("no token")?.to_string();
+        Ok(())
+    }
+
+    /// A request with the admin token.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<http::Response> {
+        authed(self.port, &self.token, method, path, body, timeout)
+    }
+
     /// GET a JSON document.
     pub fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let r = http::request("GET", self.port, path, None, Duration::from_secs(30))?;
+        let r = self.request("GET", path, None, Duration::from_secs(30))?;
         Ok((r.status, r.json().unwrap_or(Value::Null)))
     }
 
     /// A request with a JSON body.
     pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
         let b = serde_json::to_vec(body)?;
-        let r = http::request(method, self.port, path, Some(&b), Duration::from_secs(30))?;
+        let r = self.request(method, path, Some(&b), Duration::from_secs(30))?;
         Ok((r.status, r.json().unwrap_or(Value::Null)))
     }
 

@@ -30,7 +30,8 @@ fn openai_client_against_booted_image(arch: Arch) -> Result<()> {
     );
     let mut cmd = std::process::Command::new(python);
     cmd.arg(repo_root().join("tests/openai/check_client.py"))
-        .args(["--base-url", &format!("https://127.0.0.1:{}/v1", b.port)]);
+        .args(["--base-url", &format!("https://127.0.0.1:{}/v1", b.port)])
+        .args(["--api-key", &b.token]);
     // Emulated CPUs run the model tens of times slower (x86_64 under TCG has no AVX, so this
     // also runs the portable kernels): fewer and shorter generations here; the hosted test
     // runs every check.

@@ -170,6 +170,7 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
         let log: Arc<Mutex<WriteLog>> = Arc::default();
         let writer = {
             let log = log.clone();
+            let token = b.token.clone();
             std::thread::spawn(move || {
                 for i in 0.. {
                     let vseed = (cut as u64) << 32 | i;
@@ -182,9 +183,10 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
                     let Ok(b) = serde_json::to_vec(&body) else {
                         return;
                     };
-                    match cairn_qemu::http::request(
-                        "POST",
+                    match cairn_e2e::authed(
                         port,
+                        &token,
+                        "POST",
                         "/api/v1/memory/records",
                         Some(&b),
                         Duration::from_secs(20),
@@ -262,9 +264,8 @@ fn full_data_partition_answers_507(arch: Arch) -> Result<()> {
                     + "\n"
             })
             .collect();
-        let r = cairn_qemu::http::request(
+        let r = b.request(
             "POST",
-            b.port,
             "/api/v1/memory/import",
             Some(body.as_bytes()),
             Duration::from_secs(120),

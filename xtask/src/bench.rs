@@ -115,6 +115,39 @@ fn floor_once(cfg: &VmConfig) -> Result<(f64, f64)> {
     Ok((d.as_secs_f64() * 1000.0, guest))
 }
 
+/// Onboards the appliance with the setup code on its console (or logs in when the disk was
+/// onboarded by an earlier boot); returns the session cookie (reads need no CSRF token).
+fn onboard(vm: &Vm, port: u16) -> Result<String> {
+    let console = vm.console();
+    let code: Option<String> = console
+        .rfind("etup code:")
+        .map(|at| console[at + 10..].trim_start().chars().take(14).collect());
+    let (path, body) = match code {
+        Some(code) => (
+            "/api/v1/auth/onboard",
+            serde_json::json!({"code": code, "username": "bench", "password": "bench password 1"}),
+        ),
+        None => (
+            "/api/v1/auth/login",
+            serde_json::json!({"username": "bench", "password": "bench password 1"}),
+        ),
+    };
+    let r = cairn_qemu::http::request(
+        "POST",
+        port,
+        path,
+        Some(&serde_json::to_vec(&body)?),
+        Duration::from_secs(120),
+    )?;
+    if r.status != 200 {
+        anyhow::bail!("{path} answered {}: {}", r.status, r.text());
+    }
+    Ok(r.header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .context("no session cookie")?
+        .to_string())
+}
+
 /// One boot of Cairn: ms from QEMU start to ready, the guest's own timeline, and (when asked)
 /// the idle RSS after `idle`.
 fn cairn_once(
@@ -125,22 +158,25 @@ fn cairn_once(
     let mut vm = Vm::start(cfg)?;
     let d = vm.wait_for_console(cairn_init::layout::READY_MARKER, BOOT_TIMEOUT)?;
     vm.wait_https(port, "/healthz", Duration::from_secs(60))?;
-    let sys =
-        cairn_qemu::http::request("GET", port, "/api/v1/system", None, Duration::from_secs(30))?
-            .json()?;
+    let cookie = onboard(&vm, port)?;
+    let system = || -> Result<Value> {
+        cairn_qemu::http::request_with(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "GET",
+            "/api/v1/system",
+            &[("Cookie", &cookie)],
+            None,
+            None,
+            Duration::from_secs(30),
+        )?
+        .json()
+    };
+    let sys = system()?;
     let timeline = sys["boot"]["timeline"].clone();
     let rss = match idle {
         Some(wait) => {
             std::thread::sleep(wait);
-            let s = cairn_qemu::http::request(
-                "GET",
-                port,
-                "/api/v1/system",
-                None,
-                Duration::from_secs(30),
-            )?
-            .json()?;
-            Some(s["processes"].clone())
+            Some(system()?["processes"].clone())
         }
         None => None,
     };

@@ -115,7 +115,7 @@ async fn state(State(s): State<Shared>, headers: HeaderMap) -> Response {
     };
     let mut r = Json(json!({
         "onboarded": s.auth.onboarded(),
-        "fingerprint": s.fingerprint,
+        "fingerprint": s.certs.fingerprint(),
         "user": user,
         "csrf": csrf,
     }))

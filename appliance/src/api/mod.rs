@@ -37,8 +37,8 @@ pub struct AppState {
     pub started: Instant,
     /// The connection to init.
     pub control: Control,
-    /// TLS certificate fingerprint.
-    pub fingerprint: String,
+    /// The served TLS certificate (replaceable; its fingerprint is what operators pin).
+    pub certs: Arc<crate::tls::Certificates>,
     /// Running as the appliance (under cairn-init) rather than hosted.
     pub appliance: bool,
     /// Local models.

@@ -16,6 +16,7 @@ pub(super) fn routes() -> Routes {
         .route("/api/v1/system", get(system))
         .route("/api/v1/system/power", post(power))
         .route("/api/v1/system/logs", get(logs))
+        .route("/api/v1/tls", get(tls).put(replace_tls))
 }
 
 async fn healthz(State(s): State<Shared>) -> Json<Value> {
@@ -64,7 +65,7 @@ async fn system(State(s): State<Shared>) -> Json<Value> {
         "mode": if s.appliance { "appliance" } else { "hosted" },
         "uptime_secs": sysinfo::uptime_secs(),
         "appliance_uptime_secs": s.started.elapsed().as_secs_f64(),
-        "tls_fingerprint": s.fingerprint,
+        "tls_fingerprint": s.certs.fingerprint(),
         "boot": boot,
         "data": data,
         "memory": sysinfo::memory(),
@@ -148,4 +149,36 @@ async fn logs(
         limit,
     );
     Ok(Json(json!({"lines": lines, "next": next})))
+}
+
+async fn tls(State(s): State<Shared>) -> Json<Value> {
+    Json(json!({"fingerprint": s.certs.fingerprint()}))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsBody {
+    certificate: String,
+    key: String,
+}
+
+/// Replaces the served certificate with a PEM chain and its PEM key (admin).
+async fn replace_tls(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: TlsBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("expected {{\"certificate\": PEM, \"key\": PEM}}: {e}"),
+        )
+    })?;
+    let certs = s.certs.clone();
+    let fp = tokio::task::spawn_blocking(move || certs.replace(&b.certificate, &b.key))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|(field, m)| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m).field(field))?;
+    tracing::warn!("TLS certificate replaced by the operator: SHA-256 {fp}");
+    Ok(Json(json!({"fingerprint": fp})))
 }

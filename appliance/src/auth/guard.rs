@@ -151,6 +151,17 @@ pub async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Res
         return r;
     };
     if !allows(caller.scope, &method, &path) {
+        // Refused attempts are exactly what an audit log is for.
+        record_later(
+            auth,
+            AuditEntry {
+                time: super::unix_now(),
+                actor: caller.name,
+                method: method.to_string(),
+                path: path.clone(),
+                status: 403,
+            },
+        );
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -1,5 +1,6 @@
-//! Login throttling: after [`MAX_FAILURES`] failures within [`WINDOW`] a key (a user name or a
-//! client address) is locked for [`LOCKOUT`]. Kept in memory: a restart clears it, which an
+//! Login throttling: after [`MAX_FAILURES`] failures within [`WINDOW`] a user name is locked
+//! for [`LOCKOUT`]; a client address gets [`MAX_ADDR_FAILURES`] (several operators may share
+//! one address behind a NAT, and a spray over many names must still stop). Kept in memory: a restart clears it, which an
 //! attacker cannot trigger remotely.
 
 use std::collections::HashMap;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// Failures that lock a key.
 pub const MAX_FAILURES: u32 = 5;
+/// Failures that lock a client address.
+pub const MAX_ADDR_FAILURES: u32 = 20;
 /// How long a lock lasts.
 pub const LOCKOUT: Duration = Duration::from_secs(300);
 /// Failures older than this are forgotten.
@@ -23,12 +26,26 @@ struct Entry {
 }
 
 /// Failure counts per key.
-#[derive(Default)]
 pub struct Limiter {
     entries: Mutex<HashMap<String, Entry>>,
+    max: u32,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new(MAX_FAILURES)
+    }
 }
 
 impl Limiter {
+    /// A limiter that locks a key after `max` failures.
+    pub fn new(max: u32) -> Limiter {
+        Limiter {
+            entries: Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
     /// How long `key` stays locked, if it is.
     pub fn locked(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();
@@ -66,7 +83,7 @@ impl Limiter {
             };
         }
         e.failures += 1;
-        if e.failures >= MAX_FAILURES {
+        if e.failures >= self.max {
             e.locked_until = Some(now + LOCKOUT);
             return Some(LOCKOUT);
         }

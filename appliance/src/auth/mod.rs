@@ -293,8 +293,8 @@ impl Auth {
         Ok(Auth {
             db,
             state: Mutex::new(state),
-            by_user: limiter::Limiter::default(),
-            by_addr: limiter::Limiter::default(),
+            by_user: limiter::Limiter::new(limiter::MAX_FAILURES),
+            by_addr: limiter::Limiter::new(limiter::MAX_ADDR_FAILURES),
             audit_seq: Mutex::new(seq),
         })
     }
