@@ -9,6 +9,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod control;
 pub mod inference;
 pub mod logbuf;

@@ -98,6 +98,18 @@ pub fn for_unit_tests() -> Vec<Need> {
     )]
 }
 
+/// What the console's real-browser tests need: Chromium, and node with npm for playwright-core.
+pub fn for_console_tests() -> Vec<Need> {
+    vec![
+        file("chromium", CHROMIUM),
+        prog("nodejs", "node"),
+        prog("npm", "npm"),
+    ]
+}
+
+/// The Chromium binary the console tests drive (`CAIRN_CHROMIUM`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
 /// What `bench inference` needs beyond a Python venv: CMake and a C++ toolchain to build
 /// llama.cpp, pip to fetch its sources.
 pub fn for_bench_inference() -> Vec<Need> {

@@ -209,6 +209,7 @@ fn real_main() -> Result<()> {
             let mut needs = deps::for_image();
             needs.extend(deps::for_unit_tests());
             needs.extend(deps::for_bench_inference());
+            needs.extend(deps::for_console_tests());
             for a in Arch::ALL {
                 needs.extend(deps::for_build(a));
                 needs.extend(deps::for_qemu(a));

@@ -31,6 +31,53 @@ fn step(name: &str, cmd: &mut std::process::Command) -> Result<()> {
     Ok(())
 }
 
+/// Installs `tests/console/node_modules` from the lock file with `npm ci`, unless the copy
+/// there was installed from the same lock file.
+fn console_modules() -> Result<()> {
+    let version = std::process::Command::new("node")
+        .arg("--version")
+        .output()?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 20 {
+        bail!(
+            "node {version} is too old for playwright-core (the console tests need node 20 or \
+             newer; Debian 12's nodejs is 18: install nodejs 20 from NodeSource or Debian 13)"
+        );
+    }
+    let dir = build::repo_root().join("tests/console");
+    let lock = std::fs::read(dir.join("package-lock.json"))?;
+    // npm ci writes node_modules/.package-lock.json: equal content means up to date.
+    let installed = std::fs::read(dir.join("node_modules/.package-lock.json")).ok();
+    let same = installed.is_some_and(|i| {
+        let deps = |b: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .ok()
+                .map(|v| v["packages"].clone())
+        };
+        let mut want = deps(&lock);
+        // The top-level package ("") is not listed in node_modules' copy.
+        if let Some(serde_json::Value::Object(m)) = want.as_mut() {
+            m.remove("");
+        }
+        want.is_some() && want == deps(&i)
+    });
+    if same {
+        return Ok(());
+    }
+    step(
+        "npm ci (tests/console)",
+        std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+}
+
 /// Runs everything.
 pub fn test(opts: &TestOptions) -> Result<()> {
     let started = Instant::now();
@@ -42,6 +89,7 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     needs.extend(deps::for_unit_tests());
     needs.extend(crate::pyenv::needs());
     needs.push(deps::prog("qemu-user", "qemu-aarch64"));
+    needs.extend(deps::for_console_tests());
     needs.extend(deps::for_build(cairn_image::Arch::Aarch64));
     for a in &arches {
         needs.extend(deps::for_build(*a));
@@ -68,9 +116,13 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     }
     // The agent tests build the SDK's example agents as components.
     deps::ensure_rust_target("wasm32-wasip2")?;
+    // The console's browser tests drive Chromium with playwright-core from tests/console.
+    console_modules()?;
     step(
         "unit and integration tests",
-        cargo().args(["test", "--workspace", "--locked"]),
+        cargo()
+            .args(["test", "--workspace", "--locked"])
+            .env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
     // The tests on real models and the official client run optimised, as the appliance does.
     crate::models::fetch_models("default")?;
@@ -91,7 +143,8 @@ pub fn test(opts: &TestOptions) -> Result<()> {
                 "cairn",
             ])
             .args(["--", "--ignored"])
-            .env("CAIRN_OPENAI_PYTHON", &python),
+            .env("CAIRN_OPENAI_PYTHON", &python)
+            .env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
     // The aarch64 kernels (NEON, dotprod, i8mm) on an emulated CPU that has them all.
     deps::ensure_rust_target("aarch64-unknown-linux-musl")?;

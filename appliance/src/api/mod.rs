@@ -187,6 +187,7 @@ fn routes() -> Routes {
         .merge(memory::routes())
         .merge(agents::routes())
         .merge(model_router::routes())
+        .merge(crate::console::routes())
         .body_limit(MAX_BODY)
         // Conversations and embedding batches are bigger than settings.
         .merge(openai::routes().body_limit(MAX_MODEL_BODY))

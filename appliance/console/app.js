@@ -1,0 +1,1001 @@
+// The Cairn console: a router, an API helper and one function per page. No build step.
+
+import { LineChart } from '/assets/chart.js';
+
+const auth = { csrf: null, user: null, onboarded: null, fingerprint: null };
+let page = { timers: [], aborts: [] };
+const main = document.getElementById('main');
+
+// DOM helpers
+
+/** Builds an element: h('p', {class: 'x'}, 'text', child). Text is never parsed as HTML. */
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k === 'text') e.textContent = v;
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const k of kids.flat(Infinity)) if (k !== null && k !== undefined && k !== false) e.append(k instanceof Node ? k : String(k));
+  return e;
+}
+
+/** Replaces the children of `el`, skipping null and false. */
+function put(el, ...kids) {
+  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+}
+
+const fmtBytes = (n) => {
+  if (typeof n !== 'number') return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+};
+const fmtSecs = (s) => {
+  if (typeof s !== 'number') return '–';
+  s = Math.floor(s);
+  const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  return d ? `${d} d ${hr} h` : hr ? `${hr} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+};
+const fmtTime = (ms) => (ms ? new Date(ms).toLocaleString() : '–'); // the auth API counts seconds: pass s * 1000
+const fmtUsd = (x) => `$${(x || 0).toFixed(4)}`;
+
+function table(cols, rows, empty = 'Nothing yet.') {
+  if (!rows.length) return h('p', { class: 'muted' }, empty);
+  return h('div', { class: 'table' }, h('table', {},
+    h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col' }, c[0])))),
+    h('tbody', {}, rows.map((r) => h('tr', {}, cols.map((c) => h('td', {}, c[1](r))))))));
+}
+
+function kv(pairs) {
+  return h('dl', { class: 'kv' }, pairs.filter(Boolean).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v ?? '–')]));
+}
+
+function section(title, ...kids) {
+  return h('section', { 'aria-label': title }, h('h2', {}, title), ...kids);
+}
+
+/** A visible panel for features this version has no backend for. */
+function unavailable(title, what) {
+  return h('section', { class: 'na', 'aria-label': title }, h('h2', {}, title),
+    h('p', {}, h('strong', {}, 'Not available in this version. '), what));
+}
+
+function toast(text, bad = false) {
+  const p = h('p', { class: bad ? 'bad' : '' }, text);
+  document.getElementById('toast').append(p);
+  setTimeout(() => p.remove(), 5000);
+}
+
+// API
+
+class ApiError extends Error {
+  constructor(status, body, retryAfter) {
+    const e = (body && body.error) || {};
+    super(e.message || (typeof body === 'string' && body) || `HTTP ${status}`);
+    this.status = status;
+    this.code = e.code || e.type || null;
+    this.field = e.field || e.param || null;
+    this.retryAfter = retryAfter;
+  }
+}
+
+const unsafe = (m) => !['GET', 'HEAD', 'OPTIONS'].includes(m);
+
+function headers(method, extra = {}) {
+  const hd = { ...extra };
+  if (unsafe(method) && auth.csrf) hd['X-CSRF-Token'] = auth.csrf;
+  return hd;
+}
+
+/** One JSON API call; throws ApiError with the server's code, message and field. */
+async function api(method, path, body, extraHeaders = {}) {
+  const init = { method, credentials: 'same-origin', headers: headers(method, extraHeaders) };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (r.status === 401 && !path.startsWith('/api/v1/auth/')) {
+    auth.user = null;
+    go('/login');
+  }
+  if (!r.ok) throw new ApiError(r.status, data, r.headers.get('Retry-After'));
+  return data;
+}
+
+/** Calls `f`, reporting a failure as a toast; answers undefined on failure. */
+async function attempt(f, what) {
+  try { return await f(); } catch (e) { toast(`${what}: ${e.message}`, true); return undefined; }
+}
+
+// forms
+
+let fieldSeq = 0;
+
+/** A form with labelled fields whose server errors appear next to the named field. */
+function form({ fields, submit, onSubmit, label }) {
+  const inputs = {};
+  const errs = {};
+  const general = h('p', { class: 'form-error', role: 'alert' });
+  const button = h('button', { type: 'submit' }, submit);
+  const f = h('form', { novalidate: true, 'aria-label': label || submit });
+  for (const fd of fields) {
+    const id = `f${++fieldSeq}`;
+    const err = h('p', { class: 'field-error', id: `${id}-err`, 'aria-live': 'polite' });
+    let input;
+    const common = { id, name: fd.name, 'aria-describedby': `${id}-err`, required: fd.required, autocomplete: fd.autocomplete || 'off', placeholder: fd.placeholder };
+    if (fd.type === 'select') {
+      input = h('select', common, (fd.options || []).map((o) => {
+        const [v, t] = Array.isArray(o) ? o : [o, o];
+        return h('option', { value: v, selected: fd.value === v }, t);
+      }));
+    } else if (fd.type === 'textarea') {
+      input = h('textarea', { ...common, rows: fd.rows || 6 });
+      input.value = fd.value || '';
+    } else if (fd.type === 'checkbox') {
+      input = h('input', { ...common, type: 'checkbox', checked: !!fd.value });
+    } else {
+      input = h('input', { ...common, type: fd.type || 'text', value: fd.value ?? '', accept: fd.accept, inputmode: fd.inputmode, min: fd.min, max: fd.max, step: fd.step });
+    }
+    inputs[fd.name] = input;
+    errs[fd.name] = err;
+    const lab = h('label', { for: id }, fd.label);
+    f.append(fd.type === 'checkbox' ? h('div', { class: 'check' }, input, ' ', lab, err) : h('div', {}, lab, input, fd.hint ? h('small', { class: 'muted' }, fd.hint) : null, err));
+  }
+  f.append(general, h('div', { class: 'row' }, button));
+  const clear = () => {
+    general.textContent = '';
+    for (const n in errs) { errs[n].textContent = ''; inputs[n].removeAttribute('aria-invalid'); }
+  };
+  const show = (field, message) => {
+    if (field && errs[field]) {
+      errs[field].textContent = message;
+      inputs[field].setAttribute('aria-invalid', 'true');
+      inputs[field].focus();
+    } else general.textContent = message;
+  };
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clear();
+    const values = {};
+    for (const [n, i] of Object.entries(inputs)) values[n] = i.type === 'checkbox' ? i.checked : i.type === 'file' ? i.files[0] : i.value;
+    for (const fd of fields) {
+      if (fd.required && (values[fd.name] === '' || values[fd.name] === undefined)) return show(fd.name, `${fd.label} is required.`);
+    }
+    button.disabled = true;
+    f.setAttribute('aria-busy', 'true');
+    try {
+      await onSubmit(values, { show, inputs, form: f });
+    } catch (e) {
+      let field = e.field;
+      let msg = e.message;
+      // Router errors name the field as a "field: message" prefix.
+      const m = /^([A-Za-z_][\w.[\]]*): (.*)$/s.exec(msg || '');
+      if (!field && m && errs[m[1]]) { field = m[1]; msg = m[2]; }
+      if (!field && e.code && CODE_FIELD[e.code] && errs[CODE_FIELD[e.code]]) field = CODE_FIELD[e.code];
+      if (e.status === 429 && e.retryAfter && !/try again/i.test(msg)) msg += ` Try again in ${fmtSecs(Number(e.retryAfter))}.`;
+      show(field, msg || 'The request failed.');
+    } finally {
+      button.disabled = false;
+      f.removeAttribute('aria-busy');
+    }
+  });
+  f.inputs = inputs;
+  return f;
+}
+
+// Error codes of the auth contract that belong to one field even when the answer names none.
+const CODE_FIELD = { bad_code: 'code', bad_credentials: 'password', locked: 'username', bad_password: 'current' };
+
+// router
+
+const routes = {
+  '/onboard': pageOnboard, '/login': pageLogin, '/': pageOverview, '/chat': pageChat,
+  '/agents': pageAgents, '/workflows': pageWorkflows, '/memory': pageMemory, '/models': pageModels,
+  '/events': pageEvents, '/audit': pageAudit, '/settings': pageSettings, '/power': pagePower,
+};
+const titles = {
+  '/onboard': 'Set up', '/login': 'Log in', '/': 'Overview', '/chat': 'Chat', '/agents': 'Agents',
+  '/workflows': 'Workflows', '/memory': 'Memory', '/models': 'Models and routing', '/events': 'Events',
+  '/audit': 'Audit', '/settings': 'Settings', '/power': 'Power',
+};
+
+function go(path, replace = false) {
+  if (location.pathname !== path) history[replace ? 'replaceState' : 'pushState'](null, '', path);
+  render();
+}
+
+function leave() {
+  page.timers.forEach(clearInterval);
+  page.aborts.forEach((a) => a.abort());
+  page = { timers: [], aborts: [] };
+}
+
+/** Repeats `f` every `ms` while the page is shown (first call at once). */
+function every(ms, f) {
+  f();
+  page.timers.push(setInterval(f, ms));
+}
+
+let shown = 0;
+async function render() {
+  leave();
+  const mine = ++shown;
+  let path = location.pathname;
+  if (!routes[path]) path = '/';
+  if (auth.onboarded === false && path !== '/onboard') return go('/onboard', true);
+  if (auth.onboarded && !auth.user && path !== '/login') return go('/login', true);
+  if (auth.user && (path === '/login' || path === '/onboard')) return go('/', true);
+  const anon = !auth.user;
+  document.body.classList.toggle('anon', anon);
+  nav.hidden = anon;
+  menu.hidden = anon;
+  document.getElementById('who').textContent = auth.user ? `${auth.user.name} (${auth.user.scope})` : '';
+  for (const a of nav.querySelectorAll('a')) {
+    if (a.getAttribute('href') === path) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (window.matchMedia('(max-width: 760px)').matches) setMenu(false);
+  document.title = `${titles[path]} · ${siteName}`;
+  put(main, h('h1', {}, titles[path]));
+  try {
+    await routes[path](main);
+  } catch (e) {
+    if (mine === shown) main.append(h('p', { class: 'form-error', role: 'alert' }, `This page could not load: ${e.message}`));
+  }
+}
+
+const nav = document.getElementById('nav');
+const menu = document.getElementById('menu');
+function setMenu(open) {
+  nav.classList.toggle('closed', !open);
+  menu.setAttribute('aria-expanded', String(open));
+}
+menu.addEventListener('click', () => setMenu(nav.classList.contains('closed')));
+
+document.addEventListener('click', (ev) => {
+  const a = ev.target.closest && ev.target.closest('a[href^="/"]');
+  if (!a || a.hasAttribute('download') || a.target || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+  const path = a.getAttribute('href');
+  if (!routes[path]) return;
+  ev.preventDefault();
+  go(path);
+});
+window.addEventListener('popstate', render);
+
+document.getElementById('logout').addEventListener('click', async () => {
+  await attempt(() => api('POST', '/api/v1/auth/logout'), 'Log out');
+  auth.user = null;
+  auth.csrf = null;
+  go('/login');
+});
+
+let siteName = 'Cairn';
+async function loadSiteName() {
+  try {
+    const s = await api('GET', '/api/v1/settings/site');
+    if (typeof s.value === 'string' && s.value) siteName = s.value;
+  } catch { /* no site name set: keep the default */ }
+  document.getElementById('site').textContent = siteName;
+}
+
+function signedIn(answer) {
+  auth.user = answer.user;
+  auth.csrf = answer.csrf;
+  auth.onboarded = true;
+  loadSiteName();
+}
+
+// pages: onboarding and login
+
+async function pageOnboard(m) {
+  m.append(
+    h('p', {}, 'This appliance has no administrator yet. Enter the one-time setup code shown on its console (or in the log of ', h('code', {}, 'cairn serve'), ') and choose the administrator account.'),
+    auth.fingerprint ? h('p', { class: 'muted' }, 'Check that your browser shows this certificate fingerprint: ', h('code', {}, auth.fingerprint)) : null,
+    form({
+      submit: 'Create administrator',
+      fields: [
+        { name: 'code', label: 'Setup code', required: true, placeholder: 'XXXX-XXXX-XXXX', autocomplete: 'one-time-code' },
+        { name: 'username', label: 'Administrator user name', required: true, autocomplete: 'username' },
+        { name: 'password', label: 'Password', type: 'password', required: true, autocomplete: 'new-password', hint: '10 to 256 characters.' },
+        { name: 'confirm', label: 'Confirm password', type: 'password', required: true, autocomplete: 'new-password' },
+      ],
+      async onSubmit(v, { show }) {
+        if (v.password !== v.confirm) return show('confirm', 'The passwords do not match.');
+        signedIn(await api('POST', '/api/v1/auth/onboard', { code: v.code.trim(), username: v.username.trim(), password: v.password }));
+        go('/');
+      },
+    }));
+}
+
+async function pageLogin(m) {
+  m.append(
+    form({
+      submit: 'Log in',
+      fields: [
+        { name: 'username', label: 'User name', required: true, autocomplete: 'username' },
+        { name: 'password', label: 'Password', type: 'password', required: true, autocomplete: 'current-password' },
+      ],
+      async onSubmit(v) {
+        signedIn(await api('POST', '/api/v1/auth/login', { username: v.username.trim(), password: v.password }));
+        go('/');
+      },
+    }),
+    auth.fingerprint ? h('p', { class: 'muted' }, 'Certificate fingerprint: ', h('code', {}, auth.fingerprint)) : null);
+}
+
+// overview
+
+async function pageOverview(m) {
+  const health = h('span', { class: 'badge' }, '…');
+  const facts = h('div');
+  const boot = h('div');
+  const res = h('div');
+  const net = h('div');
+  const models = h('div');
+  const usage = h('div');
+  const charts = h('div', { class: 'grid' });
+  const c = (title, unit, digits) => { const d = h('section'); charts.append(d); return new LineChart(d, { title, unit, digits }); };
+  const tps = c('Tokens generated per second', 'tok/s', 1);
+  const rps = c('Requests per minute', 'req/min', 1);
+  const lat = c('API round-trip latency (measured by this browser)', 'ms', 0);
+  m.append(
+    h('p', {}, 'Health: ', health),
+    charts,
+    h('div', { class: 'grid' }, section('System', facts), section('Boot timeline', boot), section('Resources', res)),
+    section('Network', net), section('Loaded models', models), section('Router usage today', usage));
+  let prev = null;
+  every(3000, async () => {
+    const t0 = performance.now();
+    let s;
+    try { s = await api('GET', '/api/v1/system'); } catch (e) { health.textContent = `unreachable: ${e.message}`; health.className = 'badge bad'; return; }
+    lat.push(performance.now() - t0);
+    const hz = await api('GET', '/healthz').catch(() => ({ status: 'unreachable' }));
+    health.textContent = hz.status;
+    health.className = `badge ${hz.status === 'ok' ? 'ok' : 'bad'}`;
+    const cnt = s.inference.counters;
+    const now = performance.now();
+    if (prev) {
+      const dt = (now - prev.at) / 1000;
+      tps.push(Math.max(0, cnt.completion_tokens - prev.c.completion_tokens) / dt);
+      rps.push((Math.max(0, cnt.requests - prev.c.requests) / dt) * 60);
+    }
+    prev = { at: now, c: cnt };
+    put(facts, kv([
+      ['Version', s.version], ['Mode', s.mode], ['Host name', s.hostname], ['Architecture', s.arch], ['Kernel', s.kernel],
+      ['Uptime', fmtSecs(s.uptime_secs)], ['Service uptime', fmtSecs(s.appliance_uptime_secs)],
+      ['Data', `${s.data.mode}${s.data.reason ? ` (${s.data.reason})` : ''}`],
+      ['Inference', `${s.inference.device}, kernels ${s.inference.kernels}`],
+      ['Requests', `${cnt.requests} (${cnt.completed} completed), ${cnt.completion_tokens} tokens generated`],
+    ]));
+    if (s.boot && s.boot.timeline) {
+      const tl = s.boot.timeline;
+      put(boot, kv([
+        ['Kernel → init', `${tl.init_ms} ms`], ['Drivers settled', `${tl.modules_ms} ms`], ['Disks mounted', `${tl.disks_ms} ms`],
+        ['Network up', tl.network_ms != null ? `${tl.network_ms} ms` : 'not yet'], ['Appliance ready', tl.ready_ms != null ? `${tl.ready_ms} ms` : 'not yet'],
+      ]), (s.boot.warnings || []).length ? h('ul', {}, s.boot.warnings.map((w) => h('li', { class: 'warn' }, w))) : null);
+    } else put(boot, h('p', { class: 'muted' }, 'No boot timeline: this instance runs hosted, not under cairn-init.'));
+    const bar = (used, total) => {
+      const fill = h('span');
+      fill.style.width = `${Math.min(100, (used / total) * 100).toFixed(1)}%`; // CSSOM: allowed by the CSP
+      return h('div', { class: 'bar', role: 'img', 'aria-label': `${Math.round((used / total) * 100)} % used` }, fill);
+    };
+    const mem = s.memory;
+    put(res, kv([
+      ['CPU', s.cpu ? `${s.cpu.count} × ${s.cpu.model}` : '–'],
+      ['CPU features', s.cpu ? s.cpu.features.join(' ') : '–'],
+      ['Memory', mem ? `${fmtBytes(mem.total_bytes - mem.available_bytes)} of ${fmtBytes(mem.total_bytes)} used` : '–'],
+    ]), mem ? bar(mem.total_bytes - mem.available_bytes, mem.total_bytes) : null,
+    ...(s.disks || []).map((d) => [h('p', {}, `Disk ${d.path}: ${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)} used`), bar(d.total_bytes - d.free_bytes, d.total_bytes)]).flat(),
+    h('p', {}, `Processes: ${(s.processes || []).map((p) => `${p.name} ${fmtBytes(p.rss_kib * 1024)}`).join(', ')}`));
+    put(net, table([['Interface', (i) => i.name], ['State', (i) => i.state], ['MAC', (i) => i.mac || '–'], ['Addresses', (i) => i.addresses.join(', ') || '–']], s.network || [], 'No network interfaces.'));
+    const eng = s.inference.engines || {};
+    put(models, table([
+      ['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Loaded', (x) => (x.loaded ? 'yes' : 'no')], ['Origin', (x) => x.origin],
+      ['Queue', (x) => (eng[x.id] ? `${eng[x.id].active} active, ${eng[x.id].waiting} waiting` : '–')],
+    ], s.inference.models || [], 'No local models are installed.'),
+    (s.inference.warnings || []).length ? h('ul', {}, s.inference.warnings.map((w) => h('li', { class: 'warn' }, w))) : null);
+  });
+  every(10000, async () => {
+    const u = await api('GET', '/api/v1/router/usage?days=1').catch(() => null);
+    if (!u) return;
+    const rows = Object.entries(u.by_provider || {});
+    put(usage, table([
+      ['Provider', (r) => r[0]], ['Calls', (r) => r[1].calls], ['Failures', (r) => r[1].failures],
+      ['Tokens in / out', (r) => `${r[1].prompt_tokens} / ${r[1].completion_tokens}`], ['Cost', (r) => fmtUsd(r[1].cost_usd)],
+    ], rows, 'No routed calls today.'));
+  });
+}
+
+// chat
+
+const CHAT_KEY = 'cairn.chat';
+function loadChat() {
+  try { return JSON.parse(localStorage.getItem(CHAT_KEY)) || []; } catch { return []; }
+}
+
+async function pageChat(m) {
+  const [models, router] = await Promise.all([api('GET', '/v1/models'), api('GET', '/api/v1/router').catch(() => null)]);
+  const chatModels = models.data.filter((x) => x.kind !== 'embedding').map((x) => [x.id, `${x.id} (local)`]);
+  for (const p of (router && router.providers) || []) {
+    if (p.enabled) for (const md of p.models) if (md.kind !== 'embedding') chatModels.push([`${p.name}/${md.id}`, `${p.name}/${md.id}`]);
+  }
+  const policies = ((router && router.policies) || []).map((p) => [p, p]);
+  const history = loadChat();
+  const log = h('div', { class: 'chatlog', role: 'log', 'aria-live': 'polite', 'aria-label': 'Conversation' });
+  const status = h('p', { class: 'form-error', role: 'alert' });
+  const bubble = (msg) => {
+    const b = h('div', { class: `msg ${msg.role}` }, h('span', { class: 'sr-label' }, msg.role === 'user' ? 'You: ' : 'Reply: '));
+    const text = document.createTextNode(msg.content);
+    b.append(text);
+    if (msg.meta) b.append(h('small', {}, msg.meta));
+    log.append(b);
+    return { b, text };
+  };
+  history.forEach(bubble);
+  const id = `f${++fieldSeq}`;
+  const modelSel = h('select', { id: `${id}m`, name: 'model' }, h('option', { value: 'auto' }, 'auto (the router decides)'), chatModels.map(([v, t]) => h('option', { value: v }, t)));
+  const saved = localStorage.getItem('cairn.chat.model');
+  if (saved && [...modelSel.options].some((o) => o.value === saved)) modelSel.value = saved;
+  const policySel = h('select', { id: `${id}p`, name: 'policy' }, h('option', { value: '' }, `default (${(router && router.settings && router.settings.policy) || 'router setting'})`), policies.map(([v, t]) => h('option', { value: v }, t)));
+  const input = h('textarea', { id: `${id}i`, name: 'message', rows: 3, required: true });
+  const send = h('button', { type: 'submit' }, 'Send');
+  const stop = h('button', { type: 'button', class: 'secondary', disabled: true }, 'Stop');
+  const clear = h('button', { type: 'button', class: 'secondary' }, 'Clear conversation');
+  const f = h('form', { 'aria-label': 'Send a message' },
+    h('div', { class: 'row' }, h('div', {}, h('label', { for: modelSel.id }, 'Model'), modelSel), h('div', {}, h('label', { for: policySel.id }, 'Routing policy'), policySel)),
+    h('label', { for: input.id }, 'Message'), input, status, h('div', { class: 'row' }, send, stop, clear));
+  m.append(section('Conversation', log), f);
+  if (!chatModels.length) m.append(h('p', { class: 'warn' }, 'No chat model is installed locally and no provider is configured: replies will fail until one is.'));
+  let ctrl = null;
+  stop.addEventListener('click', () => ctrl && ctrl.abort());
+  clear.addEventListener('click', () => { history.length = 0; localStorage.removeItem(CHAT_KEY); put(log); });
+  input.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); f.requestSubmit(); } });
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    status.textContent = '';
+    const text = input.value.trim();
+    if (!text) { status.textContent = 'Type a message first.'; return; }
+    localStorage.setItem('cairn.chat.model', modelSel.value);
+    history.push({ role: 'user', content: text });
+    bubble(history[history.length - 1]);
+    input.value = '';
+    const reply = { role: 'assistant', content: '' };
+    const { b, text: node } = bubble(reply);
+    b.setAttribute('aria-busy', 'true');
+    send.disabled = true;
+    stop.disabled = false;
+    ctrl = new AbortController();
+    page.aborts.push(ctrl);
+    const t0 = performance.now();
+    let usage = null;
+    let target = '';
+    let first = 0;
+    try {
+      const hd = headers('POST', { 'Content-Type': 'application/json' });
+      if (policySel.value) hd['X-Cairn-Policy'] = policySel.value;
+      const body = { model: modelSel.value, stream: true, stream_options: { include_usage: true }, messages: history.filter((x) => x !== reply).map(({ role, content }) => ({ role, content })) };
+      const r = await fetch('/v1/chat/completions', { method: 'POST', credentials: 'same-origin', headers: hd, body: JSON.stringify(body), signal: ctrl.signal });
+      if (!r.ok) {
+        const t = await r.text();
+        let d = t; try { d = JSON.parse(t); } catch { /* plain text error */ }
+        throw new ApiError(r.status, d);
+      }
+      target = [r.headers.get('x-cairn-provider'), r.headers.get('x-cairn-model')].filter(Boolean).join(' / ');
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf('\n\n')) >= 0) {
+          const ev2 = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          for (const line of ev2.split('\n')) {
+            if (!line.startsWith('data:')) continue;
+            const data = line.slice(5).trim();
+            if (data === '[DONE]') continue;
+            const j = JSON.parse(data);
+            if (j.error) throw new ApiError(500, j);
+            if (j.usage) usage = j.usage;
+            const delta = j.choices && j.choices[0] && j.choices[0].delta;
+            if (delta && delta.content) {
+              if (!first) first = performance.now();
+              reply.content += delta.content;
+              node.appendData(delta.content);
+              log.scrollTop = log.scrollHeight;
+            }
+          }
+        }
+      }
+    } catch (e) {
+      if (e.name === 'AbortError') reply.content += ' [stopped]';
+      else status.textContent = `The reply failed: ${e.message}`;
+      node.data = reply.content;
+    } finally {
+      const secs = (performance.now() - t0) / 1000;
+      const gen = first ? (performance.now() - first) / 1000 : 0;
+      const rate = usage && gen > 0 ? `, ${(usage.completion_tokens / gen).toFixed(1)} tok/s` : '';
+      const ttft = first ? `first token after ${((first - t0) / 1000).toFixed(1)} s, ` : '';
+      reply.meta = [target, usage ? `${usage.completion_tokens} tokens${rate}` : null, `${ttft}${secs.toFixed(1)} s in all`].filter(Boolean).join(' · ');
+      b.append(h('small', {}, reply.meta));
+      b.removeAttribute('aria-busy');
+      if (reply.content) history.push(reply); else b.remove();
+      localStorage.setItem(CHAT_KEY, JSON.stringify(history.slice(-100)));
+      send.disabled = false;
+      stop.disabled = true;
+      ctrl = null;
+    }
+  });
+}
+
+// agents
+
+function uploadPackage(file, start, progress) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', `/api/v1/agents?start=${start}`);
+    x.withCredentials = true;
+    x.setRequestHeader('Content-Type', 'application/octet-stream');
+    if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
+    x.upload.onprogress = (e) => { if (e.lengthComputable) { progress.max = e.total; progress.value = e.loaded; } };
+    x.upload.onload = () => progress.removeAttribute('value');
+    x.onload = () => {
+      let d = null;
+      try { d = JSON.parse(x.responseText); } catch { d = x.responseText; }
+      if (x.status >= 200 && x.status < 300) resolve(d); else reject(new ApiError(x.status, d));
+    };
+    x.onerror = () => reject(new ApiError(0, 'the upload was interrupted'));
+    x.send(file);
+  });
+}
+
+async function pageAgents(m) {
+  const list = h('div');
+  const runs = h('div');
+  const detail = h('div', { 'aria-live': 'polite' });
+  const trust = h('div');
+  const result = h('div', { 'aria-live': 'polite' });
+  const progress = h('progress', { hidden: true, 'aria-label': 'Upload progress' });
+  let agents = [];
+  const taskForm = form({
+    submit: 'Run task', label: 'Submit a task',
+    fields: [
+      { name: 'agent', label: 'Agent', type: 'select', options: [] },
+      { name: 'input', label: 'Input', type: 'textarea', rows: 3, required: true },
+    ],
+    async onSubmit(v, { show }) {
+      if (!v.agent) return show('agent', 'Install an agent first.');
+      put(result, h('p', { class: 'muted' }, 'Running…'));
+      const r = await api('POST', `/api/v1/agents/${encodeURIComponent(v.agent)}/runs`, { input: v.input, wait: true });
+      put(result, runView(r));
+      refresh();
+    },
+  });
+  const act = async (name, action) => {
+    if (action === 'uninstall' && !confirm(`Uninstall ${name}?`)) return;
+    await attempt(() => (action === 'uninstall' ? api('DELETE', `/api/v1/agents/${encodeURIComponent(name)}`) : api('POST', `/api/v1/agents/${encodeURIComponent(name)}/${action}`)), `${action} ${name}`);
+    refresh();
+  };
+  const showRun = async (id) => {
+    const r = await attempt(() => api('GET', `/api/v1/runs/${encodeURIComponent(id)}`), 'Run');
+    if (r) put(detail, section(`Run ${id}`, runView(r)));
+  };
+  async function refresh() {
+    const [a, r, t] = await Promise.all([api('GET', '/api/v1/agents'), api('GET', '/api/v1/runs?limit=50'), api('GET', '/api/v1/trust').catch(() => null)]);
+    agents = a.agents;
+    const sel = taskForm.inputs.agent;
+    const cur = sel.value;
+    put(sel, ...agents.map((x) => h('option', { value: x.name, selected: x.name === cur }, x.name)));
+    put(list, table([
+      ['Name', (x) => x.name], ['Version', (x) => x.version], ['State', (x) => h('span', { class: 'badge' }, x.state)],
+      ['Running', (x) => x.running], ['Publisher', (x) => h('code', {}, x.publisher.slice(0, 16) + '…')],
+      ['Actions', (x) => h('div', { class: 'actions' }, ['start', 'stop', 'pause', 'resume', 'kill', 'uninstall'].map((ac) =>
+        h('button', { type: 'button', class: ac === 'kill' || ac === 'uninstall' ? 'danger' : 'secondary', 'aria-label': `${ac} ${x.name}`, onclick: () => act(x.name, ac) }, ac)))],
+    ], agents, 'No agents installed.'));
+    put(runs, table([
+      ['Run', (x) => h('button', { type: 'button', class: 'secondary', onclick: () => showRun(x.id) }, x.id.slice(0, 12))],
+      ['Agent', (x) => x.agent], ['Status', (x) => x.status], ['Created', (x) => fmtTime(x.created_ms)],
+      ['Tokens', (x) => x.usage.prompt_tokens + x.usage.completion_tokens], ['Cost', (x) => fmtUsd(x.usage.cost_usd)],
+    ], r.runs, 'No runs yet.'));
+    if (t) put(trust, table([['Name', (k) => k.name], ['Key', (k) => h('code', {}, k.key)], ['Revoked', (k) => (k.revoked_ms ? 'yes' : 'no')]], t.keys, 'No trusted publishers.'));
+  }
+  const upload = form({
+    submit: 'Install', label: 'Install a package',
+    fields: [
+      { name: 'package', label: 'Signed package file (.cpkg)', type: 'file' },
+      { name: 'start', label: 'Start after installing', type: 'checkbox', value: true },
+    ],
+    async onSubmit(v, { show }) {
+      if (!v.package) return show('package', 'Choose a package file.');
+      progress.hidden = false;
+      try {
+        const info = await uploadPackage(v.package, v.start, progress);
+        toast(`Installed ${info.manifest ? info.manifest.name : 'the agent'}`);
+      } catch (e) {
+        if (!e.field) e.field = 'package';
+        throw e;
+      } finally {
+        progress.hidden = true;
+      }
+      refresh();
+    },
+  });
+  upload.insertBefore(progress, upload.lastChild);
+  const trustForm = form({
+    submit: 'Trust publisher', label: 'Trust a publisher key',
+    fields: [{ name: 'key', label: 'Publisher public key (hex)', required: true }, { name: 'name', label: 'Name', required: true }],
+    async onSubmit(v, { form: f }) { await api('POST', '/api/v1/trust', v); f.reset(); refresh(); },
+  });
+  m.append(section('Install', upload), section('Installed agents', list), section('Submit a task', taskForm, result), detail, section('Runs', runs), section('Trusted publishers', trust, trustForm));
+  every(5000, () => refresh().catch((e) => toast(`Agents: ${e.message}`, true)));
+}
+
+function runView(r) {
+  return h('div', {}, kv([
+    ['Run', r.id], ['Agent', `${r.agent} ${r.version}`], ['Status', r.status], ['Started', fmtTime(r.started_ms)], ['Finished', fmtTime(r.finished_ms)],
+    ['Usage', `${r.usage.prompt_tokens} prompt + ${r.usage.completion_tokens} completion tokens, ${fmtUsd(r.usage.cost_usd)}, fuel ${r.usage.fuel}, ${r.usage.host_calls} host calls`],
+    r.error ? ['Error', h('span', { class: 'bad' }, r.error)] : null,
+  ]), h('h3', {}, 'Output'), h('pre', { class: 'output' }, r.output ?? '(none)'),
+  h('h3', {}, 'Logs'), (r.logs || []).length ? h('pre', {}, r.logs.map((l) => `${new Date(l.ms).toISOString()} ${l.level} ${l.message}`).join('\n')) : h('p', { class: 'muted' }, 'No log lines.'),
+  r.logs_dropped ? h('p', { class: 'warn' }, `${r.logs_dropped} log lines were dropped.`) : null);
+}
+
+// workflows
+
+async function pageWorkflows(m) {
+  const out = h('div', { 'aria-live': 'polite' });
+  const runs = h('div');
+  let watching = null;
+  const f = form({
+    submit: 'Validate', label: 'Workflow',
+    fields: [
+      { name: 'workflow', label: 'Workflow (TOML, or JSON starting with {)', type: 'textarea', rows: 12, required: true, placeholder: 'name = "pipeline"\n\n[topology]\nkind = "sequential"\nsteps = [{ agent = "echo" }, { agent = "echo" }]' },
+      { name: 'input', label: 'Input', type: 'textarea', rows: 2 },
+    ],
+    async onSubmit(v, { form: fm }) {
+      const run = fm.dataset.intent === 'run';
+      fm.dataset.intent = '';
+      if (!run) {
+        const r = await api('POST', '/api/v1/workflows/validate', { workflow: v.workflow, input: v.input });
+        put(out, h('p', { class: 'ok' }, `Valid. Agents: ${r.agents.join(', ')}`));
+        return;
+      }
+      const r = await api('POST', '/api/v1/workflows/runs', { workflow: v.workflow, input: v.input, wait: false });
+      watch(r.id);
+    },
+  });
+  const runBtn = h('button', { type: 'button' }, 'Run');
+  runBtn.addEventListener('click', () => { f.dataset.intent = 'run'; f.requestSubmit(); });
+  f.lastChild.append(runBtn);
+  function watch(id) {
+    if (watching) clearInterval(watching);
+    const tick = async () => {
+      const r = await api('GET', `/api/v1/workflows/runs/${encodeURIComponent(id)}`).catch((e) => { put(out, h('p', { class: 'bad' }, e.message)); return null; });
+      if (!r) return;
+      put(out, workflowView(r));
+      if (r.status !== 'running') { clearInterval(watching); watching = null; loadRuns(); }
+    };
+    tick();
+    watching = setInterval(tick, 1000);
+    page.timers.push(watching);
+  }
+  async function loadRuns() {
+    const r = await api('GET', '/api/v1/workflows/runs?limit=30');
+    put(runs, table([
+      ['Run', (x) => h('button', { type: 'button', class: 'secondary', onclick: () => watch(x.id) }, x.id.slice(0, 12))],
+      ['Workflow', (x) => x.workflow], ['Kind', (x) => x.kind], ['Status', (x) => x.status], ['Created', (x) => fmtTime(x.created_ms)],
+    ], r.runs, 'No workflow runs yet.'));
+  }
+  m.append(section('Define', f), section('Run', out), section('Recent runs', runs));
+  await loadRuns();
+}
+
+function workflowView(r) {
+  const steps = r.steps || [];
+  const graph = h('div', { class: 'graph', role: 'list', 'aria-label': 'Steps' });
+  steps.forEach((s, i) => {
+    if (i) graph.append(h('span', { class: 'arrow', 'aria-hidden': 'true' }, '→'));
+    graph.append(h('div', { role: 'listitem', class: `step ${s.succeeded ? 'ok' : s.error ? 'failed' : 'running'}`, title: s.output || s.error || '' },
+      h('strong', {}, s.label), h('br'), h('small', {}, `${s.agent} · try ${s.attempt}${s.error ? ' · failed' : s.succeeded ? ' · ok' : ''}`)));
+  });
+  if (r.status === 'running') graph.append(h('span', { class: 'arrow' }, '…'));
+  return h('div', {},
+    kv([['Run', r.id], ['Workflow', `${r.workflow} (${r.kind})`], ['Status', h('span', { class: `badge ${r.status === 'succeeded' ? 'ok' : r.status === 'running' ? 'warn' : 'bad'}` }, r.status)],
+      r.rerouted_to ? ['Rerouted to', r.rerouted_to] : null, r.error ? ['Error', h('span', { class: 'bad' }, r.error)] : null]),
+    h('h3', {}, 'Steps'), steps.length ? graph : h('p', { class: 'muted' }, 'No step has finished yet.'),
+    (r.judgements || []).length ? [h('h3', {}, 'Judges'), table([['Target', (j) => j.target], ['Passed', (j) => (j.passed ? 'yes' : 'no')], ['Score', (j) => j.score ?? '–'], ['Reasons', (j) => j.reasons.join('; ')]], r.judgements)] : null,
+    h('h3', {}, 'Output'), h('pre', {}, r.output ?? '(none yet)'));
+}
+
+// memory
+
+async function pageMemory(m) {
+  const overview = h('div');
+  const records = h('div');
+  const hits = h('div', { 'aria-live': 'polite' });
+  const nsSel = h('select', { id: 'mem-ns', name: 'namespace' });
+  const exportLink = h('a', { download: true, href: '#' }, 'Export this namespace (JSON Lines)');
+  const TIERS = ['working', 'episodic', 'semantic', 'procedural'];
+  const recordsTable = (rs, empty) => table([
+    ['Id', (r) => r.id], ['Tier', (r) => r.tier], ['Text', (r) => h('span', { class: 'record-text' }, r.text)], ['Created', (r) => fmtTime(r.created_ms)],
+    ['Pinned', (r) => (r.pinned ? 'yes' : 'no')],
+    ['Actions', (r) => h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'secondary', onclick: () => change(`/api/v1/memory/records/${r.id}/${r.pinned ? 'unpin' : 'pin'}`, 'POST') }, r.pinned ? 'unpin' : 'pin'),
+      h('button', { type: 'button', class: 'danger', 'aria-label': `delete record ${r.id}`, onclick: () => confirm(`Delete record ${r.id}?`) && change(`/api/v1/memory/records/${r.id}`, 'DELETE') }, 'delete'))],
+  ], rs, empty);
+  async function change(path, method) {
+    await attempt(() => api(method, path), 'Memory');
+    load();
+  }
+  async function load() {
+    const o = await api('GET', '/api/v1/memory');
+    const names = Object.keys(o.namespaces).sort();
+    const cur = nsSel.value || (names.includes('shared') ? 'shared' : names[0]);
+    put(nsSel, ...names.map((n) => h('option', { value: n, selected: n === cur }, n)));
+    put(overview, kv(Object.entries(o.store || {}).map(([k, v]) => [k.replace(/_/g, ' '), typeof v === 'object' ? JSON.stringify(v) : String(v)])),
+      table([['Namespace', (x) => x[0]], ['Records', (x) => x[1].records], ['Quota', (x) => x[1].quota], ['Terms', (x) => x[1].terms]], Object.entries(o.namespaces), 'No namespaces.'));
+    if (!nsSel.value) { put(records, h('p', { class: 'muted' }, 'No namespace yet.')); return; }
+    exportLink.href = `/api/v1/memory/export?namespace=${encodeURIComponent(nsSel.value)}`;
+    exportLink.setAttribute('download', `${nsSel.value}.jsonl`);
+    const p = await api('GET', `/api/v1/memory/records?namespace=${encodeURIComponent(nsSel.value)}&limit=100`);
+    put(records, recordsTable(p.records, 'No records in this namespace.'));
+  }
+  nsSel.addEventListener('change', load);
+  const remember = form({
+    submit: 'Remember', label: 'Remember a record',
+    fields: [
+      { name: 'namespace', label: 'Namespace', value: 'shared', required: true },
+      { name: 'tier', label: 'Tier', type: 'select', options: TIERS, value: 'semantic' },
+      { name: 'text', label: 'Text', type: 'textarea', rows: 3, required: true },
+      { name: 'pinned', label: 'Pinned', type: 'checkbox' },
+    ],
+    async onSubmit(v, { form: f }) {
+      const r = await api('POST', '/api/v1/memory/records', { namespace: v.namespace, tier: v.tier, text: v.text, pinned: v.pinned });
+      toast(r.deduplicated ? `Already known as record ${r.deduplicated}` : `Remembered as record ${r.record.id}`);
+      f.inputs.text.value = '';
+      load();
+    },
+  });
+  const search = form({
+    submit: 'Search', label: 'Recall',
+    fields: [
+      { name: 'query', label: 'Search for', required: true },
+      { name: 'namespaces', label: 'Namespaces (comma-separated, empty for all)' },
+      { name: 'k', label: 'Results', type: 'number', value: '10', min: 1, max: 100 },
+    ],
+    async onSubmit(v) {
+      const ns = v.namespaces.split(',').map((x) => x.trim()).filter(Boolean);
+      const r = await api('POST', '/api/v1/memory/recall', { query: v.query, k: Number(v.k) || 10, namespaces: ns.length ? ns : undefined });
+      put(hits,
+        (r.notes || []).length ? h('p', { class: 'muted' }, r.notes.join(' ')) : null,
+        table([['Score', (x) => x.score.toFixed(3)], ['Namespace', (x) => x.record.namespace], ['Id', (x) => x.record.id], ['Text', (x) => h('span', { class: 'hit-text' }, x.record.text)]], r.results, 'Nothing matches.'));
+    },
+  });
+  m.append(h('div', { class: 'grid' }, section('Remember', remember), section('Recall', search, hits)),
+    section('Records', h('label', { for: 'mem-ns' }, 'Namespace'), nsSel, h('p', {}, exportLink), records),
+    section('Store', overview));
+  await load();
+}
+
+// models and routing
+
+async function pageModels(m) {
+  const local = h('div');
+  const providers = h('div');
+  const breakers = h('div');
+  const usage = h('div');
+  const policyBox = h('div');
+  async function load() {
+    const [lm, pr, st, br, us] = await Promise.all([api('GET', '/v1/models'), api('GET', '/api/v1/router/providers'), api('GET', '/api/v1/router'), api('GET', '/api/v1/router/breakers'), api('GET', '/api/v1/router/usage?days=7')]);
+    put(local, table([['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Loaded', (x) => (x.loaded ? 'yes' : 'no')]], lm.data, 'No local models are installed.'));
+    put(providers, table([
+      ['Name', (p) => p.name], ['Kind', (p) => p.kind], ['Base URL', (p) => p.base_url], ['Models', (p) => p.models.map((x) => x.id).join(', ')],
+      ['Key', (p) => (p.key_set ? 'set' : 'none')], ['Enabled', (p) => (p.enabled ? 'yes' : 'no')],
+      ['', (p) => h('button', { type: 'button', class: 'danger', 'aria-label': `delete provider ${p.name}`, onclick: async () => { if (confirm(`Delete provider ${p.name}?`)) { await attempt(() => api('DELETE', `/api/v1/router/providers/${encodeURIComponent(p.name)}`), 'Delete'); load(); } } }, 'delete')],
+    ], pr.providers, 'No remote providers: only local models are used.'));
+    put(policyBox, form({
+      submit: 'Save routing settings', label: 'Routing settings',
+      fields: [
+        { name: 'policy', label: 'Default policy', type: 'select', options: st.policies, value: st.settings.policy },
+        { name: 'offline', label: 'Offline: never use remote providers', type: 'checkbox', value: st.settings.offline },
+      ],
+      async onSubmit(v) { await api('PUT', '/api/v1/router/settings', { policy: v.policy, offline: v.offline }); toast('Routing settings saved'); },
+    }), h('h3', {}, 'Budgets'), h('pre', {}, JSON.stringify(st.settings.budgets, null, 2)));
+    put(breakers, table([
+      ['Provider', (b) => b.provider], ['State', (b) => h('span', { class: `badge ${b.state === 'closed' ? 'ok' : 'bad'}` }, b.state)],
+      ['Failures', (b) => b.consecutive_failures], ['Opened', (b) => b.opened], ['Retry in', (b) => (b.retry_in_ms != null ? `${b.retry_in_ms} ms` : '–')],
+    ], br.breakers, 'No breaker has seen a call yet.'));
+    put(usage, table([
+      ['Day', (r) => r.day], ['Caller', (r) => r.caller], ['Provider', (r) => r.provider], ['Model', (r) => r.model], ['Calls', (r) => r.usage.calls],
+      ['Failures', (r) => r.usage.failures], ['Tokens in / out', (r) => `${r.usage.prompt_tokens} / ${r.usage.completion_tokens}`], ['Cost', (r) => fmtUsd(r.usage.cost_usd)],
+    ], us.rows, 'No routed calls in the last 7 days.'));
+  }
+  const create = form({
+    submit: 'Add provider', label: 'Add a provider',
+    fields: [
+      { name: 'name', label: 'Name', required: true, placeholder: 'openai' },
+      { name: 'kind', label: 'Protocol', type: 'select', options: [['openai', 'OpenAI-compatible'], ['anthropic', 'Anthropic']] },
+      { name: 'base_url', label: 'Base URL', type: 'url', required: true, placeholder: 'https://api.example/v1' },
+      { name: 'models', label: 'Model ids (comma-separated)', required: true },
+      { name: 'key', label: 'API key (write-only: never shown again)', type: 'password', autocomplete: 'new-password' },
+      { name: 'tls_sha256', label: 'Pinned certificate SHA-256 (optional)' },
+    ],
+    async onSubmit(v, { form: f }) {
+      const body = { name: v.name.trim(), kind: v.kind, base_url: v.base_url.trim(), models: v.models.split(',').map((x) => x.trim()).filter(Boolean).map((id) => ({ id })) };
+      if (v.key) body.key = v.key;
+      if (v.tls_sha256.trim()) body.tls_sha256 = v.tls_sha256.trim();
+      try {
+        await api('POST', '/api/v1/router/providers', body);
+      } catch (e) {
+        if (/^models\[/.test(e.message)) e.message = e.message.replace(/^models\[\d+\][\w.]*: /, 'models: ');
+        throw e;
+      }
+      f.reset();
+      toast('Provider added');
+      load();
+    },
+  });
+  m.append(section('Local models', local), section('Routing', policyBox), section('Providers', providers, h('h3', {}, 'Add a provider'), create),
+    section('Circuit breakers', breakers), section('Usage, last 7 days', usage));
+  await load();
+}
+
+// events, audit
+
+async function pageEvents(m) {
+  const out = h('pre', { class: 'log', 'aria-live': 'polite', 'aria-label': 'Log lines' });
+  const note = h('p', { class: 'muted' });
+  let since = 0;
+  let lines = [];
+  const f = form({
+    submit: 'Apply', label: 'Filter',
+    fields: [
+      { name: 'level', label: 'Level', type: 'select', options: ['info', 'warn', 'error', 'debug'], value: 'info' },
+      { name: 'contains', label: 'Containing' },
+    ],
+    async onSubmit() { since = 0; lines = []; await tick(); },
+  });
+  async function tick() {
+    const { level, contains } = f.inputs;
+    const q = `since=${since}&limit=500&level=${level.value}${contains.value ? `&contains=${encodeURIComponent(contains.value)}` : ''}`;
+    const r = await api('GET', `/api/v1/system/logs?${q}`);
+    since = r.next;
+    lines = lines.concat(r.lines.map((l) => `${l.time} ${l.level.padEnd(5)} ${l.message}`)).slice(-500);
+    out.textContent = lines.join('\n') || '(no lines yet)';
+    note.textContent = `Live: the appliance's last ${lines.length} log lines, newest last, refreshed every 3 s.`;
+  }
+  m.append(section('Log', f, note, out),
+    unavailable('Event stream', 'This version has no structured event stream; the log above is its running record. Capability denials and operator actions are on the Audit page.'));
+  every(3000, () => tick().catch((e) => { note.textContent = e.message; }));
+}
+
+async function pageAudit(m) {
+  const denials = h('div');
+  const actions = h('div');
+  m.append(section('Operator actions', actions), section('Agent capability denials', denials));
+  every(10000, async () => {
+    const [d, a] = await Promise.all([api('GET', '/api/v1/audit?limit=200').catch((e) => e), api('GET', '/api/v1/audit/actions?limit=200').catch((e) => e)]);
+    put(denials, d instanceof Error ? h('p', { class: 'bad' }, d.message) : table([
+      ['Time', (x) => fmtTime(x.ms)], ['Agent', (x) => x.agent || '–'], ['Run', (x) => x.run || '–'], ['Event', (x) => x.event], ['Detail', (x) => x.detail],
+    ], d.entries, 'No denials recorded.'));
+    put(actions, a instanceof Error ? h('p', { class: 'bad' }, a.status === 404 ? 'This version does not record operator actions.' : a.message) : table([
+      ['Time', (x) => fmtTime(x.time * 1000)], ['Actor', (x) => x.actor], ['Request', (x) => `${x.method} ${x.path}`], ['Status', (x) => x.status],
+    ], a.entries, 'No operator actions recorded.'));
+  });
+}
+
+// settings
+
+async function pageSettings(m) {
+  const tokens = h('div');
+  const fresh = h('div', { 'aria-live': 'polite' });
+  const sys = await api('GET', '/api/v1/system');
+  const site = await api('GET', '/api/v1/settings/site').catch(() => ({ value: '' }));
+  const siteForm = form({
+    submit: 'Save', label: 'Site',
+    fields: [{ name: 'site', label: 'Site name', value: typeof site.value === 'string' ? site.value : '', required: true, hint: 'Shown in the header and the window title.' }],
+    async onSubmit(v) {
+      await api('PUT', '/api/v1/settings/site', v.site.trim());
+      siteName = v.site.trim();
+      document.getElementById('site').textContent = siteName;
+      toast('Site name saved');
+    },
+  });
+  async function loadTokens() {
+    const t = await api('GET', '/api/v1/auth/tokens');
+    put(tokens, table([
+      ['Name', (x) => x.name], ['Scope', (x) => x.scope], ['Created', (x) => fmtTime(x.created * 1000)],
+      ['Last used', (x) => (x.last_used == null ? 'never' : fmtTime(x.last_used * 1000))],
+      ['', (x) => h('button', { type: 'button', class: 'danger', 'aria-label': `revoke token ${x.name}`, onclick: async () => { if (confirm(`Revoke ${x.name}?`)) { await attempt(() => api('DELETE', `/api/v1/auth/tokens/${encodeURIComponent(x.id)}`), 'Revoke'); loadTokens(); } } }, 'revoke')],
+    ], t.tokens, 'No API tokens.'));
+  }
+  const tokenForm = form({
+    submit: 'Create token', label: 'New API token',
+    fields: [{ name: 'name', label: 'Token name', required: true }, { name: 'scope', label: 'Scope', type: 'select', options: ['reader', 'operator', 'admin'], value: 'operator' }],
+    async onSubmit(v, { form: f }) {
+      const t = await api('POST', '/api/v1/auth/tokens', v);
+      put(fresh, h('p', {}, `Token ${t.name} (${t.scope}). Copy it now: it is shown only once.`), h('p', { class: 'secret new-token' }, t.token));
+      f.reset();
+      loadTokens();
+    },
+  });
+  const pw = form({
+    submit: 'Change password', label: 'Password',
+    fields: [
+      { name: 'current', label: 'Current password', type: 'password', required: true, autocomplete: 'current-password' },
+      { name: 'password', label: 'New password', type: 'password', required: true, autocomplete: 'new-password', hint: '10 to 256 characters.' },
+      { name: 'confirm', label: 'Confirm new password', type: 'password', required: true, autocomplete: 'new-password' },
+    ],
+    async onSubmit(v, { show, form: f }) {
+      if (v.password !== v.confirm) return show('confirm', 'The passwords do not match.');
+      await api('POST', '/api/v1/auth/password', { current: v.current, password: v.password });
+      f.reset();
+      toast('Password changed');
+    },
+  });
+  m.append(section('Site', siteForm),
+    section('API tokens', tokens, h('h3', {}, 'New token'), tokenForm, fresh),
+    section('Password', pw),
+    section('Certificate', kv([['SHA-256 fingerprint', h('code', {}, sys.tls_fingerprint)]]), h('p', { class: 'muted' }, 'Compare it with the fingerprint on the appliance console before trusting this connection.')),
+    unavailable('Network, time and host name', `This version has no API to change them from the console. Host name: ${sys.hostname}. On a box, edit cairn.toml on the CAIRN-ESP partition of the stick.`));
+  await loadTokens().catch((e) => put(tokens, h('p', { class: 'bad' }, e.message)));
+}
+
+// power
+
+async function pagePower(m) {
+  const msg = h('p', { role: 'alert' });
+  const dlg = h('dialog', { 'aria-labelledby': 'power-q' });
+  const q = h('p', { id: 'power-q' });
+  const yes = h('button', { type: 'button', class: 'danger' }, 'Confirm');
+  const no = h('button', { type: 'button', class: 'secondary' }, 'Cancel');
+  dlg.append(q, h('div', { class: 'row' }, yes, no));
+  let action = null;
+  no.addEventListener('click', () => dlg.close());
+  yes.addEventListener('click', async () => {
+    dlg.close();
+    try {
+      await api('POST', '/api/v1/system/power', { action });
+      msg.className = 'ok';
+      msg.textContent = action === 'reboot' ? 'Rebooting: this page stops answering until the appliance is back.' : 'Shutting down.';
+    } catch (e) {
+      msg.className = 'bad';
+      msg.textContent = e.message;
+    }
+  });
+  const ask = (a, text) => () => { action = a; q.textContent = text; dlg.showModal(); };
+  m.append(section('Power',
+    h('p', {}, 'Running requests and agent runs are interrupted. Data already acknowledged is safe.'),
+    h('div', { class: 'row' },
+      h('button', { type: 'button', onclick: ask('reboot', 'Reboot the appliance now?') }, 'Reboot'),
+      h('button', { type: 'button', class: 'danger', onclick: ask('poweroff', 'Shut the appliance down now? It stays off until someone powers it on.') }, 'Shut down')),
+    msg), dlg);
+}
+
+// start
+
+async function boot() {
+  try {
+    const s = await api('GET', '/api/v1/auth/state');
+    auth.onboarded = s.onboarded;
+    auth.fingerprint = s.fingerprint;
+    auth.user = s.user;
+    auth.csrf = s.csrf;
+  } catch (e) {
+    put(main, h('h1', {}, 'Cairn'), h('p', { class: 'form-error', role: 'alert' }, `The appliance did not answer: ${e.message}`));
+    return;
+  }
+  if (auth.user) loadSiteName();
+  render();
+}
+
+boot();
