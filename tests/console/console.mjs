@@ -9,7 +9,8 @@
 // CAIRN_USER / CAIRN_PASSWORD (the admin account; defaults below), CAIRN_SITE_NAME (set in the
 // first phase, expected after the restart), CAIRN_CHAT_MODEL (chat scenario when set),
 // CAIRN_AGENT_PACKAGE / CAIRN_AGENT_NAME / CAIRN_AGENT_KEY (agent scenario when set; with the
-// key, the publisher is trusted through the page first), CAIRN_SCREENSHOTS (a folder for one screenshot per page), CAIRN_CHROMIUM.
+// key, the publisher is trusted through the page first), CAIRN_SCREENSHOTS (a folder for one screenshot per page), CAIRN_CHROMIUM,
+// CAIRN_SLOW (a factor for every wait, for emulated appliances).
 // Every scenario asserts what a user sees; any page JavaScript error or CSP violation fails
 // the run. The exit code is non-zero when anything failed.
 
@@ -37,7 +38,11 @@ if (shots) fs.mkdirSync(shots, { recursive: true });
 const failures = [];
 const jsErrors = [];
 
+// Emulated appliances (QEMU without KVM) answer several times slower: CAIRN_SLOW scales waits.
+const slow = Math.max(1, Number(env.CAIRN_SLOW || 1));
+
 async function until(f, what, ms = 20000) {
+  ms *= slow;
   const end = Date.now() + ms;
   let last;
   for (;;) {
@@ -152,6 +157,8 @@ const browser = await chromium.launch({
   headless: true,
 });
 const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
+context.setDefaultTimeout(30000 * slow);
+context.setDefaultNavigationTimeout(30000 * slow);
 const page = watch(await context.newPage());
 
 if (phase === 'chat') {
