@@ -131,16 +131,24 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         &build::repo_root().join("tests/openai/requirements.txt"),
     )?;
     step(
-        "model and OpenAI-client tests (release)",
+        "model tests (release)",
         cargo()
+            .args(["test", "--release", "--locked", "-p", "cairn-models"])
+            .args(["--", "--ignored"]),
+    )?;
+    // Only the appliance's test targets that hold model tests: every release test binary is
+    // a full LTO link, minutes each on a small machine.
+    step(
+        "OpenAI-client, router and console chat tests on the models (release)",
+        cargo()
+            .args(["test", "--release", "--locked", "-p", "cairn"])
             .args([
-                "test",
-                "--release",
-                "--locked",
-                "-p",
-                "cairn-models",
-                "-p",
-                "cairn",
+                "--test",
+                "openai_client",
+                "--test",
+                "router",
+                "--test",
+                "console",
             ])
             .args(["--", "--ignored"])
             .env("CAIRN_OPENAI_PYTHON", &python)
