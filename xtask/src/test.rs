@@ -72,9 +72,10 @@ fn console_modules() -> Result<()> {
     }
     step(
         "npm ci (tests/console)",
+        // `step` runs in the repository root: name the package folder.
         std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir),
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir),
     )
 }
 
