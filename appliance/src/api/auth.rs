@@ -107,6 +107,20 @@ fn locked(s: &Shared, keys: &[&str]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Audits a POST to a public route (the guard only audits authenticated callers).
+fn audit_public(s: &Shared, actor: String, path: &str, status: u16) {
+    crate::auth::guard::record_later(
+        s.auth.clone(),
+        AuditEntry {
+            time: crate::auth::unix_now(),
+            actor,
+            method: "POST".into(),
+            path: path.into(),
+            status,
+        },
+    );
+}
+
 async fn state(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let session = crate::auth::guard::cookie(&headers, COOKIE).and_then(|c| s.auth.session(c));
     let (user, csrf) = match session {
@@ -149,16 +163,7 @@ async fn onboard(
         s.auth.by_addr.fail(&addr);
     }
     let session = result?;
-    crate::auth::guard::record_later(
-        s.auth.clone(),
-        AuditEntry {
-            time: crate::auth::unix_now(),
-            actor: user,
-            method: "POST".into(),
-            path: "/api/v1/auth/onboard".into(),
-            status: 200,
-        },
-    );
+    audit_public(&s, user, "/api/v1/auth/onboard", 200);
     Ok(logged_in(session))
 }
 
@@ -198,16 +203,7 @@ async fn login(
             401
         }
     };
-    crate::auth::guard::record_later(
-        s.auth.clone(),
-        AuditEntry {
-            time: crate::auth::unix_now(),
-            actor: name,
-            method: "POST".into(),
-            path: "/api/v1/auth/login".into(),
-            status,
-        },
-    );
+    audit_public(&s, name, "/api/v1/auth/login", status);
     Ok(logged_in(result?))
 }
 
