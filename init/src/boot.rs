@@ -138,6 +138,47 @@ fn sysctls() {
     }
 }
 
+/// Sets the host name: the command line's, else the config file's, else `cairn`.
+fn set_hostname(opts: &BootOptions, cfg: &Config) -> String {
+    let hostname = opts
+        .hostname
+        .clone()
+        .or(cfg.hostname.clone())
+        .unwrap_or_else(|| "cairn".into());
+    if let Err(e) = sys::sethostname(&hostname) {
+        warn!("hostname: {e}");
+    }
+    hostname
+}
+
+/// The network plan: the command line's mode wins over the config file's; static settings
+/// that do not resolve fall back to DHCP (with a warning) rather than leaving the box dark.
+fn net_plan(opts: &BootOptions, cfg: &Config, warnings: &mut Vec<String>) -> NetPlan {
+    let mode = opts.net.unwrap_or(cfg.network.mode);
+    let static_net = if mode == NetMode::Static {
+        match cfg.static_net() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!("{e}; using DHCP");
+                warnings.push(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mode = if mode == NetMode::Static && static_net.is_none() {
+        NetMode::Dhcp
+    } else {
+        mode
+    };
+    NetPlan {
+        mode,
+        interface: cfg.network.interface.clone(),
+        static_net,
+    }
+}
+
 fn read_config(warnings: &mut Vec<String>) -> Config {
     let mut cfg = Config::default();
     for path in [layout::ESP_CONFIG, layout::DATA_CONFIG] {
@@ -372,44 +413,14 @@ fn run() -> Result<std::convert::Infallible, String> {
 
     // Configuration, host name, entropy.
     let cfg = read_config(&mut info.warnings);
-    let hostname = opts
-        .hostname
-        .clone()
-        .or(cfg.hostname.clone())
-        .unwrap_or_else(|| "cairn".into());
-    if let Err(e) = sys::sethostname(&hostname) {
-        warn!("hostname: {e}");
-    }
-    info.hostname = hostname;
+    info.hostname = set_hostname(&opts, &cfg);
 
     // Network, on its own thread.
     let net_state = Arc::new(Mutex::new(NetState::default()));
-    let mode = opts.net.unwrap_or(cfg.network.mode);
-    let static_net = if mode == NetMode::Static {
-        match cfg.static_net() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error!("{e}; using DHCP");
-                info.warnings.push(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mode = if mode == NetMode::Static && static_net.is_none() {
-        NetMode::Dhcp
-    } else {
-        mode
-    };
-    net::start(
-        NetPlan {
-            mode,
-            interface: cfg.network.interface.clone(),
-            static_net,
-        },
+    let net = net::start(
+        net_plan(&opts, &cfg, &mut info.warnings),
         net_state.clone(),
-        wake_wr,
+        wake_wr.clone(),
     );
 
     // The appliance.
@@ -465,9 +476,11 @@ fn run() -> Result<std::convert::Infallible, String> {
         cp,
         net_state,
         wake: wake_rd,
+        wake_wr,
         settled,
+        opts,
     };
-    event_loop(&mut sup, &ctx, &mut info)
+    event_loop(&mut sup, &ctx, net, &mut info)
 }
 
 /// What the event loop watches.
@@ -477,15 +490,21 @@ struct LoopContext {
     cp: Option<Arc<Coldplug>>,
     net_state: Arc<Mutex<NetState>>,
     wake: OwnedFd,
+    /// Its write end (for a restarted network thread).
+    wake_wr: Arc<OwnedFd>,
     /// Boot time when coldplug settled (0 while it runs).
     settled: Arc<AtomicU64>,
+    /// The kernel command line's options (they win over the config file on reconfiguration too).
+    opts: BootOptions,
 }
 
 fn event_loop(
     sup: &mut Supervisor,
     ctx: &LoopContext,
+    net: net::NetHandle,
     info: &mut BootInfo,
 ) -> Result<std::convert::Infallible, String> {
+    let mut net = Some(net);
     let (signals, uevents, cp, net_state, wake) = (
         &ctx.signals,
         &ctx.uevents,
@@ -606,6 +625,30 @@ fn event_loop(
                     }
                     Ok(ToInit::Power { action }) => {
                         power::shutdown(sup, action, "requested through the API")
+                    }
+                    Ok(ToInit::Reconfigure) => {
+                        info!("config: reconfiguring on request");
+                        let cfg = read_config(&mut info.warnings);
+                        info.hostname = set_hostname(&ctx.opts, &cfg);
+                        if let Some(old) = net.take() {
+                            old.stop();
+                        }
+                        let plan = net_plan(&ctx.opts, &cfg, &mut info.warnings);
+                        net = Some(net::start(plan, net_state.clone(), ctx.wake_wr.clone()));
+                        info.warnings.dedup();
+                        info.reconfigured = info.reconfigured.saturating_add(1);
+                        sync_net(info, net_state);
+                        publish(info);
+                        if let Some(r) = &ready {
+                            crate::console::to_all_consoles(&banner::render(info, r));
+                        }
+                    }
+                    Ok(ToInit::SetClock { unix }) => {
+                        match crate::clock::set(unix) {
+                            Ok(()) => info.clock.source = "operator".into(),
+                            Err(e) => warn!("clock: {e}"),
+                        }
+                        publish(info);
                     }
                     Err(e) => warn!("{e}"),
                 },

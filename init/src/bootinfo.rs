@@ -18,7 +18,7 @@ pub struct BootInfo {
     pub arch: String,
     /// Kernel release.
     pub kernel: String,
-    /// Host name set at boot.
+    /// Host name in force.
     pub hostname: String,
     /// Boot milestones.
     pub timeline: Timeline,
@@ -32,6 +32,8 @@ pub struct BootInfo {
     pub clock: ClockInfo,
     /// Appliance supervision.
     pub appliance: ApplianceInfo,
+    /// How many `Reconfigure` requests init has applied since boot.
+    pub reconfigured: u32,
     /// Problems that did not stop the boot (bad config lines, missing modules, ...).
     pub warnings: Vec<String>,
 }
@@ -154,6 +156,14 @@ pub enum ToInit {
     Power {
         /// What to do.
         action: PowerAction,
+    },
+    /// `/data/etc/cairn.toml` changed: re-read it, set the host name, redo the network.
+    Reconfigure,
+    /// The operator set the wall clock (seconds since the epoch, UTC); init sets the system
+    /// clock and the RTC.
+    SetClock {
+        /// New time.
+        unix: i64,
     },
 }
 

@@ -19,6 +19,10 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Appliance service settings.
     pub appliance: ApplianceConfig,
+    /// Whether the file had a `[network]` table (so an explicit `mode = "dhcp"` in the data
+    /// partition's file overrides a static setup in the ESP's).
+    #[serde(skip)]
+    pub network_given: bool,
 }
 
 /// `[network]`.
@@ -88,8 +92,11 @@ pub struct StaticNet {
 impl Config {
     /// Parses a file's text; the error names the file, line and column.
     pub fn parse(text: &str, origin: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| describe(&e, text, origin))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| describe(&e, text, origin))?;
         cfg.validate().map_err(|e| format!("{origin}: {e}"))?;
+        cfg.network_given = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("network"));
         Ok(cfg)
     }
 
@@ -129,8 +136,9 @@ impl Config {
         if over.hostname.is_some() {
             self.hostname = over.hostname;
         }
-        if over.network != NetworkConfig::default() {
+        if over.network_given || over.network != NetworkConfig::default() {
             self.network = over.network;
+            self.network_given = true;
         }
         if over.appliance.listen.is_some() {
             self.appliance.listen = over.appliance.listen;
@@ -231,6 +239,20 @@ mod tests {
         let m = esp.merged(data);
         assert_eq!(m.hostname.as_deref(), Some("b"));
         assert_eq!(m.appliance.log.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn an_explicit_dhcp_section_overrides_a_static_esp() {
+        let esp = Config::parse(
+            "[network]\nmode = \"static\"\naddress = \"10.1.1.2/24\"\n",
+            "esp",
+        )
+        .unwrap();
+        let data = Config::parse("[network]\nmode = \"dhcp\"\n", "data").unwrap();
+        assert_eq!(esp.clone().merged(data).network.mode, NetMode::Dhcp);
+        // No [network] table in the data file: the ESP's stays.
+        let data = Config::parse("hostname = \"x\"\n", "data").unwrap();
+        assert_eq!(esp.merged(data).network.mode, NetMode::Static);
     }
 
     #[test]

@@ -34,13 +34,80 @@ pub struct NetPlan {
     pub static_net: Option<StaticNet>,
 }
 
+/// The running network configuration (one thread); `stop` undoes it.
+pub struct NetHandle {
+    stop: Option<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetHandle {
+    /// Stops the network thread, which first removes the addresses and routes it configured.
+    /// Returns once it has (the thread answers within one poll).
+    pub fn stop(mut self) {
+        if let Some(w) = self.stop.take() {
+            let _ = crate::sys::write_fd(w.as_raw_fd(), b"s");
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            warn!("network thread panicked");
+        }
+    }
+}
+
+/// The read end of a network thread's stop pipe.
+struct Stop(OwnedFd);
+
+impl Stop {
+    /// Waits up to `d`; true when a stop was requested (now or before).
+    fn wait(&self, d: Duration) -> bool {
+        crate::sys::poll(&[self.0.as_raw_fd()], Some(d))
+            .map(|r| r.first().is_some_and(|x| *x != 0))
+            .unwrap_or(false)
+    }
+}
+
 /// Starts the network thread; it updates `state` and writes a byte to `wake` on every change.
-pub fn start(plan: NetPlan, state: Arc<Mutex<NetState>>, wake: Arc<OwnedFd>) {
+pub fn start(plan: NetPlan, state: Arc<Mutex<NetState>>, wake: Arc<OwnedFd>) -> NetHandle {
+    let (rd, wr) = match crate::sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("network: stop pipe: {e}; running without");
+            let spawned = std::thread::Builder::new()
+                .name("net".into())
+                .spawn(move || run(plan, None, &state, &wake));
+            return NetHandle {
+                stop: None,
+                thread: spawned.ok(),
+            };
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("net".into())
-        .spawn(move || run(plan, &state, &wake));
-    if let Err(e) = spawned {
-        warn!("network thread could not start: {e}");
+        .spawn(move || run(plan, Some(Stop(rd)), &state, &wake));
+    match spawned {
+        Ok(t) => NetHandle {
+            stop: Some(wr),
+            thread: Some(t),
+        },
+        Err(e) => {
+            warn!("network thread could not start: {e}");
+            NetHandle {
+                stop: None,
+                thread: None,
+            }
+        }
+    }
+}
+
+/// Waits up to `d` for a stop (or just sleeps when there is no stop pipe).
+fn stopped(stop: &Option<Stop>, d: Duration) -> bool {
+    match stop {
+        Some(s) => s.wait(d),
+        None => {
+            crate::sys::sleep(d);
+            false
+        }
     }
 }
 
@@ -110,12 +177,20 @@ fn write_resolv(dns: &[Ipv4Addr]) {
     }
 }
 
-fn run(plan: NetPlan, state: &Arc<Mutex<NetState>>, wake: &OwnedFd) {
+fn run(plan: NetPlan, stop: Option<Stop>, state: &Arc<Mutex<NetState>>, wake: &OwnedFd) {
     let mode = match plan.mode {
         NetMode::Dhcp => "dhcp",
         NetMode::Static => "static",
         NetMode::Off => "off",
     };
+    // A new configuration starts from a clean report (a reconfiguration replaces the old one).
+    publish(state, wake, |s| {
+        *s = NetState {
+            mode: mode.into(),
+            state: "configuring".into(),
+            ..NetState::default()
+        }
+    });
     let mut nl = match Netlink::open() {
         Ok(n) => n,
         Err(e) => {
@@ -159,7 +234,9 @@ fn run(plan: NetPlan, state: &Arc<Mutex<NetState>>, wake: &OwnedFd) {
         } else {
             Duration::from_secs(2)
         };
-        crate::sys::sleep(pause);
+        if stopped(&stop, pause) {
+            return;
+        }
     };
     let Some(index) = ifindex(&name) else {
         return;
@@ -176,8 +253,17 @@ fn run(plan: NetPlan, state: &Arc<Mutex<NetState>>, wake: &OwnedFd) {
         s.state = "configuring".into();
     });
     match (plan.mode, plan.static_net) {
-        (NetMode::Static, Some(st)) => apply_static(&mut nl, index, &name, &st, state, wake),
-        _ => run_dhcp(&mut nl, index, &name, state, wake),
+        (NetMode::Static, Some(st)) => {
+            apply_static(&mut nl, index, &name, &st, state, wake);
+            // Static settings need no care; hold them until told to stop, then undo them.
+            while !stopped(&stop, Duration::from_secs(3600)) {}
+            let _ = nl.del_address(index, st.address.addr, st.address.prefix);
+            if st.gateway.is_some() {
+                let _ = nl.del_default_route(RouteOrigin::Static);
+            }
+            info!("network: static configuration on {name} removed");
+        }
+        _ => run_dhcp(&mut nl, index, &name, stop.as_ref(), state, wake),
     }
 }
 
@@ -221,6 +307,7 @@ fn run_dhcp(
     nl: &mut Netlink,
     index: u32,
     name: &str,
+    stop: Option<&Stop>,
     state: &Arc<Mutex<NetState>>,
     wake: &OwnedFd,
 ) {
@@ -301,11 +388,27 @@ fn run_dhcp(
             }
         }
         let delay = client.delay(now());
-        if !delay.is_zero()
-            && let Err(e) = crate::sys::poll(&[dev.raw_fd()], Some(delay))
-        {
-            debug!("network: poll: {e}");
-            crate::sys::sleep(Duration::from_millis(100));
+        if delay.is_zero() {
+            continue;
+        }
+        let mut fds = vec![dev.raw_fd()];
+        if let Some(s) = stop {
+            fds.push(s.0.as_raw_fd());
+        }
+        match crate::sys::poll(&fds, Some(delay)) {
+            Ok(r) if r.get(1).is_some_and(|x| *x != 0) => {
+                if let Some(old) = current.take() {
+                    let _ = nl.del_address(index, old.address, old.prefix);
+                    let _ = nl.del_default_route(RouteOrigin::Dhcp);
+                }
+                info!("network: DHCP on {name} stopped");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!("network: poll: {e}");
+                crate::sys::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
