@@ -36,6 +36,11 @@ impl Control {
         Control { sock }
     }
 
+    /// No connection: running hosted.
+    pub fn hosted() -> Control {
+        Control { sock: None }
+    }
+
     /// True when running under cairn-init.
     pub fn is_present(&self) -> bool {
         self.sock.is_some()
@@ -61,6 +66,16 @@ impl Control {
             port,
             notes,
         })
+    }
+
+    /// Asks init to re-read `cairn.toml` and apply the host name and network.
+    pub fn reconfigure(&self) -> std::io::Result<()> {
+        self.send(&ToInit::Reconfigure)
+    }
+
+    /// Asks init to set the wall clock and the RTC.
+    pub fn set_clock(&self, unix: i64) -> std::io::Result<()> {
+        self.send(&ToInit::SetClock { unix })
     }
 
     /// Asks init to reboot or power off.

@@ -13,6 +13,7 @@ pub mod console;
 pub mod control;
 pub mod inference;
 pub mod logbuf;
+pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod remote;

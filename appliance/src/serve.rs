@@ -248,12 +248,27 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let port = listener.local_addr()?.port();
+    let control = Arc::new(control);
+    let machine = {
+        let (data, control) = (opts.data.clone(), control.clone());
+        let esp = control
+            .is_present()
+            .then(|| PathBuf::from(cairn_init::layout::ESP_CONFIG));
+        let boot_info = PathBuf::from(cairn_init::layout::BOOT_INFO);
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                crate::machine::Machine::open(&data, esp, boot_info, control)
+            })
+            .await?,
+        )
+    };
     let state = Arc::new(AppState {
         store,
         degraded: degraded.clone(),
         data_dir: opts.data.clone(),
         started,
         control,
+        machine,
         certs,
         appliance: opts.appliance,
         inference: inference.clone(),

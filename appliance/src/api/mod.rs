@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod machine;
 mod memory;
 mod model_router;
 mod openai;
@@ -36,7 +37,9 @@ pub struct AppState {
     /// When this process started.
     pub started: Instant,
     /// The connection to init.
-    pub control: Control,
+    pub control: Arc<Control>,
+    /// Host name, network and clock settings (applied by init).
+    pub machine: Arc<crate::machine::Machine>,
     /// The served TLS certificate (replaceable; its fingerprint is what operators pin).
     pub certs: Arc<crate::tls::Certificates>,
     /// Running as the appliance (under cairn-init) rather than hosted.
@@ -184,6 +187,7 @@ fn routes() -> Routes {
         .merge(auth::routes())
         .merge(system::routes())
         .merge(settings::routes())
+        .merge(machine::routes())
         .merge(memory::routes())
         .merge(agents::routes())
         .merge(model_router::routes())

@@ -41,6 +41,8 @@ fn admin_only(method: &Method, path: &str) -> bool {
         || under("/api/v1/system/power")
         || (!is_safe(method)
             && (under("/api/v1/settings")
+                || under("/api/v1/system/settings")
+                || under("/api/v1/system/clock")
                 || under("/api/v1/trust")
                 || under("/api/v1/tls")
                 || under("/api/v1/router/providers")
