@@ -945,9 +945,106 @@ async function pageSettings(m) {
   m.append(section('Site', siteForm),
     section('API tokens', tokens, h('h3', {}, 'New token'), tokenForm, fresh),
     section('Password', pw),
-    section('Certificate', kv([['SHA-256 fingerprint', h('code', {}, sys.tls_fingerprint)]]), h('p', { class: 'muted' }, 'Compare it with the fingerprint on the appliance console before trusting this connection.')),
-    unavailable('Network, time and host name', `This version has no API to change them from the console. Host name: ${sys.hostname}. On a box, edit cairn.toml on the CAIRN-ESP partition of the stick.`));
+    await machineSections(),
+    section('Certificate', kv([['SHA-256 fingerprint', h('code', { id: 'tls-fp' }, sys.tls_fingerprint)]]), h('p', { class: 'muted' }, 'Compare it with the fingerprint on the appliance console before trusting this connection.'),
+      h('h3', {}, 'Replace the certificate'), certForm()));
   await loadTokens().catch((e) => put(tokens, h('p', { class: 'bad' }, e.message)));
+}
+
+/** Replaces the served certificate with one the site's CA issued (PEM certificate chain + key). */
+function certForm() {
+  return form({
+    submit: 'Replace certificate', label: 'Replace the certificate',
+    fields: [
+      { name: 'certificate', label: 'Certificate chain (PEM)', type: 'textarea', required: true, rows: 5, placeholder: '-----BEGIN CERTIFICATE-----' },
+      { name: 'key', label: 'Private key (PEM)', type: 'textarea', required: true, rows: 4, placeholder: '-----BEGIN PRIVATE KEY-----', hint: 'Sent once over this connection; never shown again.' },
+    ],
+    async onSubmit(v, { form: f }) {
+      const r = await api('PUT', '/api/v1/tls', { certificate: v.certificate, key: v.key });
+      f.reset();
+      document.getElementById('tls-fp').textContent = r.fingerprint;
+      toast(`Certificate replaced. New fingerprint ${r.fingerprint}: browsers will ask to trust it again.`);
+    },
+  });
+}
+
+/** Host name, network (with the confirm-or-revert probation) and clock. */
+async function machineSections() {
+  const box = h('div');
+  async function load() {
+    const st = await api('GET', '/api/v1/system/settings');
+    const clock = await api('GET', '/api/v1/system/clock').catch(() => null);
+    const net = st.settings.network;
+    const notes = [];
+    if (!st.managed) notes.push(h('p', { class: 'muted' }, 'This instance runs hosted: the settings are stored, but the host system manages its own name, network and clock.'));
+    for (const o of st.overrides || []) notes.push(h('p', { class: 'bad' }, o));
+    const live = st.in_force ? kv([
+      ['Host name', st.in_force.hostname],
+      ['Network', `${st.in_force.network.mode || '–'}: ${st.in_force.network.state || '–'}`],
+      ['Addresses', (st.in_force.network.addresses || []).join(', ') || '–'],
+      ['Gateway', st.in_force.network.gateway || '–'],
+      ['Resolvers', (st.in_force.network.dns || []).join(', ') || '–'],
+    ]) : null;
+    const pending = h('div', { 'aria-live': 'polite' });
+    if (st.pending) {
+      const left = h('strong', { id: 'net-countdown' }, fmtSecs(st.pending.remaining_s));
+      const deadline = Date.now() + st.pending.remaining_s * 1000;
+      page.timers.push(setInterval(() => {
+        const s = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+        left.textContent = fmtSecs(s);
+        if (s === 0) load().catch(() => {});
+      }, 1000));
+      put(pending, h('div', { class: 'pending', role: 'alert' },
+        h('p', {}, 'The network change is on probation. Keep it from the address you reach the appliance at now, or it is reverted in ', left, '.'),
+        h('div', { class: 'row' },
+          h('button', { type: 'button', id: 'net-confirm', onclick: async () => { if (await attempt(() => api('POST', '/api/v1/system/settings/confirm'), 'Confirm')) { toast('Network settings kept'); load(); } } }, 'Keep these settings'),
+          h('button', { type: 'button', class: 'secondary', onclick: async () => { if (await attempt(() => api('POST', '/api/v1/system/settings/revert'), 'Revert')) { toast('Previous network settings restored'); load(); } } }, 'Revert now'))));
+    }
+    const hostForm = form({
+      submit: 'Save host name', label: 'Change the host name',
+      fields: [{ name: 'hostname', label: 'Host name', value: st.settings.hostname, required: true, hint: '1-63 letters, digits or -.' }],
+      async onSubmit(v) {
+        const r = await api('PUT', '/api/v1/system/settings', { hostname: v.hostname.trim() });
+        toast(r.status === 'unchanged' ? 'Host name unchanged' : 'Host name saved');
+        load();
+      },
+    });
+    const netForm = form({
+      submit: 'Apply network settings', label: 'Change the network settings',
+      fields: [
+        { name: 'mode', label: 'Addressing', type: 'select', options: [['dhcp', 'DHCP'], ['static', 'Static']], value: net.mode },
+        { name: 'interface', label: 'Interface', value: net.interface || '', placeholder: 'first wired interface' },
+        { name: 'address', label: 'Address / prefix (static)', value: net.address || '', placeholder: '192.168.1.20/24' },
+        { name: 'gateway', label: 'Gateway (static)', value: net.gateway || '', placeholder: '192.168.1.1' },
+        { name: 'dns', label: 'Resolvers (static, comma-separated)', value: (net.dns || []).join(', ') },
+        { name: 'confirm_within_s', label: 'Seconds to confirm', type: 'number', value: '120', min: 10, max: 3600, hint: 'Without a confirmation in time, the previous settings come back by themselves.' },
+      ],
+      async onSubmit(v) {
+        const body = {
+          network: { mode: v.mode, interface: v.interface, address: v.address, gateway: v.gateway, dns: v.dns.split(/[\s,]+/).filter(Boolean) },
+          confirm_within_s: Number(v.confirm_within_s) || 120,
+        };
+        const r = await api('PUT', '/api/v1/system/settings', body);
+        toast(r.status === 'pending' ? 'Network settings applied on probation' : 'Network settings unchanged');
+        load();
+      },
+    });
+    const clockBox = h('div');
+    if (clock) {
+      const skew = Math.round(clock.unix - Date.now() / 1000);
+      clockBox.append(kv([['Appliance time', fmtTime(clock.unix * 1000)], ['Difference to this browser', `${skew} s`], ['Source', clock.source || '–']]));
+      if (clock.settable) {
+        clockBox.append(h('button', { type: 'button', id: 'clock-set', onclick: async () => {
+          if (await attempt(() => api('POST', '/api/v1/system/clock', { unix: Math.round(Date.now() / 1000) }), 'Set the clock')) { toast('Clock set'); load(); }
+        } }, "Set the appliance's clock to this browser's time"));
+      }
+    }
+    put(box, section('Host name', ...notes, hostForm),
+      section('Network', live ? h('h3', {}, 'In force') : null, live, pending, h('h3', {}, 'Configured'), netForm),
+      section('Time', clockBox));
+  }
+  await load().catch((e) => put(box, h('p', { class: 'bad' }, e.message)));
+  return box;
 }
 
 // power
