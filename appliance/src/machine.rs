@@ -5,6 +5,7 @@
 //! field), the file is replaced atomically (write, fsync, rename, fsync the folder), and when
 //! init cannot be told the old file is put back. A change to the network can cut the operator
 //! off, so it is on probation: the previous file is kept in `cairn.toml.revert` with a deadline,
+//! the change is applied a second after the answer (so the answer still reaches the operator),
 //! and unless the operator confirms the change (from the new address) before the deadline,
 //! the previous settings are restored and applied again. An unconfirmed change does not survive
 //! a restart of the appliance either: at start, a leftover revert file is rolled back first.
@@ -94,6 +95,9 @@ pub struct Pending {
     pub previous: Option<String>,
     /// Identifies this change, so a stale timer never reverts a newer one.
     pub id: u64,
+    /// Whether init has applied it yet (a change cannot be confirmed before).
+    #[serde(skip)]
+    pub applied: bool,
 }
 
 /// What a successful change did.
@@ -114,6 +118,7 @@ pub struct Machine {
     boot_info: PathBuf,
     control: Arc<Control>,
     pending: Mutex<Option<Pending>>,
+    last_error: Mutex<Option<String>>,
 }
 
 fn now_unix() -> i64 {
@@ -289,6 +294,7 @@ impl Machine {
             boot_info,
             control,
             pending: Mutex::new(None),
+            last_error: Mutex::new(None),
         };
         if let Some(p) = m.read_pending() {
             warn!("machine settings: a network change was never confirmed; rolling it back");
@@ -474,6 +480,7 @@ impl Machine {
             deadline: now_unix() + confirm_s as i64,
             previous: previous.clone(),
             id: u64::from_le_bytes(crate::auth::random_bytes::<8>()),
+            applied: false,
         });
         if let Some(p) = &pending {
             let record = serde_json::to_vec(p).unwrap_or_default();
@@ -484,31 +491,64 @@ impl Machine {
             let _ = remove_durably(&self.revert_path());
             return Err(io_failed("writing cairn.toml", e));
         }
+        if let Some(p) = pending {
+            // Applied by `probation` a moment later, so this answer reaches the operator
+            // before the address it travels on may go away.
+            info!("machine settings: network change on probation for {confirm_s} s");
+            *guard = Some(p.clone());
+            return Ok(Outcome::Pending(p));
+        }
         if let Err(e) = self.apply() {
-            // Put everything back as it was; nothing stays half-applied.
-            let undo = match &previous {
-                Some(t) => write_atomic(&self.config_path(), t.as_bytes()),
-                None => remove_durably(&self.config_path()),
-            };
-            if let Err(u) = undo {
-                warn!("machine settings: undo failed: {u}");
-            }
-            let _ = remove_durably(&self.revert_path());
+            self.put_back(&previous);
             return Err(e);
         }
-        info!(
-            "machine settings changed{}",
-            if net_changed {
-                format!(" (network on probation for {confirm_s} s)")
-            } else {
-                String::new()
+        info!("machine settings changed");
+        Ok(Outcome::Applied)
+    }
+
+    /// Restores the previous file and drops the revert record, without applying.
+    fn put_back(&self, previous: &Option<String>) {
+        let undo = match previous {
+            Some(t) => write_atomic(&self.config_path(), t.as_bytes()),
+            None => remove_durably(&self.config_path()),
+        };
+        if let Err(u) = undo {
+            warn!("machine settings: undo failed: {u}");
+        }
+        if let Err(u) = remove_durably(&self.revert_path()) {
+            warn!("machine settings: removing the revert record failed: {u}");
+        }
+    }
+
+    /// Applies change `id` (written by [`Machine::change`]); if init cannot be told, the
+    /// change is withdrawn and the reason kept for [`Machine::last_error`].
+    pub fn apply_pending(&self, id: u64) {
+        let Ok(mut guard) = self.pending.lock() else {
+            return;
+        };
+        let Some(p) = guard.clone().filter(|p| p.id == id) else {
+            return;
+        };
+        match self.apply() {
+            Ok(()) => {
+                if let Some(p) = guard.as_mut() {
+                    p.applied = true;
+                }
             }
-        );
-        *guard = pending.clone();
-        Ok(match pending {
-            Some(p) => Outcome::Pending(p),
-            None => Outcome::Applied,
-        })
+            Err(e) => {
+                warn!("machine settings: network change withdrawn: {e}");
+                self.put_back(&p.previous);
+                *guard = None;
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Why the last network change could not be applied, if it could not.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Puts the previous file back and applies it.
@@ -528,10 +568,18 @@ impl Machine {
             .pending
             .lock()
             .map_err(|_| MachineError::Failed("settings lock poisoned".into()))?;
-        if guard.is_none() {
-            return Err(MachineError::Conflict(
-                "no change awaits confirmation".into(),
-            ));
+        match &*guard {
+            None => {
+                return Err(MachineError::Conflict(
+                    "no change awaits confirmation".into(),
+                ));
+            }
+            Some(p) if !p.applied => {
+                return Err(MachineError::Conflict(
+                    "the change is still being applied; confirm it from the new address".into(),
+                ));
+            }
+            Some(_) => {}
         }
         remove_durably(&self.revert_path())
             .map_err(|e| io_failed("removing the revert record", e))?;
@@ -576,8 +624,15 @@ impl Machine {
     }
 }
 
-/// Reverts change `id` at its deadline unless it was confirmed or reverted before.
-pub async fn expire(machine: Arc<Machine>, p: Pending) {
+/// Pause between answering a network change and applying it.
+pub const APPLY_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs a network change's probation: applies it after [`APPLY_DELAY`], then reverts it at
+/// its deadline unless it was confirmed or reverted before.
+pub async fn probation(machine: Arc<Machine>, p: Pending) {
+    tokio::time::sleep(APPLY_DELAY).await;
+    let (m, id) = (machine.clone(), p.id);
+    let _ = tokio::task::spawn_blocking(move || m.apply_pending(id)).await;
     let wait = (p.deadline - now_unix()).max(0) as u64;
     tokio::time::sleep(Duration::from_secs(wait)).await;
     let m = machine.clone();
@@ -699,7 +754,14 @@ mod tests {
         assert_eq!(m.settings().hostname, "edge-2");
         assert!(!dir.path().join("etc/cairn.toml.revert").exists());
 
-        m.change(&change).unwrap();
+        let Outcome::Pending(p) = m.change(&change).unwrap() else {
+            panic!()
+        };
+        assert!(
+            matches!(m.confirm(), Err(MachineError::Conflict(_))),
+            "confirmed before it was applied"
+        );
+        m.apply_pending(p.id);
         m.confirm().unwrap();
         assert!(m.pending().is_none());
         assert!(matches!(m.confirm(), Err(MachineError::Conflict(_))));

@@ -114,6 +114,14 @@ async fn settings_are_validated_applied_on_probation_and_reverted_unless_confirm
     )
     .await;
     assert_eq!(st, 202);
+    // Not before it is applied (a second after the answer): nothing was tried yet.
+    let (st, v) = call(
+        s.client()
+            .post(format!("{}/api/v1/system/settings/confirm", s.url)),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (st, v) = call(
         s.client()
             .post(format!("{}/api/v1/system/settings/confirm", s.url)),

@@ -63,6 +63,7 @@ fn view(m: &Machine) -> Value {
             "network": b.network,
         })),
         "overrides": m.overrides(),
+        "last_error": m.last_error(),
     })
 }
 
@@ -88,7 +89,7 @@ async fn change(
         Outcome::Unchanged => (StatusCode::OK, "unchanged"),
         Outcome::Applied => (StatusCode::OK, "applied"),
         Outcome::Pending(p) => {
-            tokio::spawn(crate::machine::expire(m, p.clone()));
+            tokio::spawn(crate::machine::probation(m, p.clone()));
             (StatusCode::ACCEPTED, "pending")
         }
     };
