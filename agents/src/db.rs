@@ -163,6 +163,22 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// One timed host call of a run (the run's trace).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Span {
+    /// The import called (`llm.chat`, `memory.recall`, `http.fetch`, ...).
+    pub name: String,
+    /// What it was about (model, namespace, URL, agent).
+    pub detail: String,
+    /// Start (ms since the epoch).
+    pub start_ms: u64,
+    /// End (ms since the epoch).
+    pub end_ms: u64,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A run: one task on one agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
@@ -194,6 +210,12 @@ pub struct RunRecord {
     pub logs: Vec<LogLine>,
     /// Log lines dropped over the cap.
     pub logs_dropped: u64,
+    /// Host calls, timed (capped like the logs).
+    #[serde(default)]
+    pub spans: Vec<Span>,
+    /// Spans dropped over the cap.
+    #[serde(default)]
+    pub spans_dropped: u64,
 }
 
 /// One audit entry.

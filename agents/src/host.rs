@@ -2,7 +2,7 @@
 //! against the manifest. A denied call returns `error::capability` and is audited; a call over
 //! the task's host-call budget traps the guest.
 
-use crate::db::{Db, LogLine, Usage, now_ms};
+use crate::db::{Db, LogLine, Span, Usage, now_ms};
 use crate::manifest::Manifest;
 use crate::services::{Caller, Chat, ChatMessage, HostError, Services, StreamItem};
 use std::sync::Arc;
@@ -28,6 +28,8 @@ use cairn::agent::{agents, clock, http, kv, llm, log, memory, random};
 pub const MAX_LOG_LINES: usize = 500;
 /// Longest log line kept.
 pub const MAX_LOG_LINE: usize = 4096;
+/// Most spans (timed host calls) kept per run.
+pub const MAX_SPANS: usize = 1000;
 /// Most output a guest may write to stdout and stderr over an instance's life.
 pub const MAX_STDIO: usize = 256 << 10;
 
@@ -67,6 +69,8 @@ pub(crate) struct RunCtx {
     pub max_host_calls: u64,
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
+    pub spans: Vec<Span>,
+    pub spans_dropped: u64,
     pub usage: Usage,
 }
 
@@ -128,9 +132,44 @@ impl HostState {
         Ok(())
     }
 
+    /// Adds a finished host call to the run's trace.
+    fn span(&mut self, name: &str, detail: String, start_ms: u64, error: Option<String>) {
+        if self.run.spans.len() >= MAX_SPANS {
+            self.run.spans_dropped += 1;
+            return;
+        }
+        self.run.spans.push(Span {
+            name: name.into(),
+            detail,
+            start_ms,
+            end_ms: now_ms(),
+            error,
+        });
+    }
+
+    /// Awaits a service call and records it as a span.
+    async fn traced<T>(
+        &mut self,
+        name: &str,
+        detail: String,
+        call: impl std::future::Future<Output = Result<T, HostError>>,
+    ) -> Result<T, Error> {
+        let start = now_ms();
+        let r = call.await;
+        self.span(name, detail, start, r.as_ref().err().map(|e| e.to_string()));
+        r.map_err(to_guest)
+    }
+
     /// Records a refused capability in the audit log and builds the guest's error.
     fn deny(&mut self, capability: &str, detail: String) -> Error {
         let msg = format!("{capability}: {detail}");
+        self.span(
+            &format!("{capability} (denied)"),
+            detail.clone(),
+            now_ms(),
+            Some("capability".into()),
+        );
+        self.services.event("agent.denied", self.name(), &msg);
         if let Err(e) = self.db.audit(
             Some(self.name()),
             Some(&self.run.id),
@@ -281,7 +320,13 @@ impl HostState {
     async fn do_chat(&mut self, chat: Chat) -> Result<ChatReply, Error> {
         let caller = self.caller();
         let services = self.services.clone();
-        let a = services.chat(&caller, chat).await.map_err(to_guest)?;
+        let detail = chat
+            .model
+            .clone()
+            .unwrap_or_else(|| "router's choice".into());
+        let a = self
+            .traced("llm.chat", detail, services.chat(&caller, chat))
+            .await?;
         self.account(&a.model, a.prompt_tokens, a.completion_tokens, a.cost_usd);
         Ok(ChatReply {
             text: a.text,
@@ -343,7 +388,10 @@ impl llm::Host for HostState {
         }
         let caller = self.caller();
         let services = self.services.clone();
-        Ok(services.embed(&caller, texts).await.map_err(to_guest))
+        let detail = format!("{} texts", texts.len());
+        Ok(self
+            .traced("llm.embed", detail, services.embed(&caller, texts))
+            .await)
     }
 
     async fn stream_chat(
@@ -357,9 +405,20 @@ impl llm::Host for HostState {
         };
         let caller = self.caller();
         let services = self.services.clone();
-        match services.chat_stream(&caller, chat).await {
+        let detail = chat
+            .model
+            .clone()
+            .unwrap_or_else(|| "router's choice".into());
+        match self
+            .traced(
+                "llm.stream_chat",
+                detail,
+                services.chat_stream(&caller, chat),
+            )
+            .await
+        {
             Ok(rx) => Ok(Ok(self.table.push(ChatStreamState { rx, done: false })?)),
-            Err(e) => Ok(Err(to_guest(e))),
+            Err(e) => Ok(Err(e)),
         }
     }
 }
@@ -414,10 +473,14 @@ impl memory::Host for HostState {
         }
         let caller = self.caller();
         let services = self.services.clone();
-        Ok(services
-            .remember(&caller, namespace, tier, text, metadata)
-            .await
-            .map_err(to_guest))
+        let detail = format!("{namespace} ({tier})");
+        Ok(self
+            .traced(
+                "memory.remember",
+                detail,
+                services.remember(&caller, namespace, tier, text, metadata),
+            )
+            .await)
     }
 
     async fn recall(
@@ -432,8 +495,13 @@ impl memory::Host for HostState {
         }
         let caller = self.caller();
         let services = self.services.clone();
-        Ok(services
-            .recall(&caller, namespace, query, k)
+        let detail = namespace.clone();
+        Ok(self
+            .traced(
+                "memory.recall",
+                detail,
+                services.recall(&caller, namespace, query, k),
+            )
             .await
             .map(|hits| {
                 hits.into_iter()
@@ -445,8 +513,7 @@ impl memory::Host for HostState {
                         score: h.score,
                     })
                     .collect()
-            })
-            .map_err(to_guest))
+            }))
     }
 }
 
@@ -470,10 +537,14 @@ impl agents::Host for HostState {
         let mut ancestry = self.run.ancestry.clone();
         ancestry.push(self.manifest.name.clone());
         let from = self.manifest.name.clone();
-        Ok(peers
-            .send(&from, &ancestry, &to, body)
-            .await
-            .map_err(to_guest))
+        let detail = to.clone();
+        Ok(self
+            .traced(
+                "agents.send",
+                detail,
+                peers.send(&from, &ancestry, &to, body),
+            )
+            .await)
     }
 
     async fn spawn(
@@ -495,10 +566,14 @@ impl agents::Host for HostState {
         let mut ancestry = self.run.ancestry.clone();
         ancestry.push(self.manifest.name.clone());
         let parent = self.run.id.clone();
-        Ok(peers
-            .spawn(&parent, &ancestry, &agent, input)
-            .await
-            .map_err(to_guest))
+        let detail = agent.clone();
+        Ok(self
+            .traced(
+                "agents.spawn",
+                detail,
+                peers.spawn(&parent, &ancestry, &agent, input),
+            )
+            .await)
     }
 }
 
@@ -558,15 +633,19 @@ impl http::Host for HostState {
         }
         let caller = self.caller();
         let services = self.services.clone();
-        Ok(services
-            .http(&caller, method, url, headers, body)
+        let detail = format!("{method} {url}");
+        Ok(self
+            .traced(
+                "http.fetch",
+                detail,
+                services.http(&caller, method, url, headers, body),
+            )
             .await
             .map(|a| http::Response {
                 status: a.status,
                 headers: a.headers,
                 body: a.body,
-            })
-            .map_err(to_guest))
+            }))
     }
 }
 

@@ -929,12 +929,23 @@ impl Shared {
             usage: Usage::default(),
             logs: Vec::new(),
             logs_dropped: 0,
+            spans: Vec::new(),
+            spans_dropped: 0,
         };
         let refuse = |run: &mut RunRecord, why: String| -> Result<(), AgentError> {
             run.status = RunStatus::Refused;
             run.error = Some(why);
             run.finished_ms = Some(now_ms());
             self.db.put_run(run, true)?;
+            self.services.event(
+                "agent.run",
+                &run.agent,
+                &format!(
+                    "run {} refused: {}",
+                    run.id,
+                    run.error.as_deref().unwrap_or("")
+                ),
+            );
             Ok(())
         };
         if matches!(rec.state, AgentState::Stopped | AgentState::Failed) {
@@ -1008,6 +1019,19 @@ impl Shared {
             if let Err(e) = me.db.put_run(&finished, true) {
                 tracing::error!(run = %finished.id, error = %e, "could not store a finished run");
             }
+            let took = finished
+                .finished_ms
+                .unwrap_or(0)
+                .saturating_sub(finished.started_ms.unwrap_or(finished.created_ms));
+            let status = serde_json::to_value(finished.status)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let mut message = format!("run {} {status} in {took} ms", finished.id);
+            if let Some(e) = &finished.error {
+                message.push_str(&format!(": {e}"));
+            }
+            me.services.event("agent.run", &finished.agent, &message);
             finished
         });
         Ok((id, fut))
@@ -1057,6 +1081,8 @@ impl Shared {
         run.status = RunStatus::Running;
         run.started_ms = Some(now_ms());
         let _ = self.db.put_run(run, false);
+        self.services
+            .event("agent.run", &run.agent, &format!("run {} started", run.id));
         let mut inst = match self.instance(&run.agent, loaded).await {
             Ok(i) => i,
             Err(e) => {
@@ -1115,6 +1141,8 @@ impl Shared {
         };
         run.logs = ctx.logs;
         run.logs_dropped = ctx.logs_dropped;
+        run.spans = ctx.spans;
+        run.spans_dropped = ctx.spans_dropped;
         if keep {
             self.put_back(loaded, inst);
         }

@@ -164,6 +164,11 @@ pub trait Services: Send + Sync + 'static {
     fn record_score(&self, model: &str, task_kind: &str, score: f64) {
         let _ = (model, task_kind, score);
     }
+    /// Something operators may want to watch happened (`kind` such as `agent.run`, `subject`
+    /// the agent): the appliance puts it on its event stream. The default drops it.
+    fn event(&self, kind: &str, subject: &str, message: &str) {
+        let _ = (kind, subject, message);
+    }
 }
 
 /// Services for a runtime with no router, memory or network: every call is `unavailable`.

@@ -149,6 +149,15 @@ async fn calls_outside_capabilities_fail_and_are_audited() {
             "{input}: {err}"
         );
         assert!(err.contains(capability), "{input}: {err}");
+        // The refusal is in the run's trace too.
+        assert!(
+            run.spans
+                .iter()
+                .any(|sp| sp.name == format!("{capability} (denied)")
+                    && sp.error.as_deref() == Some("capability")),
+            "{input}: {:?}",
+            run.spans
+        );
     }
     let denied: Vec<_> = rt
         .audit(100)
@@ -190,6 +199,10 @@ async fn calls_outside_capabilities_fail_and_are_audited() {
     );
     let fetched = rt.run("hostile", "egress".into(), None).await.unwrap();
     assert_eq!(fetched.output.as_deref(), Some("fetched"), "{fetched:?}");
+    assert_eq!(fetched.spans.len(), 1, "{fetched:?}");
+    assert_eq!(fetched.spans[0].name, "http.fetch");
+    assert!(fetched.spans[0].detail.ends_with("https://example.com/"));
+    assert_eq!(spawned.spans[0].name, "agents.spawn");
     assert_eq!(
         services.seen.lock().unwrap().http,
         vec!["https://example.com/".to_string()]
@@ -519,6 +532,24 @@ async fn llm_agents_go_through_services_and_quotas_refuse_before_work() {
         .await
         .unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    // Its trace: recall, then the chat, then remember, in order, within the run's time.
+    let names: Vec<&str> = run.spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["memory.recall", "llm.chat", "memory.remember"],
+        "{run:?}"
+    );
+    let (started, finished) = (run.started_ms.unwrap(), run.finished_ms.unwrap());
+    for pair in run.spans.windows(2) {
+        assert!(pair[0].end_ms <= pair[1].start_ms, "{:?}", run.spans);
+    }
+    assert!(
+        run.spans
+            .iter()
+            .all(|s| started <= s.start_ms && s.start_ms <= s.end_ms && s.end_ms <= finished),
+        "{run:?}"
+    );
+    assert_eq!(run.spans[0].detail, "agent:researcher");
     {
         let seen = services.seen.lock().unwrap();
         assert!(
