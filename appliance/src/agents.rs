@@ -330,4 +330,17 @@ impl Services for ApplianceServices {
     fn record_score(&self, model: &str, task_kind: &str, score: f64) {
         self.router.record_score(model, task_kind, score);
     }
+
+    fn event(&self, kind: &str, subject: &str, message: &str) {
+        let problem = kind.ends_with(".denied")
+            || [" failed", " refused", " killed"]
+                .iter()
+                .any(|w| message.contains(w));
+        crate::events::emit(
+            kind,
+            subject,
+            if problem { "warn" } else { "info" },
+            message,
+        );
+    }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod console;
 pub mod control;
+pub mod events;
 pub mod inference;
 pub mod logbuf;
 pub mod machine;

@@ -495,6 +495,12 @@ impl Machine {
             // Applied by `probation` a moment later, so this answer reaches the operator
             // before the address it travels on may go away.
             info!("machine settings: network change on probation for {confirm_s} s");
+            crate::events::emit(
+                "machine.settings",
+                "network",
+                "info",
+                format!("network change on probation for {confirm_s} s"),
+            );
             *guard = Some(p.clone());
             return Ok(Outcome::Pending(p));
         }
@@ -503,6 +509,7 @@ impl Machine {
             return Err(e);
         }
         info!("machine settings changed");
+        crate::events::emit("machine.settings", "hostname", "info", "host name changed");
         Ok(Outcome::Applied)
     }
 
@@ -537,6 +544,12 @@ impl Machine {
             }
             Err(e) => {
                 warn!("machine settings: network change withdrawn: {e}");
+                crate::events::emit(
+                    "machine.settings",
+                    "network",
+                    "error",
+                    format!("network change withdrawn: {e}"),
+                );
                 self.put_back(&p.previous);
                 *guard = None;
                 if let Ok(mut last) = self.last_error.lock() {
@@ -585,6 +598,12 @@ impl Machine {
             .map_err(|e| io_failed("removing the revert record", e))?;
         *guard = None;
         info!("machine settings: network change confirmed");
+        crate::events::emit(
+            "machine.settings",
+            "network",
+            "info",
+            "network change confirmed",
+        );
         Ok(())
     }
 
@@ -602,6 +621,12 @@ impl Machine {
         self.restore(&p)?;
         *guard = None;
         info!("machine settings: network change reverted");
+        crate::events::emit(
+            "machine.settings",
+            "network",
+            "warn",
+            "network change reverted (previous settings restored)",
+        );
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub(super) fn routes() -> Routes {
         .route("/api/v1/system", get(system))
         .route("/api/v1/system/power", post(power))
         .route("/api/v1/system/logs", get(logs))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/tls", get(tls).put(replace_tls))
 }
 
@@ -150,6 +151,32 @@ async fn logs(
         limit,
     );
     Ok(Json(json!({"lines": lines, "next": next})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    since: Option<u64>,
+    kind: Option<String>,
+    subject: Option<String>,
+    contains: Option<String>,
+    problems: Option<bool>,
+    limit: Option<usize>,
+}
+
+/// The structured event stream: `?since=SEQ&kind=agent&subject=NAME&contains=TEXT&problems=true`.
+async fn events(axum::extract::Query(q): axum::extract::Query<EventsQuery>) -> Json<Value> {
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let f = crate::events::Filter {
+        since: q.since.unwrap_or(0),
+        kind: nonempty(q.kind),
+        subject: nonempty(q.subject),
+        contains: nonempty(q.contains),
+        problems: q.problems.unwrap_or(false),
+    };
+    let limit = q.limit.unwrap_or(200).clamp(1, crate::events::CAPACITY);
+    let (events, next) = crate::events::read(&f, limit);
+    Json(json!({"events": events, "next": next}))
 }
 
 async fn tls(State(s): State<Shared>) -> Json<Value> {

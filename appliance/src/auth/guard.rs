@@ -191,6 +191,18 @@ pub async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Res
 
 /// Writes an audit entry off the request path.
 pub fn record_later(auth: std::sync::Arc<super::Auth>, entry: AuditEntry) {
+    let (kind, level) = match (entry.path.as_str(), entry.status) {
+        ("/api/v1/auth/login" | "/api/v1/auth/onboard", 200) => ("auth.login", "info"),
+        ("/api/v1/auth/login" | "/api/v1/auth/onboard", _) => ("auth.login", "warn"),
+        (_, s) if s >= 400 => ("operator.action", "warn"),
+        _ => ("operator.action", "info"),
+    };
+    crate::events::emit(
+        kind,
+        &entry.actor,
+        level,
+        format!("{} {} → {}", entry.method, entry.path, entry.status),
+    );
     tokio::task::spawn_blocking(move || {
         if let Err(e) = auth.record(&entry) {
             tracing::warn!("audit: {e}");

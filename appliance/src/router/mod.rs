@@ -674,6 +674,21 @@ struct Accountant {
 
 impl Accountant {
     fn record(&self, provider: &str, model: &str, row: UsageRow) {
+        let (level, what) = if row.calls > 0 {
+            (
+                "info",
+                format!(
+                    "{} → {provider}/{model}: {} + {} tokens, ${:.4}",
+                    self.caller, row.prompt_tokens, row.completion_tokens, row.cost_usd
+                ),
+            )
+        } else {
+            (
+                "warn",
+                format!("{} → {provider}/{model}: attempt failed", self.caller),
+            )
+        };
+        crate::events::emit("router.call", provider, level, what);
         if !self.ledger.persistent() {
             return;
         }
@@ -706,7 +721,17 @@ impl Accountant {
         if let Ok(mut h) = self.health.lock()
             && let Some(h) = h.get_mut(provider)
         {
-            h.breaker.failure(Instant::now());
+            let now = Instant::now();
+            let before = h.breaker.state(now);
+            h.breaker.failure(now);
+            if before != BreakerState::Open && h.breaker.state(now) == BreakerState::Open {
+                crate::events::emit(
+                    "router.breaker",
+                    provider,
+                    "warn",
+                    "breaker opened: calls skip this provider until a probe succeeds",
+                );
+            }
         }
     }
 }
