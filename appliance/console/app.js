@@ -645,8 +645,34 @@ function runView(r) {
     ['Usage', `${r.usage.prompt_tokens} prompt + ${r.usage.completion_tokens} completion tokens, ${fmtUsd(r.usage.cost_usd)}, fuel ${r.usage.fuel}, ${r.usage.host_calls} host calls`],
     r.error ? ['Error', h('span', { class: 'bad' }, r.error)] : null,
   ]), h('h3', {}, 'Output'), h('pre', { class: 'output' }, r.output ?? '(none)'),
+  h('h3', {}, 'Trace'), waterfall(r),
   h('h3', {}, 'Logs'), (r.logs || []).length ? h('pre', {}, r.logs.map((l) => `${new Date(l.ms).toISOString()} ${l.level} ${l.message}`).join('\n')) : h('p', { class: 'muted' }, 'No log lines.'),
   r.logs_dropped ? h('p', { class: 'warn' }, `${r.logs_dropped} log lines were dropped.`) : null);
+}
+
+/** A run's trace as a waterfall: waiting, running, and each host call on one time axis. */
+function waterfall(r) {
+  const t0 = r.created_ms;
+  const t1 = Math.max(r.finished_ms || Date.now(), ...(r.spans || []).map((x) => x.end_ms));
+  const total = Math.max(1, t1 - t0);
+  const rows = [{ name: 'queued', detail: '', start_ms: t0, end_ms: r.started_ms || t1 }];
+  if (r.started_ms) rows.push({ name: 'run', detail: r.agent, start_ms: r.started_ms, end_ms: r.finished_ms || t1, error: r.error });
+  rows.push(...(r.spans || []));
+  const list = h('ol', { class: 'waterfall', 'aria-label': `Trace of run ${r.id}` });
+  for (const x of rows) {
+    const ms = x.end_ms - x.start_ms;
+    const bar = h('span', { class: `wf-bar${x.error ? ' failed' : ''}`, 'aria-hidden': 'true' });
+    // CSSOM, not a style attribute: the console's CSP forbids inline styles.
+    bar.style.marginLeft = `${((x.start_ms - t0) / total) * 100}%`;
+    bar.style.width = `${Math.max(0.4, (ms / total) * 100)}%`;
+    const label = `${x.name}${x.detail ? ` · ${x.detail}` : ''}`;
+    list.append(h('li', { class: 'wf-row' },
+      h('span', { class: 'wf-label', title: label }, label),
+      h('span', { class: 'wf-track' }, bar),
+      h('span', { class: 'wf-ms' }, `${ms} ms${x.start_ms > t0 ? ` at +${x.start_ms - t0}` : ''}${x.error ? ` · ${x.error}` : ''}`)));
+  }
+  if (r.spans_dropped) list.append(h('li', { class: 'warn' }, `${r.spans_dropped} more host calls were not kept.`));
+  return list;
 }
 
 // workflows
@@ -873,9 +899,48 @@ async function pageEvents(m) {
     out.textContent = lines.join('\n') || '(no lines yet)';
     note.textContent = `Live: the appliance's last ${lines.length} log lines, newest last, refreshed every 3 s.`;
   }
-  m.append(section('Log', f, note, out),
-    unavailable('Event stream', 'This version has no structured event stream; the log above is its running record. Capability denials and operator actions are on the Audit page.'));
+  m.append(eventStream(), section('Log', f, note, out));
   every(3000, () => tick().catch((e) => { note.textContent = e.message; }));
+}
+
+const EVENT_KINDS = [['', 'all kinds'], ['agent', 'agents'], ['agent.run', 'agent runs'], ['agent.denied', 'capability denials'],
+  ['router', 'router'], ['router.call', 'model calls'], ['router.breaker', 'breakers'], ['auth.login', 'logins'],
+  ['operator.action', 'operator actions'], ['machine.settings', 'machine settings']];
+
+/** The structured event stream, newest first, with filters; polled every 2 s. */
+function eventStream() {
+  const rows = h('div', { 'aria-live': 'polite' });
+  const note = h('p', { class: 'muted' });
+  let since = 0;
+  let events = [];
+  const f = form({
+    submit: 'Filter', label: 'Filter events',
+    fields: [
+      { name: 'kind', label: 'Kind', type: 'select', options: EVENT_KINDS, value: '' },
+      { name: 'subject', label: 'Subject', placeholder: 'agent, provider or user' },
+      { name: 'contains', label: 'Message containing' },
+      { name: 'problems', label: 'Only warnings and errors', type: 'checkbox', value: false },
+    ],
+    async onSubmit() { since = 0; events = []; await tick(); },
+  });
+  async function tick() {
+    const i = f.inputs;
+    const q = new URLSearchParams({ since: String(since), limit: '500' });
+    if (i.kind.value) q.set('kind', i.kind.value);
+    if (i.subject.value.trim()) q.set('subject', i.subject.value.trim());
+    if (i.contains.value.trim()) q.set('contains', i.contains.value.trim());
+    if (i.problems.checked) q.set('problems', 'true');
+    const r = await api('GET', `/api/v1/events?${q}`);
+    since = r.next;
+    events = events.concat(r.events).slice(-500);
+    put(rows, table([
+      ['Time', (e) => fmtTime(e.time_ms)], ['Kind', (e) => h('code', {}, e.kind)], ['Subject', (e) => e.subject],
+      ['Event', (e) => h('span', { class: e.level === 'info' ? '' : e.level === 'warn' ? 'warn' : 'bad' }, e.message)],
+    ], events.slice().reverse(), 'No events match yet.'));
+    note.textContent = `Live: ${events.length} events, newest first, refreshed every 2 s.`;
+  }
+  every(2000, () => tick().catch((e) => { note.textContent = e.message; }));
+  return section('Event stream', f, note, rows);
 }
 
 async function pageAudit(m) {
