@@ -293,6 +293,24 @@ pub enum ManageCommand {
     /// Appliance settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Host name, network and clock (admin to change).
+    #[command(subcommand)]
+    Machine(MachineCommand),
+    /// The structured event stream, oldest first.
+    Events {
+        /// Kind or kind prefix (`agent`, `router.call`, `operator.action`, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Exact subject (an agent, a provider, a user).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only warnings and errors.
+        #[arg(long)]
+        problems: bool,
+        /// Events to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -351,6 +369,44 @@ pub enum SettingsCommand {
         /// The value.
         value: String,
     },
+}
+
+/// `cairn machine …`.
+#[derive(Subcommand, Debug)]
+pub enum MachineCommand {
+    /// Configured and in-force settings, and a change on probation.
+    Show,
+    /// Sets the host name (applied at once).
+    Hostname {
+        /// RFC 1123 label.
+        name: String,
+    },
+    /// Changes the network; on probation until `cairn machine confirm`.
+    Network {
+        /// `dhcp` or `static`.
+        mode: String,
+        /// Static address with prefix, e.g. 192.168.1.20/24.
+        #[arg(long)]
+        address: Option<String>,
+        /// Static gateway.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Static resolver (repeatable, up to 3).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Interface (default: the first wired one).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Seconds to confirm before the previous settings come back.
+        #[arg(long, default_value_t = 120)]
+        confirm_within: u64,
+    },
+    /// Keeps the network change on probation (run it against the new address).
+    Confirm,
+    /// Reverts the network change on probation now.
+    Revert,
+    /// Sets the appliance's clock to this computer's time.
+    SetClock,
 }
 
 /// `cairn token …`.
@@ -473,6 +529,99 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
                     .send(api.put(&format!("/api/v1/settings/{key}")).json(&value))
                     .await?;
                 println!("{key} = {}", v["value"]);
+            }
+            ManageCommand::Machine(MachineCommand::Show) => {
+                print_json(&api.send(api.get("/api/v1/system/settings")).await?);
+            }
+            ManageCommand::Machine(MachineCommand::Hostname { name }) => {
+                let body = serde_json::json!({ "hostname": name });
+                let v = api
+                    .send(api.put("/api/v1/system/settings").json(&body))
+                    .await?;
+                println!("host name {}: {}", v["settings"]["hostname"], v["status"]);
+            }
+            ManageCommand::Machine(MachineCommand::Network {
+                mode,
+                address,
+                gateway,
+                dns,
+                interface,
+                confirm_within,
+            }) => {
+                let body = serde_json::json!({
+                    "network": {"mode": mode, "address": address, "gateway": gateway,
+                                "dns": dns, "interface": interface},
+                    "confirm_within_s": confirm_within,
+                });
+                let v = api
+                    .send(api.put("/api/v1/system/settings").json(&body))
+                    .await?;
+                if v["status"] == "pending" {
+                    println!(
+                        "network change applied on probation: run `cairn machine confirm` against \
+                         the new address within {} s, or the previous settings come back",
+                        v["pending"]["remaining_s"]
+                    );
+                } else {
+                    println!("network settings {}", v["status"]);
+                }
+            }
+            ManageCommand::Machine(MachineCommand::Confirm) => {
+                api.send(api.post("/api/v1/system/settings/confirm"))
+                    .await?;
+                println!("network settings kept");
+            }
+            ManageCommand::Machine(MachineCommand::Revert) => {
+                api.send(api.post("/api/v1/system/settings/revert")).await?;
+                println!("previous network settings restored");
+            }
+            ManageCommand::Machine(MachineCommand::SetClock) => {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
+                let body = serde_json::json!({ "unix": unix });
+                api.send(api.post("/api/v1/system/clock").json(&body))
+                    .await?;
+                println!("appliance clock set to {unix}");
+            }
+            ManageCommand::Events {
+                kind,
+                subject,
+                problems,
+                limit,
+            } => {
+                let mut req = api
+                    .get("/api/v1/events")
+                    .query(&[("limit", limit.to_string())]);
+                if let Some(k) = kind {
+                    req = req.query(&[("kind", k)]);
+                }
+                if let Some(s) = subject {
+                    req = req.query(&[("subject", s)]);
+                }
+                if problems {
+                    req = req.query(&[("problems", "true")]);
+                }
+                let v = api.send(req).await?;
+                for e in v["events"].as_array().into_iter().flatten() {
+                    let when = e["time_ms"]
+                        .as_i64()
+                        .and_then(|ms| {
+                            time::OffsetDateTime::from_unix_timestamp_nanos(
+                                i128::from(ms) * 1_000_000,
+                            )
+                            .ok()
+                        })
+                        .map(crate::logbuf::rfc3339)
+                        .unwrap_or_default();
+                    println!(
+                        "{when} {:5} {:16} {:12} {}",
+                        e["level"].as_str().unwrap_or(""),
+                        e["kind"].as_str().unwrap_or(""),
+                        e["subject"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    );
+                }
             }
             ManageCommand::Token(TokenCommand::List) => {
                 print_json(&api.send(api.get("/api/v1/auth/tokens")).await?);

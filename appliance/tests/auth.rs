@@ -630,6 +630,54 @@ async fn remote_cli_pins_on_first_contact_and_uses_the_api() {
     assert!(ok && out.contains("listening on"), "{out}");
     let (ok, out, _) = cli(&config, &["audit"]);
     assert!(ok && out.contains("/api/v1/settings/site"), "{out}");
+    // Machine settings: the host name at once, a network change on probation, a bad value
+    // refused with the field's message; the event stream shows the operator's actions.
+    let (ok, out, err) = cli(&config, &["machine", "hostname", "cli-box"]);
+    assert!(
+        ok && out.contains("cli-box") && out.contains("applied"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = cli(
+        &config,
+        &[
+            "machine",
+            "network",
+            "static",
+            "--address",
+            "10.4.0.9/24",
+            "--gateway",
+            "10.5.0.1",
+        ],
+    );
+    assert!(
+        !ok && err.contains("422") && err.contains("10.5.0.1"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "machine",
+            "network",
+            "static",
+            "--address",
+            "10.4.0.9/24",
+            "--dns",
+            "10.4.0.1",
+        ],
+    );
+    assert!(ok && out.contains("cairn machine confirm"), "{out}{err}");
+    let (ok, out, err) = cli(&config, &["machine", "revert"]);
+    assert!(ok && out.contains("restored"), "{out}{err}");
+    let (ok, out, _) = cli(&config, &["machine", "show"]);
+    let shown: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    assert!(ok && shown["settings"]["hostname"] == "cli-box", "{out}");
+    assert_eq!(shown["settings"]["network"]["mode"], "dhcp", "{out}");
+    let (ok, out, _) = cli(&config, &["events", "--kind", "machine"]);
+    assert!(
+        ok && out.contains("machine.settings") && out.contains("reverted"),
+        "{out}"
+    );
+    assert!(!out.contains("operator.action"), "{out}");
 
     // A reader token made with the CLI may read but not write.
     let (ok, reader, err) = cli(
