@@ -79,6 +79,9 @@ fn console_modules() -> Result<()> {
     )
 }
 
+/// The profile of the optimised test steps (release code generation, no LTO link).
+const TEST_PROFILE: &str = "test-release";
+
 /// Runs everything.
 pub fn test(opts: &TestOptions) -> Result<()> {
     let started = Instant::now();
@@ -132,17 +135,23 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         &build::repo_root().join("tests/openai/requirements.txt"),
     )?;
     step(
-        "model tests (release)",
+        "model tests (optimised)",
         cargo()
-            .args(["test", "--release", "--locked", "-p", "cairn-models"])
+            .args([
+                "test",
+                "--profile",
+                TEST_PROFILE,
+                "--locked",
+                "-p",
+                "cairn-models",
+            ])
             .args(["--", "--ignored"]),
     )?;
-    // Only the appliance's test targets that hold model tests: every release test binary is
-    // a full LTO link, minutes each on a small machine.
+    // Only the appliance's test targets that hold model tests (the rest ran above).
     step(
-        "OpenAI-client, router and console chat tests on the models (release)",
+        "OpenAI-client, router and console chat tests on the models (optimised)",
         cargo()
-            .args(["test", "--release", "--locked", "-p", "cairn"])
+            .args(["test", "--profile", TEST_PROFILE, "--locked", "-p", "cairn"])
             .args([
                 "--test",
                 "openai_client",
@@ -160,7 +169,14 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     step(
         "aarch64 kernel tests (qemu-aarch64 -cpu max)",
         cargo()
-            .args(["test", "--release", "--locked", "-p", "cairn-models"])
+            .args([
+                "test",
+                "--profile",
+                TEST_PROFILE,
+                "--locked",
+                "-p",
+                "cairn-models",
+            ])
             .args([
                 "--target",
                 "aarch64-unknown-linux-musl",
