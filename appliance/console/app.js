@@ -1011,9 +1011,27 @@ async function pageSettings(m) {
     section('API tokens', tokens, h('h3', {}, 'New token'), tokenForm, fresh),
     section('Password', pw),
     await machineSections(),
+    await offlineSection(),
     section('Certificate', kv([['SHA-256 fingerprint', h('code', { id: 'tls-fp' }, sys.tls_fingerprint)]]), h('p', { class: 'muted' }, 'Compare it with the fingerprint on the appliance console before trusting this connection.'),
       h('h3', {}, 'Replace the certificate'), certForm()));
   await loadTokens().catch((e) => put(tokens, h('p', { class: 'bad' }, e.message)));
+}
+
+/** Offline mode: no remote provider and no agent egress (the router's setting). */
+async function offlineSection() {
+  const st = await api('GET', '/api/v1/router').catch(() => null);
+  if (!st) return section('Offline mode', h('p', { class: 'bad' }, 'The router did not answer.'));
+  const state = h('p', { id: 'offline-state' }, st.settings.offline ? 'Offline: nothing leaves the appliance.' : 'Online: remote providers and granted agent egress are allowed.');
+  const f = form({
+    submit: 'Save offline mode', label: 'Offline mode',
+    fields: [{ name: 'offline', label: 'Offline: never call remote providers, refuse all agent egress', type: 'checkbox', value: st.settings.offline }],
+    async onSubmit(v) {
+      const r = await api('PUT', '/api/v1/router/settings', { offline: v.offline });
+      state.textContent = r.offline ? 'Offline: nothing leaves the appliance.' : 'Online: remote providers and granted agent egress are allowed.';
+      toast(r.offline ? 'Offline mode on' : 'Offline mode off');
+    },
+  });
+  return section('Offline mode', state, f);
 }
 
 /** Replaces the served certificate with one the site's CA issued (PEM certificate chain + key). */

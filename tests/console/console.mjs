@@ -280,6 +280,15 @@ if (phase === 'chat') {
     await shot(page, 'settings-network-probation');
     await page.getByRole('button', { name: 'Revert now', exact: true }).click();
     await until(async () => (await page.locator('.pending').count()) === 0 && (await page.getByLabel('Addressing', { exact: true }).inputValue()) === 'dhcp', 'the previous (DHCP) settings back');
+    // Offline mode on, then off again.
+    const offline = page.getByLabel('Offline: never call remote providers, refuse all agent egress', { exact: true });
+    for (const on of [true, false]) {
+      await offline.setChecked(on);
+      await page.getByRole('button', { name: 'Save offline mode', exact: true }).click();
+      await until(async () => ((await page.locator('#offline-state').textContent()) || '').startsWith(on ? 'Offline' : 'Online'), `offline mode ${on ? 'on' : 'off'}`);
+      const r = await page.request.get(`${base}/api/v1/router/settings`);
+      if ((await r.json()).offline !== on) throw new Error(`the router's offline setting is not ${on}`);
+    }
   });
 
   await scenario('audit lists the operator actions', page, async () => {
