@@ -814,15 +814,43 @@ async function pageMemory(m) {
 
 // models and routing
 
+/** A model's state: loaded, loading with a progress bar, failed, or a Load button. */
+function modelState(x, reload) {
+  if (x.loaded) return h('span', { class: 'badge ok' }, 'loaded');
+  if (x.load && x.load.error) {
+    return h('span', {}, h('span', { class: 'bad' }, `failed: ${x.load.error}`), ' ', h('button', { type: 'button', class: 'secondary', onclick: () => startLoad(x.id, reload) }, 'Retry'));
+  }
+  if (x.load) {
+    const bar = h('progress', { max: x.load.total || 1, 'aria-label': `Loading ${x.id}` });
+    if (x.load.total) bar.value = x.load.done;
+    return h('span', { class: 'loading' }, bar, ` ${x.load.total ? Math.round((100 * x.load.done) / x.load.total) : 0}% · ${fmtSecs(Math.round((Date.now() - x.load.started_ms) / 1000))}`);
+  }
+  return h('button', { type: 'button', 'aria-label': `load ${x.id}`, onclick: () => startLoad(x.id, reload) }, 'Load');
+}
+
+async function startLoad(id, reload) {
+  if (await attempt(() => api('POST', `/api/v1/models/${encodeURIComponent(id)}/load`), `Load ${id}`)) reload();
+}
+
 async function pageModels(m) {
   const local = h('div');
+  let polling = null;
+  async function loadLocal() {
+    const lm = await api('GET', '/api/v1/models');
+    put(local, h('p', { class: 'muted' }, `Device: ${lm.device}`), (lm.warnings || []).map((w) => h('p', { class: 'bad' }, w)),
+      table([['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Origin', (x) => x.origin], ['State', (x) => modelState(x, loadLocal)]], lm.models, 'No local models are installed.'));
+    // Poll while a load runs; stop when none does.
+    const busy = lm.models.some((x) => x.load && !x.load.error);
+    if (busy && !polling) { polling = setInterval(() => loadLocal().catch(() => {}), 500); page.timers.push(polling); }
+    if (!busy && polling) { clearInterval(polling); polling = null; }
+  }
   const providers = h('div');
   const breakers = h('div');
   const usage = h('div');
   const policyBox = h('div');
   async function load() {
-    const [lm, pr, st, br, us] = await Promise.all([api('GET', '/v1/models'), api('GET', '/api/v1/router/providers'), api('GET', '/api/v1/router'), api('GET', '/api/v1/router/breakers'), api('GET', '/api/v1/router/usage?days=7')]);
-    put(local, table([['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Loaded', (x) => (x.loaded ? 'yes' : 'no')]], lm.data, 'No local models are installed.'));
+    const [pr, st, br, us] = await Promise.all([api('GET', '/api/v1/router/providers'), api('GET', '/api/v1/router'), api('GET', '/api/v1/router/breakers'), api('GET', '/api/v1/router/usage?days=7')]);
+    await loadLocal();
     put(providers, table([
       ['Name', (p) => p.name], ['Kind', (p) => p.kind], ['Base URL', (p) => p.base_url], ['Models', (p) => p.models.map((x) => x.id).join(', ')],
       ['Key', (p) => (p.key_set ? 'set' : 'none')], ['Enabled', (p) => (p.enabled ? 'yes' : 'no')],

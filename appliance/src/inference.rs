@@ -96,6 +96,28 @@ pub struct ModelEntry {
     pub loaded: bool,
     /// Where it comes from (`catalog` or `registered`).
     pub origin: &'static str,
+    /// A load under way, or the last one that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadState>,
+}
+
+/// A model load under way (or failed).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LoadState {
+    /// Steps done (layers, then embeddings and head).
+    pub done: usize,
+    /// Steps in all (0 until the file's header is read).
+    pub total: usize,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a model is not available.
@@ -146,6 +168,8 @@ pub struct Inference {
     embed: Mutex<BTreeMap<String, Arc<Embedder>>>,
     /// Serialises loads so two first requests do not load one model twice.
     loading: Mutex<()>,
+    /// Loads under way and failed ones, by model id.
+    loads: Mutex<BTreeMap<String, LoadState>>,
     /// Problems found at start (a broken registry), reported by the system API.
     warnings: Vec<String>,
 }
@@ -230,6 +254,7 @@ impl Inference {
                             path,
                             loaded: false,
                             origin: "catalog",
+                            load: None,
                         },
                     );
                 }
@@ -250,6 +275,7 @@ impl Inference {
                                 path: r.path,
                                 loaded: false,
                                 origin: "registered",
+                                load: None,
                             },
                         );
                     }
@@ -267,6 +293,7 @@ impl Inference {
             chat: Mutex::new(BTreeMap::new()),
             embed: Mutex::new(BTreeMap::new()),
             loading: Mutex::new(()),
+            loads: Mutex::new(BTreeMap::new()),
             warnings,
         };
         if opts.load == LoadPolicy::Boot {
@@ -305,10 +332,12 @@ impl Inference {
             .lock()
             .map(|c| c.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default();
+        let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
         self.entries
             .values()
             .map(|e| ModelEntry {
                 loaded: chat.contains(&e.id) || embed.contains(&e.id),
+                load: loads.get(&e.id).cloned(),
                 ..e.clone()
             })
             .collect()
@@ -353,6 +382,65 @@ impl Inference {
         Ok(e)
     }
 
+    /// Records a load's progress (`total` 0: not started yet).
+    pub fn set_load(&self, id: &str, done: usize, total: usize) {
+        if let Ok(mut l) = self.loads.lock() {
+            let started_ms = l
+                .get(id)
+                .filter(|s| s.error.is_none())
+                .map_or_else(now_ms, |s| s.started_ms);
+            l.insert(
+                id.to_string(),
+                LoadState {
+                    done,
+                    total,
+                    started_ms,
+                    error: None,
+                },
+            );
+        }
+    }
+
+    /// Ends a load: a success clears its state, a failure stays visible with its reason.
+    fn finish_load<T>(&self, id: &str, r: Result<T, String>) -> Result<T, InferenceError> {
+        let Ok(mut l) = self.loads.lock() else {
+            return r.map_err(|why| InferenceError::Load { id: id.into(), why });
+        };
+        match r {
+            Ok(v) => {
+                l.remove(id);
+                crate::events::emit("model.load", id, "info", format!("{id} loaded"));
+                Ok(v)
+            }
+            Err(why) => {
+                if let Some(s) = l.get_mut(id) {
+                    s.error = Some(why.clone());
+                }
+                tracing::warn!("model {id} failed to load: {why}");
+                crate::events::emit(
+                    "model.load",
+                    id,
+                    "error",
+                    format!("{id} failed to load: {why}"),
+                );
+                Err(InferenceError::Load { id: id.into(), why })
+            }
+        }
+    }
+
+    /// Loads a model (chat or embedding) if it is not loaded yet; blocking.
+    pub fn load(&self, id: &str) -> Result<(), InferenceError> {
+        let kind = self
+            .entries
+            .get(id)
+            .ok_or_else(|| InferenceError::Unknown(id.to_string()))?
+            .kind;
+        match kind {
+            "chat" => self.chat_engine(id).map(|_| ()),
+            _ => self.embedder(id).map(|_| ()),
+        }
+    }
+
     /// The engine of a chat model, loading it on first use.
     pub fn chat_engine(&self, id: &str) -> Result<Arc<Engine>, InferenceError> {
         let e = self.entry(id, "chat")?;
@@ -364,12 +452,12 @@ impl Inference {
             return Ok(engine);
         }
         let started = std::time::Instant::now();
-        let model = ChatModel::load(id, &e.path, self.backend.clone()).map_err(|err| {
-            InferenceError::Load {
-                id: id.into(),
-                why: err.to_string(),
-            }
-        })?;
+        self.set_load(id, 0, 0);
+        let loaded =
+            ChatModel::load_with_progress(id, &e.path, self.backend.clone(), &mut |done, total| {
+                self.set_load(id, done, total)
+            });
+        let model = self.finish_load(id, loaded.map_err(|err| err.to_string()))?;
         let engine = Arc::new(Engine::start(model, EngineOptions::default()));
         tracing::info!(
             "loaded chat model {id} on {} in {} ms",
@@ -397,12 +485,9 @@ impl Inference {
             Backend::Gpu(d) => d.clone(),
             Backend::Cpu(_) => candle_core::Device::Cpu,
         };
-        let m = Arc::new(Embedder::load(&e.path, &device, 256).map_err(|err| {
-            InferenceError::Load {
-                id: id.into(),
-                why: err.to_string(),
-            }
-        })?);
+        self.set_load(id, 0, 1);
+        let loaded = Embedder::load(&e.path, &device, 256).map_err(|err| err.to_string());
+        let m = Arc::new(self.finish_load(id, loaded)?);
         tracing::info!(
             "loaded embedding model {id} in {} ms",
             started.elapsed().as_millis()

@@ -46,7 +46,17 @@ impl ChatModel {
         path: &std::path::Path,
         backend: crate::llama::Backend,
     ) -> Result<ChatModel, ModelError> {
-        let model = Llama::load(path, backend)?;
+        ChatModel::load_with_progress(id, path, backend, &mut |_, _| {})
+    }
+
+    /// [`ChatModel::load`] reporting `progress(done, total)` (see [`Llama::load_with_progress`]).
+    pub fn load_with_progress(
+        id: &str,
+        path: &std::path::Path,
+        backend: crate::llama::Backend,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ChatModel, ModelError> {
+        let model = Llama::load_with_progress(path, backend, progress)?;
         let h = &model.file().header;
         let tokenizer =
             GgufTokenizer::from_gguf(h).map_err(|e| ModelError::Invalid(e.to_string()))?;

@@ -24,7 +24,20 @@ fn engine(options: EngineOptions) -> Engine {
         store.root().display()
     );
     let path = store.file(m, "weights").expect("weights");
-    let model = ChatModel::load(&m.id, &path, Backend::Cpu(Arc::new(Pool::new(2)))).expect("load");
+    // Loading reports its progress, step by step, to the end.
+    let mut steps = Vec::new();
+    let model = ChatModel::load_with_progress(
+        &m.id,
+        &path,
+        Backend::Cpu(Arc::new(Pool::new(2))),
+        &mut |done, total| steps.push((done, total)),
+    )
+    .expect("load");
+    let total = steps.last().expect("no progress reported").1;
+    assert!(total > 2, "{steps:?}");
+    assert_eq!(steps.first(), Some(&(0, total)), "{steps:?}");
+    assert_eq!(steps.last(), Some(&(total, total)), "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0].0 < w[1].0), "{steps:?}");
     Engine::start(model, options)
 }
 

@@ -127,6 +127,21 @@ async function onboardScenario() {
 }
 
 async function chatScenario() {
+  await scenario('models: load the chat model from the models page', page, async () => {
+    await page.goto(`${base}/models`);
+    await heading(page, 'Models and routing');
+    const model = env.CAIRN_CHAT_MODEL;
+    const row = page.locator('main table tr', { hasText: model });
+    const load = page.getByRole('button', { name: `load ${model}`, exact: true });
+    if (await load.count()) {
+      const answer = page.waitForResponse((r) => r.url().endsWith(`/api/v1/models/${model}/load`));
+      await load.click();
+      const r = await answer;
+      if (![200, 202].includes(r.status())) throw new Error(`load answered ${r.status()}`);
+    }
+    await until(async () => ((await row.first().textContent()) || '').includes('loaded'), `${model} loaded`, 180000);
+    await shot(page, 'models-loaded');
+  });
   await scenario('chat: a reply streams in token by token', page, async () => {
     await page.goto(`${base}/chat`);
     await heading(page, 'Chat');

@@ -5,6 +5,7 @@ mod auth;
 mod machine;
 mod memory;
 mod model_router;
+mod models;
 mod openai;
 mod settings;
 mod system;
@@ -188,6 +189,7 @@ fn routes() -> Routes {
         .merge(system::routes())
         .merge(settings::routes())
         .merge(machine::routes())
+        .merge(models::routes())
         .merge(memory::routes())
         .merge(agents::routes())
         .merge(model_router::routes())

@@ -369,9 +369,21 @@ impl Sequence {
 impl Llama {
     /// Loads a GGUF model for `backend`.
     pub fn load(path: &Path, backend: Backend) -> Result<Llama, ModelError> {
+        Llama::load_with_progress(path, backend, &mut |_, _| {})
+    }
+
+    /// [`Llama::load`], calling `progress(done, total)` as the layers are prepared (the
+    /// embeddings, the output head and the GPU upload count as steps too).
+    pub fn load_with_progress(
+        path: &Path,
+        backend: Backend,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Llama, ModelError> {
         let file = Arc::new(GgufFile::open(path)?);
         let c = Config::from_gguf(&file)?;
         let (d, kvd) = (c.hidden, c.kv_heads * c.head_dim);
+        let total = c.layers + 2 + usize::from(matches!(backend, Backend::Gpu(_)));
+        progress(0, total);
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let t = |n: &str| file.tensor(&format!("blk.{i}.{n}"));
@@ -401,6 +413,7 @@ impl Llama {
                 up: w("ffn_up.weight", (c.ff, d))?,
                 down: w("ffn_down.weight", (d, c.ff))?,
             });
+            progress(i + 1, total);
         }
         let token_embd = Weight::load(&file, file.tensor("token_embd.weight")?, (c.vocab, d))?;
         let output = match file.header.tensors.get("output.weight") {
@@ -408,6 +421,7 @@ impl Llama {
             None => token_embd.clone(),
         };
         let output_norm = f32_vector(&file, "output_norm.weight", d)?;
+        progress(c.layers + 1, total);
         // Rotary tables for every position of the trained context.
         let half = c.rope_dim / 2;
         let ctx = c.context.min(1 << 17);
@@ -435,6 +449,7 @@ impl Llama {
         if let Backend::Gpu(dev) = &backend {
             model.gpu = Some(gpu::GpuWeights::load(&model, dev)?);
         }
+        progress(total, total);
         Ok(model)
     }
 
