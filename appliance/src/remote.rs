@@ -5,13 +5,11 @@
 //! in the config file; a later mismatch is refused.
 
 use anyhow::{Context, Result, bail};
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the appliance is and how to authenticate (global flags of `cairn`).
@@ -244,10 +242,9 @@ async fn observe_fingerprint(base: &str, timeout: Duration) -> Result<String> {
         _ => (authority.trim_matches(['[', ']']).to_string(), 443),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let seen = Arc::new(Observe {
-        seen: Mutex::new(None),
-        algs: provider.signature_verification_algorithms,
-    });
+    let seen = Arc::new(crate::router::remote::PinVerifier::observer(
+        provider.signature_verification_algorithms,
+    ));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -264,59 +261,8 @@ async fn observe_fingerprint(base: &str, timeout: Duration) -> Result<String> {
         .await
         .context("the appliance did not answer in time")?
         .with_context(|| format!("connecting to {base}"))?;
-    let der = seen
-        .seen
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone()
-        .context("the server presented no certificate")?;
+    let der = seen.seen().context("the server presented no certificate")?;
     Ok(crate::tls::fingerprint(&der))
-}
-
-/// Accepts any certificate whose handshake signature is valid and remembers it (only for
-/// learning a pin on first contact; requests then use the pinned client).
-#[derive(Debug)]
-struct Observe {
-    seen: Mutex<Option<Vec<u8>>>,
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Observe {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(end_entity.as_ref().to_vec());
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -96,14 +96,48 @@ pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
+/// A server certificate check by SHA-256 pin (after the CA chain, when one is given). Without
+/// a pin it accepts any certificate whose handshake signature is valid and only remembers it:
+/// how the CLI learns a pin on first contact, to use the pinned client afterwards.
 #[derive(Debug)]
-struct Pinned {
-    pin: Vec<u8>,
+pub struct PinVerifier {
+    pin: Option<Vec<u8>>,
     chain: Option<Arc<dyn ServerCertVerifier>>,
     algs: WebPkiSupportedAlgorithms,
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl PinVerifier {
+    fn pinned(
+        pin: Vec<u8>,
+        chain: Option<Arc<dyn ServerCertVerifier>>,
+        algs: WebPkiSupportedAlgorithms,
+    ) -> PinVerifier {
+        PinVerifier {
+            pin: Some(pin),
+            chain,
+            algs,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Accepts any certificate and remembers the last one seen (first contact only).
+    pub fn observer(algs: WebPkiSupportedAlgorithms) -> PinVerifier {
+        PinVerifier {
+            pin: None,
+            chain: None,
+            algs,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The DER of the last certificate a server presented.
+    pub fn seen(&self) -> Option<Vec<u8>> {
+        self.seen.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -112,11 +146,17 @@ impl ServerCertVerifier for Pinned {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(end_entity.as_ref().to_vec());
+        }
         if let Some(chain) = &self.chain {
             chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         }
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got = sha2::Sha256::digest(end_entity.as_ref());
-        if got.as_slice() == self.pin.as_slice() {
+        if got.as_slice() == pin.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
@@ -182,11 +222,11 @@ pub fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> 
             };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned {
+                .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
                     pin,
                     chain,
-                    algs: provider.signature_verification_algorithms,
-                }))
+                    provider.signature_verification_algorithms,
+                )))
                 .with_no_client_auth()
         }
         None => builder.with_root_certificates(roots).with_no_client_auth(),
@@ -835,11 +875,11 @@ pub fn pinned_client(sha256: &str, timeout: Duration) -> Result<reqwest::Client,
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
+        .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
             pin,
-            chain: None,
-            algs: provider.signature_verification_algorithms,
-        }))
+            None,
+            provider.signature_verification_algorithms,
+        )))
         .with_no_client_auth();
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
