@@ -417,10 +417,10 @@ fn run() -> Result<std::convert::Infallible, String> {
 
     // Network, on its own thread.
     let net_state = Arc::new(Mutex::new(NetState::default()));
-    let net = net::start(
-        net_plan(&opts, &cfg, &mut info.warnings),
-        net_state.clone(),
-        wake_wr.clone(),
+    let plan = net_plan(&opts, &cfg, &mut info.warnings);
+    let net = (
+        net::start(plan.clone(), net_state.clone(), wake_wr.clone()),
+        plan,
     );
 
     // The appliance.
@@ -501,7 +501,7 @@ struct LoopContext {
 fn event_loop(
     sup: &mut Supervisor,
     ctx: &LoopContext,
-    net: net::NetHandle,
+    net: (net::NetHandle, NetPlan),
     info: &mut BootInfo,
 ) -> Result<std::convert::Infallible, String> {
     let mut net = Some(net);
@@ -630,11 +630,17 @@ fn event_loop(
                         info!("config: reconfiguring on request");
                         let cfg = read_config(&mut info.warnings);
                         info.hostname = set_hostname(&ctx.opts, &cfg);
-                        if let Some(old) = net.take() {
-                            old.stop();
-                        }
                         let plan = net_plan(&ctx.opts, &cfg, &mut info.warnings);
-                        net = Some(net::start(plan, net_state.clone(), ctx.wake_wr.clone()));
+                        // Only a changed plan touches the network: a new host name must not
+                        // drop the address every connection is using.
+                        if net.as_ref().is_none_or(|(_, p)| *p != plan) {
+                            if let Some((old, _)) = net.take() {
+                                old.stop();
+                            }
+                            let handle =
+                                net::start(plan.clone(), net_state.clone(), ctx.wake_wr.clone());
+                            net = Some((handle, plan));
+                        }
                         info.warnings.dedup();
                         info.reconfigured = info.reconfigured.saturating_add(1);
                         sync_net(info, net_state);

@@ -41,7 +41,9 @@ fn network_change_is_reverted_unless_confirmed(arch: Arch) -> Result<()> {
         "not on DHCP at first: {v}"
     );
 
-    // The host name applies at once.
+    // The host name applies at once, without touching the network.
+    let before = b.system()?["boot"]["network"]["configured_ms"].clone();
+    ensure!(before.is_u64(), "network not configured: {before}");
     let (st, v) = b.send(
         "PUT",
         "/api/v1/system/settings",
@@ -53,6 +55,11 @@ fn network_change_is_reverted_unless_confirmed(arch: Arch) -> Result<()> {
         sys["hostname"] == "edge-e2e",
         "host name not in force: {}",
         sys["hostname"]
+    );
+    ensure!(
+        sys["boot"]["network"]["configured_ms"] == before,
+        "a host name change restarted the network: {}",
+        sys["boot"]["network"]
     );
 
     // An address QEMU's port forward does not reach: the operator is cut off for real...

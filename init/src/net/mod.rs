@@ -25,6 +25,7 @@ pub const RESOLV_CONF: &str = "/run/cairn/resolv.conf";
 pub use crate::bootinfo::NetState;
 
 /// What the network thread needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetPlan {
     /// Mode after command line and config file.
     pub mode: NetMode,
