@@ -1116,8 +1116,8 @@ async function machineSections() {
       fields: [{ name: 'hostname', label: 'Host name', value: st.settings.hostname, required: true, hint: '1-63 letters, digits or -.' }],
       async onSubmit(v) {
         const r = await api('PUT', '/api/v1/system/settings', { hostname: v.hostname.trim() });
+        await load();
         toast(r.status === 'unchanged' ? 'Host name unchanged' : 'Host name saved');
-        load();
       },
     });
     const netForm = form({
@@ -1136,8 +1136,8 @@ async function machineSections() {
           confirm_within_s: Number(v.confirm_within_s) || 120,
         };
         const r = await api('PUT', '/api/v1/system/settings', body);
+        await load();
         toast(r.status === 'pending' ? 'Network settings applied on probation' : 'Network settings unchanged');
-        load();
       },
     });
     const clockBox = h('div');

@@ -275,7 +275,9 @@ if (phase === 'chat') {
     await heading(page, 'Settings');
     await page.getByRole('textbox', { name: 'Host name', exact: true }).fill(hostName);
     await page.getByRole('button', { name: 'Save host name', exact: true }).click();
-    await until(async () => (await page.getByRole('textbox', { name: 'Host name', exact: true }).inputValue()) === hostName && !(await page.locator('form[aria-label="Change the host name"] .field-error').textContent()), 'the saved host name');
+    // The section is drawn again once the appliance has applied the name.
+    await until(async () => (await page.getByText('Host name saved', { exact: true }).count()) > 0, 'the host name saved');
+    await until(async () => (await page.getByRole('textbox', { name: 'Host name', exact: true }).inputValue()) === hostName, 'the saved host name in its field');
     // A gateway outside the address's network: the message sits next to the Gateway field.
     await page.getByLabel('Addressing', { exact: true }).selectOption('static');
     // QEMU's user network is 10.0.2.0/24 with the gateway at .2: the valid change keeps this
