@@ -133,6 +133,7 @@ async function chatScenario() {
     const model = env.CAIRN_CHAT_MODEL;
     const row = page.locator('main table tr', { hasText: model });
     const load = page.getByRole('button', { name: `load ${model}`, exact: true });
+    await until(async () => (await row.count()) > 0, `${model} in the local models`);
     if (await load.count()) {
       const answer = page.waitForResponse((r) => r.url().endsWith(`/api/v1/models/${model}/load`));
       await load.click();
