@@ -1,8 +1,13 @@
 //! The web console of the booted x86_64 image in a real browser: Chromium (playwright-core,
 //! `tests/console/console.mjs`) onboards with the setup code read from the serial console,
-//! walks every page, logs out and in, searches memory and renames the site; after an ACPI
+//! walks every page, logs out and in, searches memory, renames the site, changes the host name
+//! and (for real, then reverts) the network, installs a signed agent by upload and runs it,
+//! loads the on-device model and streams a chat reply from it; after an ACPI
 //! power-off and a new boot on the same disk the second phase logs in, finds the new site name
 //! and checks the lockout. Screenshots land in `target/cairn/e2e/x86_64/console/shots`.
+
+#[path = "../../agents/tests/common/mod.rs"]
+mod common;
 
 use anyhow::{Context, Result, ensure};
 use cairn_e2e::{Arch, BootPlan, artifacts, disk_copy, repo_root, scratch, setup_code};
@@ -51,7 +56,26 @@ fn console_of_the_booted_image(arch: Arch) -> Result<()> {
         b.vm.wait_for_console(cairn_init::layout::READY_MARKER, cairn_e2e::BOOT_TIMEOUT)?;
         b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
         let code = setup_code(&b.vm.console()).context("the console shows no setup code")?;
-        browser("first", b.port, &shots, &[("CAIRN_SETUP_CODE", code)])?;
+        // A signed agent for the upload scenario (the page trusts its key first), and the
+        // model the image carries for the chat.
+        let key = common::key();
+        let package = dir.join("console-echo.cpkg");
+        std::fs::write(
+            &package,
+            common::package(&key, "echo", "console-echo", "[capabilities]\nkv = true\n"),
+        )?;
+        browser(
+            "first",
+            b.port,
+            &shots,
+            &[
+                ("CAIRN_SETUP_CODE", code),
+                ("CAIRN_AGENT_PACKAGE", package.display().to_string()),
+                ("CAIRN_AGENT_NAME", "console-echo".into()),
+                ("CAIRN_AGENT_KEY", key.public_hex()),
+                ("CAIRN_CHAT_MODEL", "smollm2-135m-instruct-q4_1".into()),
+            ],
+        )?;
         b.vm.powerdown()?;
         b.vm.wait_exit(Duration::from_secs(120))?;
     }
