@@ -868,9 +868,21 @@ async function pageModels(m) {
       ['Provider', (b) => b.provider], ['State', (b) => h('span', { class: `badge ${b.state === 'closed' ? 'ok' : 'bad'}` }, b.state)],
       ['Failures', (b) => b.consecutive_failures], ['Opened', (b) => b.opened], ['Retry in', (b) => (b.retry_in_ms != null ? `${b.retry_in_ms} ms` : '–')],
     ], br.breakers, 'No breaker has seen a call yet.'));
-    put(usage, table([
-      ['Day', (r) => r.day], ['Caller', (r) => r.caller], ['Provider', (r) => r.provider], ['Model', (r) => r.model], ['Calls', (r) => r.usage.calls],
-      ['Failures', (r) => r.usage.failures], ['Tokens in / out', (r) => `${r.usage.prompt_tokens} / ${r.usage.completion_tokens}`], ['Cost', (r) => fmtUsd(r.usage.cost_usd)],
+    // Cost and calls per day over the week, every day shown (0 when nothing was routed).
+    const days = [];
+    for (let i = 6; i >= 0; i--) days.push(new Date(Date.now() - i * 86400000).toISOString().slice(0, 10));
+    const costHost = h('div', { class: 'chart-cell' });
+    const callsHost = h('div', { class: 'chart-cell' });
+    const cost = new LineChart(costHost, { title: 'Cost per day, last 7 days', unit: 'USD', size: 7, digits: 4 });
+    const calls = new LineChart(callsHost, { title: 'Routed calls per day, last 7 days', unit: 'calls', size: 7, digits: 0 });
+    for (const d of days) {
+      const rows = us.rows.filter((r) => r.day === d);
+      cost.push(rows.reduce((a, r) => a + (r.cost_usd || 0), 0));
+      calls.push(rows.reduce((a, r) => a + (r.calls || 0), 0));
+    }
+    put(usage, h('div', { class: 'grid' }, costHost, callsHost), table([
+      ['Day', (r) => r.day], ['Caller', (r) => r.caller], ['Provider', (r) => r.provider], ['Model', (r) => r.model], ['Calls', (r) => r.calls],
+      ['Failures', (r) => r.failures || 0], ['Tokens in / out', (r) => `${r.prompt_tokens} / ${r.completion_tokens}`], ['Cost', (r) => fmtUsd(r.cost_usd)],
     ], us.rows, 'No routed calls in the last 7 days.'));
   }
   const create = form({

@@ -166,6 +166,18 @@ async function chatScenario() {
     await until(async () => (await page.locator('.msg.assistant').count()) > 0, 'the conversation kept after a reload');
     await shot(page, 'chat');
   });
+
+  await scenario('models: the week\'s usage chart counts the chat', page, async () => {
+    const chart = page.locator('.chart', { hasText: 'Routed calls per day' });
+    // The usage row is written just after the reply: reload until the page shows it.
+    await until(async () => {
+      await page.goto(`${base}/models`);
+      await heading(page, 'Models and routing');
+      await chart.locator('.now').waitFor();
+      return Number(((await chart.locator('.now').textContent()) || '0').replace(/[^0-9.]/g, '')) >= 1;
+    }, 'today\'s calls in the chart');
+    await shot(page, 'models-usage');
+  });
 }
 
 const browser = await chromium.launch({
