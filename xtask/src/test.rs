@@ -82,6 +82,13 @@ fn console_modules() -> Result<()> {
 /// The profile of the optimised test steps (release code generation, no LTO link).
 const TEST_PROFILE: &str = "test-release";
 
+/// `cargo test` of one package in [`TEST_PROFILE`].
+fn optimised_test(package: &str) -> std::process::Command {
+    let mut c = cargo();
+    c.args(["test", "--profile", TEST_PROFILE, "--locked", "-p", package]);
+    c
+}
+
 /// Runs everything.
 pub fn test(opts: &TestOptions) -> Result<()> {
     let started = Instant::now();
@@ -136,22 +143,12 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     )?;
     step(
         "model tests (optimised)",
-        cargo()
-            .args([
-                "test",
-                "--profile",
-                TEST_PROFILE,
-                "--locked",
-                "-p",
-                "cairn-models",
-            ])
-            .args(["--", "--ignored"]),
+        optimised_test("cairn-models").args(["--", "--ignored"]),
     )?;
     // Only the appliance's test targets that hold model tests (the rest ran above).
     step(
         "OpenAI-client, router and console chat tests on the models (optimised)",
-        cargo()
-            .args(["test", "--profile", TEST_PROFILE, "--locked", "-p", "cairn"])
+        optimised_test("cairn")
             .args([
                 "--test",
                 "openai_client",
@@ -168,15 +165,7 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     deps::ensure_rust_target("aarch64-unknown-linux-musl")?;
     step(
         "aarch64 kernel tests (qemu-aarch64 -cpu max)",
-        cargo()
-            .args([
-                "test",
-                "--profile",
-                TEST_PROFILE,
-                "--locked",
-                "-p",
-                "cairn-models",
-            ])
+        optimised_test("cairn-models")
             .args([
                 "--target",
                 "aarch64-unknown-linux-musl",
