@@ -5,8 +5,8 @@
 //! The last [`CAPACITY`] events are kept in memory; the durable records stay where they are
 //! (runs, usage, audit log in redb).
 
+use crate::logbuf::SeqRing;
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// Events kept.
@@ -29,15 +29,7 @@ pub struct Event {
     pub level: &'static str,
 }
 
-struct Ring {
-    next: u64,
-    events: VecDeque<Event>,
-}
-
-static RING: Mutex<Ring> = Mutex::new(Ring {
-    next: 1,
-    events: VecDeque::new(),
-});
+static RING: Mutex<SeqRing<Event>> = Mutex::new(SeqRing::new(CAPACITY));
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -47,16 +39,8 @@ fn now_ms() -> u64 {
 
 /// Adds an event.
 pub fn emit(kind: &str, subject: &str, level: &'static str, message: impl Into<String>) {
-    let mut r = match RING.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    let seq = r.next;
-    r.next += 1;
-    if r.events.len() >= CAPACITY {
-        r.events.pop_front();
-    }
-    r.events.push_back(Event {
+    let mut r = RING.lock().unwrap_or_else(|p| p.into_inner());
+    r.push(|seq| Event {
         seq,
         time_ms: now_ms(),
         kind: kind.to_string(),
@@ -98,12 +82,9 @@ impl Filter {
 
 /// The newest `limit` matching events (oldest first) and the sequence number to poll from.
 pub fn read(f: &Filter, limit: usize) -> (Vec<Event>, u64) {
-    let r = match RING.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let r = RING.lock().unwrap_or_else(|p| p.into_inner());
     let mut out: Vec<Event> = r
-        .events
+        .items()
         .iter()
         .rev()
         .filter(|e| f.matches(e))
@@ -111,7 +92,7 @@ pub fn read(f: &Filter, limit: usize) -> (Vec<Event>, u64) {
         .cloned()
         .collect();
     out.reverse();
-    (out, r.next - 1)
+    (out, r.last_seq())
 }
 
 #[cfg(test)]

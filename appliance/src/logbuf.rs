@@ -24,15 +24,46 @@ pub struct Line {
     pub message: String,
 }
 
-struct Ring {
+/// A bounded in-memory record with sequence numbers from 1: the log buffer's and the event
+/// stream's. The oldest entry goes when a new one would exceed `cap`.
+pub struct SeqRing<T> {
     next: u64,
-    lines: VecDeque<Line>,
+    items: VecDeque<T>,
+    cap: usize,
 }
 
-static RING: Mutex<Ring> = Mutex::new(Ring {
-    next: 1,
-    lines: VecDeque::new(),
-});
+impl<T> SeqRing<T> {
+    /// An empty ring of `cap` entries (usable in a `static`).
+    pub const fn new(cap: usize) -> SeqRing<T> {
+        SeqRing {
+            next: 1,
+            items: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Appends the entry `make` builds with its sequence number.
+    pub fn push(&mut self, make: impl FnOnce(u64) -> T) {
+        let seq = self.next;
+        self.next += 1;
+        if self.items.len() >= self.cap {
+            self.items.pop_front();
+        }
+        self.items.push_back(make(seq));
+    }
+
+    /// The entries, oldest first.
+    pub fn items(&self) -> &VecDeque<T> {
+        &self.items
+    }
+
+    /// The sequence number of the newest entry (0 when none was ever added).
+    pub fn last_seq(&self) -> u64 {
+        self.next - 1
+    }
+}
+
+static RING: Mutex<SeqRing<Line>> = Mutex::new(SeqRing::new(CAPACITY));
 
 /// The tracing layer that fills the buffer.
 pub struct Capture;
@@ -95,12 +126,7 @@ fn level_name(l: &tracing::Level) -> &'static str {
 /// Appends a line.
 pub fn push(level: &'static str, message: String) {
     let mut r = RING.lock().unwrap_or_else(|p| p.into_inner());
-    let seq = r.next;
-    r.next += 1;
-    if r.lines.len() >= CAPACITY {
-        r.lines.pop_front();
-    }
-    r.lines.push_back(Line {
+    r.push(|seq| Line {
         seq,
         time: now_rfc3339(),
         level,
@@ -130,7 +156,7 @@ pub fn read(
     let max = level.map(rank).unwrap_or(4);
     let needle = contains.map(str::to_lowercase);
     let mut out: Vec<Line> = r
-        .lines
+        .items()
         .iter()
         .filter(|l| l.seq > since && rank(l.level) <= max)
         .filter(|l| {
@@ -143,7 +169,7 @@ pub fn read(
     if out.len() > limit {
         out.drain(..out.len() - limit);
     }
-    (out, r.next - 1)
+    (out, r.last_seq())
 }
 
 #[cfg(test)]

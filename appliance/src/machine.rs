@@ -122,9 +122,7 @@ pub struct Machine {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::auth::unix_now() as i64
 }
 
 /// Writes `bytes` to `path` atomically and durably.
