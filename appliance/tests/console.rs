@@ -11,6 +11,7 @@
 
 #[path = "../../agents/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,13 +21,6 @@ use std::time::{Duration, Instant};
 
 const CHAT: &str = "smollm2-135m-instruct-q4_1";
 const EMBED: &str = "all-minilm-l6-v2";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 struct Server(Child);
 
@@ -146,7 +140,7 @@ fn browser_missing(chromium: &str) -> Vec<String> {
              CAIRN_CHROMIUM names another binary)"
         ));
     }
-    let modules = workspace().join("tests/console/node_modules/playwright-core");
+    let modules = support::repo_root().join("tests/console/node_modules/playwright-core");
     if !modules.is_dir() {
         missing.push(
             "tests/console/node_modules: `cd tests/console && npm ci --no-audit --no-fund`"
@@ -160,7 +154,7 @@ fn browser_missing(chromium: &str) -> Vec<String> {
 fn browser(phase: &str, url: &str, env: &[(&str, String)]) {
     let out = Command::new("node")
         .arg("console.mjs")
-        .current_dir(workspace().join("tests/console"))
+        .current_dir(support::repo_root().join("tests/console"))
         .env("CAIRN_URL", url)
         .env("CAIRN_PHASE", phase)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -198,7 +192,7 @@ fn prerequisites() -> Option<String> {
 
 /// A fresh folder for one test's screenshots under `target/cairn/console/`.
 fn screenshots(name: &str) -> PathBuf {
-    let dir = workspace().join("target/cairn/console").join(name);
+    let dir = support::repo_root().join("target/cairn/console").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

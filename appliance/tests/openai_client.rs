@@ -3,18 +3,10 @@
 //! Needs the default models (`cargo xtask fetch-models`) and a Python with the pinned client
 //! (`CAIRN_OPENAI_PYTHON`); `cargo xtask test` provides both and runs this in release mode.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[path = "support/mod.rs"]
 mod support;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the default models and the openai client; run with cargo xtask test"]
@@ -24,7 +16,7 @@ async fn official_openai_client_against_hosted_serve() {
     );
     let server = support::Server::start_temp("openai", &["--threads", "2"]).await;
     let st = Command::new(python)
-        .arg(repo_root().join("tests/openai/check_client.py"))
+        .arg(support::repo_root().join("tests/openai/check_client.py"))
         .args(["--base-url", &format!("{}/v1", server.url)])
         .args(["--api-key", &server.token])
         .status()

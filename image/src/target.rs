@@ -103,9 +103,15 @@ pub struct Target {
 }
 
 /// The repository root (the workspace that contains `firmware/`).
+///
+/// Cargo sets `CARGO_MANIFEST_DIR` when it runs a binary or a test, and that value wins over
+/// the compiled-in one: clones that share a target directory (CI's cache) reuse each other's
+/// artifacts, whose compiled-in path may name another clone.
 pub fn repo_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.parent().unwrap_or(here).to_path_buf()
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
 }
 
 impl Target {

@@ -15,10 +15,10 @@ use std::time::Duration;
 /// How long a boot may take under TCG on a slow, busy machine before a test gives up.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The repository root.
+/// The repository root, from the run-time `CARGO_MANIFEST_DIR` that `cargo test` sets (see
+/// `cairn_image::target::repo_root`: shared target directories make the compiled-in one stale).
 pub fn repo_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.parent().unwrap_or(here).to_path_buf()
+    cairn_image::target::repo_root()
 }
 
 /// Built artifacts of one architecture (`target/cairn/<arch>`).

@@ -8,10 +8,14 @@ use cairn_agents::{Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// The repository root. `cargo test` sets `CARGO_MANIFEST_DIR` at run time too; that value
+/// wins, because a target directory shared between clones makes the compiled-in one stale.
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
-        .unwrap()
+        .expect("the crate lives in the repository")
         .to_path_buf()
 }
 

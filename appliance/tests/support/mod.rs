@@ -38,6 +38,17 @@ impl Drop for Server {
     }
 }
 
+/// The repository root. `cargo test` sets `CARGO_MANIFEST_DIR` at run time too; that value
+/// wins, because a target directory shared between clones makes the compiled-in one stale.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .parent()
+        .expect("the crate lives in the repository")
+        .to_path_buf()
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
