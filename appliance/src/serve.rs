@@ -382,6 +382,10 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     if let Some(m) = state.memory.clone() {
         let _ = tokio::task::spawn_blocking(move || m.flush()).await;
     }
+    {
+        let router = state.router.clone();
+        let _ = tokio::task::spawn_blocking(move || router.flush_usage()).await;
+    }
     // The database closes when the last state handle drops.
     drop(state);
     info!("stopped");

@@ -2,13 +2,22 @@
 //! their sealed keys, settings, usage per day / caller / provider / model, tokens per hour and
 //! caller (budgets), and learned judge scores. Tables are created by their first write, so no
 //! schema migration is needed; reads of a table that does not exist yet see it empty.
+//!
+//! Usage is written behind the call: [`Ledger::record`] queues the call's figures and a writer
+//! thread commits everything queued in one durable transaction (group commit), so a routed
+//! call never waits for an fsync. Reads (budgets, reports) see committed and queued figures
+//! exactly once: each commit also stores the sequence number of the last row it holds, and a
+//! reader counts only the queued rows after the number its read transaction sees. A power cut
+//! can lose the figures of calls that ended in the last commit interval (a few milliseconds).
 
 use super::config::{ProviderConfig, RouterSettings};
 use crate::store::StoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Provider name → stored provider (JSON).
 const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("router_providers");
@@ -20,6 +29,9 @@ const USAGE: TableDefinition<(u32, &str, &str, &str), &[u8]> = TableDefinition::
 const HOURLY: TableDefinition<(u64, &str), u64> = TableDefinition::new("router_hourly");
 /// (model, task kind) → score (JSON: n, sum).
 const SCORES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("router_scores");
+/// `"epoch"` and `"seq"`: which writer process and which queued row the last usage commit
+/// reached (see the module documentation).
+const USAGE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("router_usage_seq");
 
 /// A provider as stored: its configuration and its sealed key (hex).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +91,163 @@ pub struct Score {
 #[derive(Clone)]
 pub struct Ledger {
     db: Option<(Arc<Database>, PathBuf)>,
+    queue: Arc<UsageQueue>,
+    /// Dropped with the last clone: commits what is queued and stops the writer.
+    _writer: Arc<WriterGuard>,
+}
+
+/// Stops the usage writer when the last [`Ledger`] clone goes, after its final commit, so the
+/// database is closed when the ledger is.
+struct WriterGuard(Arc<UsageQueue>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        let handle = {
+            let mut st = self.0.lock();
+            st.closed = true;
+            st.thread.take()
+        };
+        self.0.changed.notify_all();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One call's figures, queued for the usage writer.
+#[derive(Debug, Clone)]
+struct Queued {
+    seq: u64,
+    day: u32,
+    hour: u64,
+    caller: String,
+    provider: String,
+    model: String,
+    add: UsageRow,
+}
+
+/// Usage figures between their call and their commit, shared with the writer thread.
+struct UsageQueue {
+    /// This process's writer, told apart from earlier processes' commits.
+    epoch: u64,
+    state: Mutex<QueueState>,
+    /// Signalled when rows arrive and when a commit drained some.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    rows: Vec<Queued>,
+    next_seq: u64,
+    /// The writer thread, once the first row started it.
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Every ledger is gone: the writer stops once the queue is empty.
+    closed: bool,
+}
+
+/// A number that tells this process's usage commits from an earlier process's.
+fn process_epoch() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return nanos ^ u64::from(std::process::id()) << 32 | 1;
+    }
+    u64::from_le_bytes(b) | 1
+}
+
+impl UsageQueue {
+    fn new() -> UsageQueue {
+        UsageQueue {
+            epoch: process_epoch(),
+            state: Mutex::new(QueueState {
+                next_seq: 1,
+                ..QueueState::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writer thread: commits whatever is queued, one transaction per round, until every
+/// `Ledger` is gone and the queue is empty.
+fn usage_writer(queue: Arc<UsageQueue>, db: Arc<Database>, path: PathBuf) {
+    loop {
+        let batch: Vec<Queued> = {
+            let mut st = queue.lock();
+            while st.rows.is_empty() {
+                if st.closed {
+                    return;
+                }
+                st = queue.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.rows.clone()
+        };
+        if let Err(e) = commit_usage(&db, &path, queue.epoch, &batch) {
+            tracing::warn!("router: usage of {} call(s) not recorded: {e}", batch.len());
+        }
+        let mut st = queue.lock();
+        st.rows.drain(..batch.len());
+        queue.changed.notify_all();
+    }
+}
+
+fn commit_usage(
+    db: &Database,
+    path: &std::path::Path,
+    epoch: u64,
+    batch: &[Queued],
+) -> Result<(), StoreError> {
+    crate::store::ensure_space(path, 16 * 1024 * batch.len() as u64)?;
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(USAGE)?;
+        let mut h = txn.open_table(HOURLY)?;
+        for q in batch {
+            let key = (
+                q.day,
+                q.caller.as_str(),
+                q.provider.as_str(),
+                q.model.as_str(),
+            );
+            let mut row: UsageRow = match t.get(key)? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => UsageRow::default(),
+            };
+            row.add(&q.add);
+            let v = serde_json::to_vec(&row).map_err(other)?;
+            t.insert(key, v.as_slice())?;
+            let tokens = q.add.prompt_tokens + q.add.completion_tokens;
+            if tokens > 0 {
+                let cur = h
+                    .get((q.hour, q.caller.as_str()))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                h.insert((q.hour, q.caller.as_str()), cur + tokens)?;
+            }
+        }
+        let mut s = txn.open_table(USAGE_SEQ)?;
+        s.insert("epoch", epoch)?;
+        s.insert("seq", batch.last().map_or(0, |q| q.seq))?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl UsageRow {
+    fn add(&mut self, add: &UsageRow) {
+        self.calls += add.calls;
+        self.failures += add.failures;
+        self.prompt_tokens += add.prompt_tokens;
+        self.completion_tokens += add.completion_tokens;
+        self.cost_usd += add.cost_usd;
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> StoreError {
@@ -98,7 +267,47 @@ pub fn day_string(day: u32) -> String {
 impl Ledger {
     /// Over `db` (stored at `path`, for the free-space check), or none.
     pub fn new(db: Option<(Arc<Database>, PathBuf)>) -> Ledger {
-        Ledger { db }
+        let queue = Arc::new(UsageQueue::new());
+        Ledger {
+            db,
+            _writer: Arc::new(WriterGuard(queue.clone())),
+            queue,
+        }
+    }
+
+    /// The queued rows a read transaction does not hold yet. Called with the queue snapshot
+    /// taken *before* `txn` began: every row drained before then was committed before then.
+    fn unseen(&self, txn: &redb::ReadTransaction, queued: Vec<Queued>) -> Vec<Queued> {
+        let seen = match txn.open_table(USAGE_SEQ) {
+            Ok(t) => {
+                let get = |k: &str| t.get(k).ok().flatten().map(|v| v.value());
+                if get("epoch") == Some(self.queue.epoch) {
+                    get("seq").unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        };
+        queued.into_iter().filter(|q| q.seq > seen).collect()
+    }
+
+    /// Waits until every queued usage row is committed (or its commit failed), at most `max`.
+    pub fn flush(&self, max: Duration) {
+        let deadline = std::time::Instant::now() + max;
+        let mut st = self.queue.lock();
+        while !st.rows.is_empty() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            st = self
+                .queue
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
     }
 
     /// Whether writes can persist.
@@ -195,7 +404,8 @@ impl Ledger {
         })
     }
 
-    /// Adds a call's figures to the day's row and the hour's token count, in one transaction.
+    /// Queues a call's figures for the day's row and the hour's token count; the writer
+    /// thread commits them durably with the next group commit. Reads see them at once.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
@@ -206,44 +416,73 @@ impl Ledger {
         model: &str,
         add: &UsageRow,
     ) -> Result<(), StoreError> {
-        self.write(16 << 10, |txn| {
+        let Some((db, path)) = &self.db else {
+            return Err(StoreError::Unavailable(
+                "the data partition is unavailable (degraded mode)".into(),
+            ));
+        };
+        let mut st = self.queue.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.rows.push(Queued {
+            seq,
+            day,
+            hour,
+            caller: caller.to_string(),
+            provider: provider.to_string(),
+            model: model.to_string(),
+            add: add.clone(),
+        });
+        if st.thread.is_none() {
+            let (queue, db, path) = (self.queue.clone(), db.clone(), path.clone());
+            match std::thread::Builder::new()
+                .name("usage-writer".into())
+                .spawn(move || usage_writer(queue, db, path))
             {
-                let mut t = txn.open_table(USAGE)?;
-                let key = (day, caller, provider, model);
-                let mut row: UsageRow = match t.get(key)? {
-                    Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
-                    None => UsageRow::default(),
-                };
-                row.calls += add.calls;
-                row.failures += add.failures;
-                row.prompt_tokens += add.prompt_tokens;
-                row.completion_tokens += add.completion_tokens;
-                row.cost_usd += add.cost_usd;
-                let v = serde_json::to_vec(&row).map_err(other)?;
-                t.insert(key, v.as_slice())?;
+                Ok(h) => st.thread = Some(h),
+                Err(e) => {
+                    st.rows.pop();
+                    return Err(other(format!("cannot start the usage writer: {e}")));
+                }
             }
-            let tokens = add.prompt_tokens + add.completion_tokens;
-            if tokens > 0 {
-                let mut h = txn.open_table(HOURLY)?;
-                let cur = h.get((hour, caller))?.map(|v| v.value()).unwrap_or(0);
-                h.insert((hour, caller), cur + tokens)?;
-            }
-            Ok(())
-        })
+        }
+        self.queue.changed.notify_all();
+        Ok(())
     }
 
-    /// Tokens used in `hour` by `caller` (every caller when `None`).
+    /// Runs `f` on a read transaction and the queued usage rows it does not hold yet;
+    /// `Ok(default)` when there is no database.
+    fn read_usage<R: Default>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction, Vec<Queued>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let Some((db, _)) = &self.db else {
+            return Ok(R::default());
+        };
+        // The snapshot comes first: see `unseen`.
+        let queued = self.queue.lock().rows.clone();
+        let txn = db.begin_read()?;
+        let unseen = self.unseen(&txn, queued);
+        f(&txn, unseen)
+    }
+
+    /// Tokens used in `hour` by `caller` (every caller when `None`), queued calls included.
     pub fn tokens_in_hour(&self, hour: u64, caller: Option<&str>) -> Result<u64, StoreError> {
-        self.read(|txn| {
+        self.read_usage(|txn, unseen| {
+            let mine = |c: &str| caller.is_none_or(|x| x == c);
+            let mut sum: u64 = unseen
+                .iter()
+                .filter(|q| q.hour == hour && mine(&q.caller))
+                .map(|q| q.add.prompt_tokens + q.add.completion_tokens)
+                .sum();
             let t = match txn.open_table(HOURLY) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(sum),
                 Err(e) => return Err(e.into()),
             };
-            let mut sum = 0;
             for row in t.range((hour, "")..(hour + 1, ""))? {
                 let (k, v) = row?;
-                if caller.is_none_or(|c| c == k.value().1) {
+                if mine(k.value().1) {
                     sum += v.value();
                 }
             }
@@ -251,30 +490,41 @@ impl Ledger {
         })
     }
 
-    /// Usage rows of days `from..=to`, optionally of one caller.
+    /// Usage rows of days `from..=to`, optionally of one caller, queued calls included.
     pub fn usage(
         &self,
         from: u32,
         to: u32,
         caller: Option<&str>,
     ) -> Result<Vec<UsageRecord>, StoreError> {
-        self.read(|txn| {
-            let t = match txn.open_table(USAGE) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut out = Vec::new();
-            for row in t.range((from, "", "", "")..(to.saturating_add(1), "", "", ""))? {
-                let (k, v) = row?;
-                let (day, c, p, m) = k.value();
-                if caller.is_some_and(|x| x != c) {
-                    continue;
+        self.read_usage(|txn, unseen| {
+            let mut rows: BTreeMap<(u32, String, String, String), UsageRow> = BTreeMap::new();
+            match txn.open_table(USAGE) {
+                Ok(t) => {
+                    for row in t.range((from, "", "", "")..(to.saturating_add(1), "", "", ""))? {
+                        let (k, v) = row?;
+                        let (day, c, p, m) = k.value();
+                        if caller.is_some_and(|x| x != c) {
+                            continue;
+                        }
+                        let r: UsageRow = serde_json::from_slice(v.value()).unwrap_or_default();
+                        rows.insert((day, c.to_string(), p.to_string(), m.to_string()), r);
+                    }
                 }
-                let r: UsageRow = serde_json::from_slice(v.value()).unwrap_or_default();
-                out.push((day, c.to_string(), p.to_string(), m.to_string(), r));
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Ok(out)
+            for q in unseen {
+                if (from..=to).contains(&q.day) && caller.is_none_or(|x| x == q.caller) {
+                    rows.entry((q.day, q.caller, q.provider, q.model))
+                        .or_default()
+                        .add(&q.add);
+                }
+            }
+            Ok(rows
+                .into_iter()
+                .map(|((d, c, p, m), r)| (d, c, p, m, r))
+                .collect())
         })
     }
 
@@ -344,5 +594,91 @@ mod tests {
         assert_eq!(l.usage(3, 4, Some("api")).unwrap().len(), 2);
         assert_eq!(day_string(0), "1970-01-01");
         assert_eq!(day_string(20_000), "2024-10-04");
+    }
+
+    #[test]
+    fn queued_usage_is_read_exactly_once_while_the_writer_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let l = Ledger::new(Some((store.database(), store.path().to_path_buf())));
+        let row = UsageRow {
+            calls: 1,
+            prompt_tokens: 2,
+            completion_tokens: 1,
+            ..UsageRow::default()
+        };
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (l, row, done) = (l.clone(), row.clone(), done.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        l.record(7, 70, "api", "local", "m", &row).unwrap();
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        // Readers racing the group commits see every recorded call once: not lost (at least
+        // what was recorded before the read) and not twice (at most what was recorded by its
+        // end, plus one call per writer thread caught between queueing and counting).
+        let now = || done.load(std::sync::atomic::Ordering::SeqCst);
+        while writers.iter().any(|w| !w.is_finished()) {
+            let before = now();
+            let tokens = l.tokens_in_hour(70, None).unwrap();
+            let calls: u64 = l.usage(7, 7, None).unwrap().iter().map(|r| r.4.calls).sum();
+            let after = now() + 2;
+            assert!(
+                (3 * before..=3 * after).contains(&tokens),
+                "{before} {tokens} {after}"
+            );
+            assert!(
+                (before..=after).contains(&calls),
+                "{before} {calls} {after}"
+            );
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(l.tokens_in_hour(70, Some("api")).unwrap(), 1800);
+        assert_eq!(l.usage(7, 7, None).unwrap()[0].4.calls, 600);
+        // Dropping the last ledger commits the queue and closes the database for a reopen.
+        drop(l);
+        drop(store);
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let l = Ledger::new(Some((store.database(), store.path().to_path_buf())));
+        assert_eq!(l.usage(7, 7, None).unwrap()[0].4.calls, 600);
+        assert_eq!(l.tokens_in_hour(70, None).unwrap(), 1800);
+    }
+
+    #[test]
+    fn a_committed_row_still_in_the_queue_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (db, path) = (store.database(), store.path().to_path_buf());
+        let l = Ledger::new(Some((db.clone(), path.clone())));
+        let q = |seq| Queued {
+            seq,
+            day: 1,
+            hour: 10,
+            caller: "api".into(),
+            provider: "local".into(),
+            model: "m".into(),
+            add: UsageRow {
+                calls: 1,
+                prompt_tokens: 2,
+                completion_tokens: 1,
+                ..UsageRow::default()
+            },
+        };
+        // The writer's state between its commit of rows 1 and 2 and draining them.
+        l.queue.lock().rows = vec![q(1), q(2), q(3)];
+        commit_usage(&db, &path, l.queue.epoch, &[q(1), q(2)]).unwrap();
+        assert_eq!(l.tokens_in_hour(10, None).unwrap(), 9);
+        assert_eq!(l.usage(1, 1, None).unwrap()[0].4.calls, 3);
+        // A commit stamped by another process says nothing about this one's queue.
+        commit_usage(&db, &path, l.queue.epoch ^ 2, &[q(3)]).unwrap();
+        assert_eq!(l.tokens_in_hour(10, None).unwrap(), 18);
+        l.queue.lock().rows.clear();
     }
 }

@@ -158,8 +158,8 @@ pub struct ChatOutcome {
     pub usage: TokenUsage,
     /// US dollars.
     pub cost_usd: f64,
-    /// Wall time of the successful attempt, in milliseconds.
-    pub latency_ms: u64,
+    /// Wall time of the successful attempt itself; the rest of the call is the router's own work.
+    pub latency: Duration,
     /// Why it ended.
     pub finish_reason: Finish,
 }
@@ -705,9 +705,9 @@ impl Accountant {
         }
     }
 
+    /// Records a call; the ledger only queues it, so this never waits for a commit.
     async fn record_async(&self, provider: String, model: String, row: UsageRow) {
-        let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.record(&provider, &model, row)).await;
+        self.record(&provider, &model, row);
     }
 
     fn observe_latency(&self, target: &str, ms: f64) {
@@ -816,6 +816,11 @@ impl Router {
             health: self.health.clone(),
             caller: ctx.caller.label(),
         }
+    }
+
+    /// Waits (at most 5 s) until the usage of every finished call is committed.
+    pub fn flush_usage(&self) {
+        self.ledger.flush(Duration::from_secs(5));
     }
 
     /// The current settings.
@@ -1522,7 +1527,7 @@ impl Router {
                         provider: t.provider(),
                         usage,
                         cost_usd: cost,
-                        latency_ms: latency.as_millis() as u64,
+                        latency,
                         finish_reason: finish,
                     });
                 }
@@ -1646,7 +1651,7 @@ impl Router {
                                                     provider: "local".into(),
                                                     usage,
                                                     cost_usd: 0.0,
-                                                    latency_ms: latency.as_millis() as u64,
+                                                    latency,
                                                     finish_reason: local::finish(reason),
                                                 }));
                                             return;
@@ -1738,7 +1743,7 @@ impl Router {
                                                 provider: pname,
                                                 usage,
                                                 cost_usd: cost,
-                                                latency_ms: latency.as_millis() as u64,
+                                                latency,
                                                 finish_reason: rc.finish,
                                             }))
                                             .await;
