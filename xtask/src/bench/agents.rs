@@ -1,8 +1,9 @@
 //! `cargo xtask bench agents`: the agent runtime next to native process spawns of the same
 //! trivial work, in the same run. Figures: instantiate latency p50/p99 (target p50 ≤ 10 µs),
 //! trivial tasks per second end to end (each run committed durably), memory of 1,000 and 10,000
-//! idle agents (target ≤ 512 MB at 10,000). The router's overhead per call is measured by
-//! `cargo xtask bench inference`'s peer runs only indirectly and is not reported here.
+//! idle agents (target ≤ 512 MB at 10,000), and the router's overhead per call: the same
+//! one-token chat on the default on-device model through `Router::chat` and directly on the
+//! model, interleaved (target: p99 added latency ≤ 1 ms; `bench_router` example).
 
 use super::inference::{cores, cpu_model};
 use anyhow::{Context, Result, bail};
@@ -61,6 +62,7 @@ pub fn run() -> Result<Value> {
         );
     }
     let m: Value = serde_json::from_slice(&out.stdout).context("bench_agents output")?;
+    let router = router_overhead()?;
     let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
     let r = |x: f64| (x * 100.0).round() / 100.0;
     let idle = m["idle"].as_array().cloned().unwrap_or_default();
@@ -76,6 +78,25 @@ pub fn run() -> Result<Value> {
                "peer": "native process spawns per second", "peer_value": r(f("spawn_per_s")),
                "ratio": r(f("tasks_per_s") / f("spawn_per_s")), "better": "higher"}),
     ];
+    let g = |k: &str| router[k].as_f64().unwrap_or(f64::NAN);
+    figures.push(
+        json!({"name": "router_overhead_p50", "unit": "us", "value": r(g("overhead_p50_us")),
+               "better": "lower", "note": "Router::chat time minus its target's time, one-token local chat"}),
+    );
+    figures.push(
+        json!({"name": "router_overhead_p99", "unit": "us", "value": r(g("overhead_p99_us")),
+               "better": "lower", "target": {"max_value": 1000.0}}),
+    );
+    figures.push(
+        json!({"name": "routed_chat_p99", "unit": "us", "value": r(g("routed_p99_us")),
+               "peer": "the same chat on the local model directly, p99", "peer_value": r(g("direct_p99_us")),
+               "ratio": r(g("direct_p99_us") / g("routed_p99_us")), "better": "lower"}),
+    );
+    figures.push(
+        json!({"name": "routed_chat_p50", "unit": "us", "value": r(g("routed_p50_us")),
+               "peer": "the same chat on the local model directly, p50", "peer_value": r(g("direct_p50_us")),
+               "ratio": r(g("direct_p50_us") / g("routed_p50_us")), "better": "lower"}),
+    );
     for i in idle {
         let n = i["agents"].as_u64().unwrap_or(0);
         figures.push(
@@ -90,7 +111,37 @@ pub fn run() -> Result<Value> {
         "machine": {"cpu": cpu_model(), "cores": cores()},
         "runs": 1,
         "figures": figures,
-        "raw": m,
-        "not_measured": ["router overhead per call (p99 added latency vs the local model directly)"],
+        "raw": {"runtime": m, "router": router},
     }))
+}
+
+/// Fetches the default chat model if needed, builds `bench_router` and runs it.
+fn router_overhead() -> Result<Value> {
+    let store = crate::models::fetch_models("smollm2-135m-instruct-q4_1")?;
+    eprintln!("bench agents: router overhead (500 one-token chats each way)");
+    let out = cargo()
+        .current_dir(crate::build::repo_root())
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-q",
+            "-p",
+            "cairn",
+            "--example",
+            "bench_router",
+            "--",
+            "--calls",
+            "500",
+            "--models",
+        ])
+        .arg(store.root())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench_router failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("bench_router output")
 }
