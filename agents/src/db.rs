@@ -2,7 +2,7 @@
 //! trusted publishers, installed packages and their desired state, runs, private key-value
 //! stores, checkpoints, usage and the audit log. Every write is one durable transaction.
 
-use crate::workflow::{WorkflowRun, WorkflowStatus};
+use crate::workflow::{StoredWorkflow, WorkflowRun, WorkflowStatus};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -21,6 +21,8 @@ pub(crate) const USAGE: TableDefinition<(&str, u64), (u64, f64)> =
 pub(crate) const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("agent_audit");
 pub(crate) const WORKFLOW_RUNS: TableDefinition<&str, &str> =
     TableDefinition::new("agent_workflow_runs");
+/// Workflow name → stored definition (JSON).
+pub(crate) const WORKFLOWS: TableDefinition<&str, &str> = TableDefinition::new("agent_workflows");
 
 /// Most runs kept; the oldest are dropped beyond this.
 pub const MAX_RUNS: usize = 20_000;
@@ -272,6 +274,7 @@ impl Db {
             w.open_table(USAGE).map_err(e)?;
             w.open_table(AUDIT).map_err(e)?;
             w.open_table(WORKFLOW_RUNS).map_err(e)?;
+            w.open_table(WORKFLOWS).map_err(e)?;
         }
         w.commit().map_err(e)?;
         Ok(Db { db })
@@ -478,6 +481,35 @@ impl Db {
     /// A workflow run.
     pub fn workflow_run(&self, id: &str) -> Result<Option<WorkflowRun>, DbError> {
         self.get_json(WORKFLOW_RUNS, id)
+    }
+    /// A stored workflow definition.
+    pub fn stored_workflow(&self, name: &str) -> Result<Option<StoredWorkflow>, DbError> {
+        self.get_json(WORKFLOWS, name)
+    }
+    /// Every stored workflow definition, by name.
+    pub fn stored_workflows(&self) -> Result<Vec<StoredWorkflow>, DbError> {
+        self.list_json(WORKFLOWS)
+    }
+    /// How many workflow definitions are stored.
+    pub fn stored_workflow_count(&self) -> Result<usize, DbError> {
+        let r = self.db.begin_read().map_err(e)?;
+        Ok(r.open_table(WORKFLOWS).map_err(e)?.len().map_err(e)? as usize)
+    }
+    /// Stores a workflow definition durably.
+    pub fn put_stored_workflow(&self, wf: &StoredWorkflow) -> Result<(), DbError> {
+        self.put_json(WORKFLOWS, &wf.name, wf, true)
+    }
+    /// Deletes a stored workflow definition; whether it existed.
+    pub fn delete_stored_workflow(&self, name: &str) -> Result<bool, DbError> {
+        let w = self.db.begin_write().map_err(e)?;
+        let existed = w
+            .open_table(WORKFLOWS)
+            .map_err(e)?
+            .remove(name)
+            .map_err(e)?
+            .is_some();
+        w.commit().map_err(e)?;
+        Ok(existed)
     }
     /// Stores a workflow run; `durable` for final states.
     pub fn put_workflow_run(&self, run: &WorkflowRun, durable: bool) -> Result<(), DbError> {

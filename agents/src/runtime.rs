@@ -198,6 +198,10 @@ struct Shared {
     config: RuntimeConfig,
     agents: Mutex<HashMap<String, Arc<Loaded>>>,
     sched: Scheduler,
+    /// Runs asked to end, with the reason their record will carry (see [`Runtime::cancel_run`]).
+    cancels: Mutex<HashMap<String, String>>,
+    /// Workflow runs in progress, for [`Runtime::cancel_workflow`].
+    pub(crate) workflows: Mutex<HashMap<String, Arc<crate::workflow::Cancel>>>,
     me: Weak<Shared>,
 }
 
@@ -264,6 +268,8 @@ impl Runtime {
             },
             config,
             agents: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            workflows: Mutex::new(HashMap::new()),
             me: me.clone(),
         });
         let rt = Runtime { shared };
@@ -657,6 +663,75 @@ impl Runtime {
             .await
     }
 
+    /// Prepares a task: its run id at once, and the future that queues, runs and records it.
+    pub(crate) fn start_run(
+        &self,
+        agent: &str,
+        input: String,
+    ) -> Result<(String, BoxFuture<'static, RunRecord>), AgentError> {
+        self.shared
+            .clone()
+            .prepare(agent, input, None, Vec::new(), None)
+    }
+
+    /// Asks a queued or running run to end now: its task is aborted (the instance goes with
+    /// it) and the run ends `killed` with `reason`. Returns at once; see [`Runtime::cancel_run`].
+    pub(crate) fn abort_run(&self, id: &str, agent: &str, reason: &str) {
+        self.shared
+            .cancels
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), reason.to_string());
+        if let Ok(loaded) = self.shared.loaded(agent)
+            && let Some(h) = loaded.running.lock().expect("lock").get(id)
+        {
+            h.abort();
+        }
+    }
+
+    /// Cancels one queued or running run and waits (up to 2 s) for its end to be recorded.
+    /// A run that already ended is a conflict.
+    pub async fn cancel_run(&self, id: &str, reason: &str) -> Result<RunRecord, AgentError> {
+        let run = self.run_record(id)?;
+        if !matches!(run.status, RunStatus::Queued | RunStatus::Running) {
+            return Err(AgentError::Conflict(format!(
+                "run {id} already ended ({})",
+                serde_json::to_value(run.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )));
+        }
+        self.abort_run(id, &run.agent, reason);
+        for _ in 0..200 {
+            let r = self.run_record(id)?;
+            if !matches!(r.status, RunStatus::Queued | RunStatus::Running) {
+                return Ok(r);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.run_record(id)
+    }
+
+    /// Makes a workflow run in progress cancellable by id.
+    pub(crate) fn register_workflow(&self, id: &str, c: Arc<crate::workflow::Cancel>) {
+        self.shared
+            .workflows
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), c);
+    }
+
+    /// Forgets a finished workflow run.
+    pub(crate) fn unregister_workflow(&self, id: &str) {
+        self.shared.workflows.lock().expect("lock").remove(id);
+    }
+
+    /// The cancellation of a workflow run in progress in this process.
+    pub(crate) fn workflow_cancel(&self, id: &str) -> Option<Arc<crate::workflow::Cancel>> {
+        self.shared.workflows.lock().expect("lock").get(id).cloned()
+    }
+
     /// Queues a task; returns its run id at once.
     pub fn submit(
         &self,
@@ -1003,15 +1078,20 @@ impl Shared {
                 .lock()
                 .expect("lock")
                 .insert(run_id.clone(), handle.abort_handle());
+            // A cancel that came before the task was registered.
+            if me.cancels.lock().expect("lock").contains_key(&run_id) {
+                handle.abort();
+            }
             let result = handle.await;
             loaded.running.lock().expect("lock").remove(&run_id);
+            let reason = me.cancels.lock().expect("lock").remove(&run_id);
             let mut finished = match result {
                 Ok(r) => r,
                 Err(_) => {
-                    // Aborted by kill: the instance went with the task.
+                    // Aborted by kill or cancel: the instance went with the task.
                     let mut r = me.db.run(&run_id).ok().flatten().unwrap_or(run);
                     r.status = RunStatus::Killed;
-                    r.error = Some("killed by an operator".into());
+                    r.error = Some(reason.unwrap_or_else(|| "killed by an operator".into()));
                     r
                 }
             };

@@ -807,3 +807,182 @@ async fn bad_workflows_are_refused_before_anything_runs() {
     assert!(env.rt.runs(None, 10).unwrap().is_empty(), "nothing ran");
     assert!(env.rt.workflow_runs(None, 10).unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_workflow_aborts_its_runs_and_starts_no_further_step() {
+    let env = env().await;
+    let key = key();
+    env.rt.trust(&key.public_hex(), "spin").unwrap();
+    // hostile's "loop" spins until its fuel or wall time runs out: here, an hour.
+    env.rt
+        .install(
+            package(
+                &key,
+                "hostile",
+                "spinner",
+                "[limits]\nfuel_per_task = 18000000000000000000\nwall_time_ms = 3600000\n",
+            ),
+            true,
+        )
+        .await
+        .unwrap();
+    let wf = Workflow::parse(
+        "name = \"slow\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"spinner\", input = \"loop\", retries = 2 }, { agent = \"echo\" }]\n",
+    )
+    .unwrap();
+    let id = env.rt.submit_workflow(&wf, "x".into()).unwrap();
+    // Wait until the spinner's run is under way.
+    let spinning = loop {
+        if let Some(r) = env
+            .rt
+            .runs(Some("spinner"), 5)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.status == cairn_agents::db::RunStatus::Running)
+        {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let cancelled = env
+        .rt
+        .cancel_workflow(&id, "the operator changed their mind")
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.status,
+        WorkflowStatus::Cancelled,
+        "{cancelled:#?}"
+    );
+    assert!(
+        cancelled
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("the operator changed their mind"),
+        "{cancelled:?}"
+    );
+    // The spinner's run was aborted with the reason, was not retried, and echo never ran.
+    let spun = env.rt.run_record(&spinning.id).unwrap();
+    assert_eq!(spun.status, cairn_agents::db::RunStatus::Killed);
+    assert!(
+        spun.error
+            .as_deref()
+            .unwrap()
+            .contains("cancelled with its workflow"),
+        "{spun:?}"
+    );
+    assert_eq!(env.rt.runs(Some("spinner"), 10).unwrap().len(), 1);
+    assert!(env.rt.runs(Some("echo"), 10).unwrap().is_empty());
+    assert_eq!(labels(&cancelled), ["steps[0]"]);
+    // What was stored is what the caller got; a second cancel is a conflict naming the state.
+    assert_eq!(env.rt.workflow_run(&id).unwrap(), cancelled);
+    match env.rt.cancel_workflow(&id, "again").await {
+        Err(AgentError::Conflict(m)) => assert!(m.contains("already ended (cancelled)"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        env.rt.cancel_workflow("wf-missing", "x").await,
+        Err(AgentError::NotFound(_))
+    ));
+    // The appliance goes on: the same agents serve the next workflow.
+    let r = run(
+        &env,
+        "name = \"after\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"spinner\" }, { agent = \"echo\" }]\n",
+        "hi",
+    )
+    .await;
+    assert_eq!(ok(&r), "ok (task 1)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_run_can_be_cancelled() {
+    let env = env().await;
+    let key = key();
+    env.rt.trust(&key.public_hex(), "spin").unwrap();
+    env.rt
+        .install(
+            package(
+                &key,
+                "hostile",
+                "spinner",
+                "[limits]\nfuel_per_task = 18000000000000000000\nwall_time_ms = 3600000\n",
+            ),
+            true,
+        )
+        .await
+        .unwrap();
+    let id = env.rt.submit("spinner", "loop".into(), None).unwrap();
+    while env.rt.run_record(&id).unwrap().status != cairn_agents::db::RunStatus::Running {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = env.rt.cancel_run(&id, "not needed").await.unwrap();
+    assert_eq!(r.status, cairn_agents::db::RunStatus::Killed);
+    assert_eq!(r.error.as_deref(), Some("not needed"));
+    assert!(matches!(
+        env.rt.cancel_run(&id, "again").await,
+        Err(AgentError::Conflict(_))
+    ));
+    // The agent itself stays started and answers.
+    let next = env.rt.run("spinner", "hello".into(), None).await.unwrap();
+    assert_eq!(next.output.as_deref(), Some("ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_definitions_are_stored_versioned_and_run_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name = \"greet\"\ndescription = \"says hi twice\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"echo\" }, { agent = \"echo\" }]\n";
+    {
+        let services = FakeServices::new();
+        let rt = runtime(dir.path(), services).await;
+        let key = key();
+        rt.trust(&key.public_hex(), "tests").unwrap();
+        rt.install(package(&key, "echo", "echo", ""), true)
+            .await
+            .unwrap();
+        let s = rt.save_workflow(text).unwrap();
+        assert_eq!((s.version, s.kind.as_str()), (1, "sequential"));
+        assert_eq!(s.agents, ["echo"]);
+        assert_eq!(rt.save_workflow(text).unwrap().version, 2);
+        // Refused with the reason, and nothing stored: unknown agent, reserved name, bad file.
+        let e = rt
+            .save_workflow(
+                &text
+                    .replace("greet", "other")
+                    .replace("\"echo\" }]", "\"ghost\" }]"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown agent \"ghost\""), "{e}");
+        let e = rt
+            .save_workflow(&text.replace("greet", "runs"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved"), "{e}");
+        assert!(rt.save_workflow("name = 3").is_err());
+        assert_eq!(rt.stored_workflows().unwrap().len(), 1);
+    }
+    // After a restart the definition is there, and runs as stored.
+    let services = FakeServices::new();
+    let rt = runtime(dir.path(), services).await;
+    let s = rt.stored_workflow("greet").unwrap();
+    assert_eq!((s.version, s.description.as_str()), (2, "says hi twice"));
+    let wf = Workflow::parse(&s.text).unwrap();
+    let r = rt.run_workflow(&wf, "hi".into()).await.unwrap();
+    assert!(
+        r.output
+            .as_deref()
+            .unwrap()
+            .starts_with("hi (task 1) (task "),
+        "{r:?}"
+    );
+    rt.delete_workflow("greet").unwrap();
+    assert!(matches!(
+        rt.stored_workflow("greet"),
+        Err(AgentError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.delete_workflow("greet"),
+        Err(AgentError::NotFound(_))
+    ));
+}

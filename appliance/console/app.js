@@ -680,6 +680,7 @@ function waterfall(r) {
 async function pageWorkflows(m) {
   const out = h('div', { 'aria-live': 'polite' });
   const runs = h('div');
+  const saved = h('div');
   let watching = null;
   const f = form({
     submit: 'Validate', label: 'Workflow',
@@ -688,9 +689,17 @@ async function pageWorkflows(m) {
       { name: 'input', label: 'Input', type: 'textarea', rows: 2 },
     ],
     async onSubmit(v, { form: fm }) {
-      const run = fm.dataset.intent === 'run';
+      const intent = fm.dataset.intent;
       fm.dataset.intent = '';
-      if (!run) {
+      if (intent === 'save') {
+        const name = workflowName(v.workflow);
+        if (!name) throw new Error('The workflow has no name = "…" line.');
+        const r = await api('PUT', `/api/v1/workflows/${encodeURIComponent(name)}`, { workflow: v.workflow });
+        put(out, h('p', { class: 'ok' }, `Saved ${r.name} (version ${r.version}).`));
+        loadSaved();
+        return;
+      }
+      if (intent !== 'run') {
         const r = await api('POST', '/api/v1/workflows/validate', { workflow: v.workflow, input: v.input });
         put(out, h('p', { class: 'ok' }, `Valid. Agents: ${r.agents.join(', ')}`));
         return;
@@ -699,15 +708,25 @@ async function pageWorkflows(m) {
       watch(r.id);
     },
   });
-  const runBtn = h('button', { type: 'button' }, 'Run');
-  runBtn.addEventListener('click', () => { f.dataset.intent = 'run'; f.requestSubmit(); });
-  f.lastChild.append(runBtn);
+  for (const [label, intent] of [['Run', 'run'], ['Save', 'save']]) {
+    const b = h('button', { type: 'button' }, label);
+    b.addEventListener('click', () => { f.dataset.intent = intent; f.requestSubmit(); });
+    f.lastChild.append(b);
+  }
   function watch(id) {
     if (watching) clearInterval(watching);
     const tick = async () => {
       const r = await api('GET', `/api/v1/workflows/runs/${encodeURIComponent(id)}`).catch((e) => { put(out, h('p', { class: 'bad' }, e.message)); return null; });
       if (!r) return;
-      put(out, workflowView(r));
+      const view = workflowView(r);
+      if (r.status === 'running') {
+        view.prepend(h('button', { type: 'button', class: 'danger', onclick: async (ev) => {
+          ev.target.disabled = true;
+          await api('POST', `/api/v1/workflows/runs/${encodeURIComponent(id)}/cancel`).catch((e) => put(out, h('p', { class: 'bad' }, e.message)));
+          tick();
+        } }, 'Cancel run'));
+      }
+      put(out, view);
       if (r.status !== 'running') { clearInterval(watching); watching = null; loadRuns(); }
     };
     tick();
@@ -721,8 +740,36 @@ async function pageWorkflows(m) {
       ['Workflow', (x) => x.workflow], ['Kind', (x) => x.kind], ['Status', (x) => x.status], ['Created', (x) => fmtTime(x.created_ms)],
     ], r.runs, 'No workflow runs yet.'));
   }
-  m.append(section('Define', f), section('Run', out), section('Recent runs', runs));
-  await loadRuns();
+  async function loadSaved() {
+    const r = await api('GET', '/api/v1/workflows');
+    const path = (x) => `/api/v1/workflows/${encodeURIComponent(x.name)}`;
+    put(saved, table([
+      ['Name', (x) => x.name], ['Kind', (x) => x.kind], ['Agents', (x) => x.agents.join(', ')], ['Version', (x) => String(x.version)],
+      ['Saved', (x) => fmtTime(x.saved_ms)],
+      ['Actions', (x) => h('div', { class: 'actions' },
+        h('button', { type: 'button', 'aria-label': `run workflow ${x.name}`, onclick: async () => {
+          const input = f.querySelector('[name=input]').value;
+          const r = await api('POST', `${path(x)}/runs`, { input, wait: false }).catch((e) => { put(out, h('p', { class: 'bad' }, e.message)); return null; });
+          if (r) watch(r.id);
+        } }, 'run'),
+        h('button', { type: 'button', class: 'secondary', 'aria-label': `edit workflow ${x.name}`, onclick: () => { f.querySelector('[name=workflow]').value = x.text; } }, 'edit'),
+        h('button', { type: 'button', class: 'danger', 'aria-label': `delete workflow ${x.name}`, onclick: async () => {
+          if (!confirm(`Delete the saved workflow ${x.name}? Its past runs stay.`)) return;
+          await api('DELETE', path(x)).catch((e) => put(out, h('p', { class: 'bad' }, e.message)));
+          loadSaved();
+        } }, 'delete'))],
+    ], r.workflows, 'No saved workflows yet. Write one above and press Save.'));
+  }
+  m.append(section('Define', f), section('Saved workflows', saved), section('Run', out), section('Recent runs', runs));
+  await Promise.all([loadRuns(), loadSaved()]);
+}
+
+/** The `name` of a workflow file (TOML `name = "…"`, or JSON), or null. */
+function workflowName(text) {
+  const t = text.trim();
+  if (t.startsWith('{')) { try { return JSON.parse(t).name || null; } catch { return null; } }
+  const m = /^\s*name\s*=\s*"([^"]+)"/m.exec(t);
+  return m ? m[1] : null;
 }
 
 function workflowView(r) {
@@ -735,7 +782,7 @@ function workflowView(r) {
   });
   if (r.status === 'running') graph.append(h('span', { class: 'arrow' }, '…'));
   return h('div', {},
-    kv([['Run', r.id], ['Workflow', `${r.workflow} (${r.kind})`], ['Status', h('span', { class: `badge ${r.status === 'succeeded' ? 'ok' : r.status === 'running' ? 'warn' : 'bad'}` }, r.status)],
+    kv([['Run', r.id], ['Workflow', `${r.workflow} (${r.kind})`], ['Status', h('span', { class: `badge ${r.status === 'succeeded' ? 'ok' : r.status === 'running' || r.status === 'cancelled' ? 'warn' : 'bad'}` }, r.status)],
       r.rerouted_to ? ['Rerouted to', r.rerouted_to] : null, r.error ? ['Error', h('span', { class: 'bad' }, r.error)] : null]),
     h('h3', {}, 'Steps'), steps.length ? graph : h('p', { class: 'muted' }, 'No step has finished yet.'),
     (r.judgements || []).length ? [h('h3', {}, 'Judges'), table([['Target', (j) => j.target], ['Passed', (j) => (j.passed ? 'yes' : 'no')], ['Score', (j) => j.score ?? '–'], ['Reasons', (j) => j.reasons.join('; ')]], r.judgements)] : null,

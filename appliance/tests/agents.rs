@@ -249,6 +249,55 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
     );
     let (_, runs) = call(c.get(format!("{url}/api/v1/workflows/runs?workflow=twice"))).await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+    // A run that ended cannot be cancelled; the answer says why.
+    let first = runs["runs"][0]["id"].as_str().unwrap().to_string();
+    let (status, v) = call(c.post(format!("{url}/api/v1/workflows/runs/{first}/cancel"))).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already ended (succeeded)"),
+        "{v}"
+    );
+
+    // Stored definitions: saved (then replaced, versioned), listed, run by name, deleted.
+    let (status, v) = call(
+        c.put(format!("{url}/api/v1/workflows/twice"))
+            .json(&json!({"workflow": wf})),
+    )
+    .await;
+    assert_eq!((status, v["version"].as_u64()), (201, Some(1)), "{v}");
+    let (status, v) = call(
+        c.put(format!("{url}/api/v1/workflows/twice"))
+            .json(&json!({"workflow": wf})),
+    )
+    .await;
+    assert_eq!((status, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let (status, v) = call(
+        c.put(format!("{url}/api/v1/workflows/other"))
+            .json(&json!({"workflow": wf})),
+    )
+    .await;
+    assert_eq!(status, 400, "a name that differs from the path: {v}");
+    let (_, list) = call(c.get(format!("{url}/api/v1/workflows"))).await;
+    assert_eq!(list["workflows"][0]["name"], "twice", "{list}");
+    assert_eq!(list["workflows"].as_array().unwrap().len(), 1, "{list}");
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/workflows/twice/runs"))
+            .json(&json!({"input": "s"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("succeeded")),
+        "{v}"
+    );
+    assert!(v["output"].as_str().unwrap().starts_with("s (task"), "{v}");
+    let (status, _) = call(c.delete(format!("{url}/api/v1/workflows/twice"))).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(c.post(format!("{url}/api/v1/workflows/twice/runs"))).await;
+    assert_eq!(status, 404);
 
     // Bad packages: garbage, tampered, a component of another world.
     let (status, v) = call(
@@ -308,6 +357,20 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
             "{attack}: {run}"
         );
     }
+    // A run in progress is cancelled at once, long before its wall time.
+    let (status, v) = call(
+        c.post(format!("{url}/api/v1/agents/hostile/runs"))
+            .json(&json!({"input": "loop", "wait": false})),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (status, v) = call(c.post(format!("{url}/api/v1/runs/{id}/cancel"))).await;
+    assert_eq!(
+        (status, v["status"].as_str(), v["error"].as_str()),
+        (200, Some("killed"), Some("cancelled by an operator")),
+        "{v}"
+    );
     let (_, audit) = call(c.get(format!("{url}/api/v1/audit?limit=100"))).await;
     assert!(
         audit["entries"]

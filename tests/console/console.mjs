@@ -362,6 +362,19 @@ if (phase === 'chat') {
       await until(async () => (await page.locator('ol.waterfall li').allTextContents()).some((t) => t.startsWith(`run · ${name}`)), 'the run in its trace waterfall');
       await shot(page, 'agents');
     });
+    await scenario('workflows: save a workflow, run it by name, see its output', page, async () => {
+      await page.goto(`${base}/workflows`);
+      await heading(page, 'Workflows');
+      const wf = `name = "console-pipeline"\n[topology]\nkind = "sequential"\nsteps = [{ agent = "${name}" }, { agent = "${name}" }]\n`;
+      await page.getByLabel('Workflow (TOML, or JSON starting with {)', { exact: true }).fill(wf);
+      await page.getByLabel('Input', { exact: true }).fill('from a saved workflow');
+      await page.getByRole('button', { name: 'Save', exact: true }).click();
+      await until(async () => (await page.locator('main table td').allTextContents()).includes('console-pipeline'), 'the saved workflow in its table');
+      await page.getByRole('button', { name: 'run workflow console-pipeline', exact: true }).click();
+      await until(async () => ((await page.locator('main pre').last().textContent()) || '').includes('from a saved workflow'), 'the workflow output', 60000);
+      await until(async () => (await page.locator('main .badge').allTextContents()).includes('succeeded'), 'the run marked succeeded');
+      await shot(page, 'workflows');
+    });
   } else console.log('skip first: agents (CAIRN_AGENT_PACKAGE is not set)');
 
   if (env.CAIRN_CHAT_MODEL) await chatScenario();

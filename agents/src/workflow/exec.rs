@@ -53,10 +53,48 @@ fn new_id() -> String {
     format!("wf-{:012x}-{}", now_ms(), hex::encode(r))
 }
 
+/// Cancellation of one workflow run: why it was cancelled, and the agent runs in flight.
+#[derive(Default)]
+pub(crate) struct Cancel {
+    reason: Mutex<Option<String>>,
+    /// Run id → agent, of the runs started and not yet ended.
+    inflight: Mutex<HashMap<String, String>>,
+}
+
+impl Cancel {
+    /// Why the run was cancelled, once it was.
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.reason.lock().expect("cancel lock").clone()
+    }
+
+    /// Marks the workflow cancelled (the first reason stays) and aborts its runs in flight.
+    pub(crate) fn cancel(&self, rt: &Runtime, reason: &str) {
+        let reason = {
+            let mut r = self.reason.lock().expect("cancel lock");
+            r.get_or_insert_with(|| reason.to_string()).clone()
+        };
+        let runs: Vec<_> = self
+            .inflight
+            .lock()
+            .expect("cancel lock")
+            .iter()
+            .map(|(id, agent)| (id.clone(), agent.clone()))
+            .collect();
+        for (id, agent) in runs {
+            rt.abort_run(
+                &id,
+                &agent,
+                &format!("cancelled with its workflow: {reason}"),
+            );
+        }
+    }
+}
+
 struct Ctx {
     rt: Runtime,
     run: Mutex<WorkflowRun>,
     pass: AtomicU32,
+    cancel: Arc<Cancel>,
 }
 
 /// One call of a fan-out: label, step, default template, variables.
@@ -75,6 +113,32 @@ impl Ctx {
         self.save(false);
     }
 
+    /// Runs an agent, known to [`Cancel`] while it is in flight.
+    async fn run_agent(
+        &self,
+        agent: &str,
+        input: String,
+    ) -> Result<crate::db::RunRecord, crate::runtime::AgentError> {
+        let (id, fut) = self.rt.start_run(agent, input)?;
+        self.cancel
+            .inflight
+            .lock()
+            .expect("cancel lock")
+            .insert(id.clone(), agent.to_string());
+        // A cancel between the check in `call` and the registration above.
+        if let Some(why) = self.cancel.reason() {
+            self.rt
+                .abort_run(&id, agent, &format!("cancelled with its workflow: {why}"));
+        }
+        let r = fut.await;
+        self.cancel
+            .inflight
+            .lock()
+            .expect("cancel lock")
+            .remove(&id);
+        Ok(r)
+    }
+
     /// Runs one step with its retries; the error says which step failed and why.
     async fn call(
         &self,
@@ -87,6 +151,12 @@ impl Ctx {
         let attempts = step.retries + 1;
         let mut last = String::new();
         for attempt in 1..=attempts {
+            if let Some(why) = self.cancel.reason() {
+                return Err(format!(
+                    "{label} ({}) not run: cancelled: {why}",
+                    step.agent
+                ));
+            }
             let mut rec = StepRecord {
                 label: label.clone(),
                 agent: step.agent.clone(),
@@ -99,7 +169,7 @@ impl Ctx {
                 error: None,
                 models: Vec::new(),
             };
-            match self.rt.run(&step.agent, input.clone(), None).await {
+            match self.run_agent(&step.agent, input.clone()).await {
                 Ok(r) => {
                     rec.run_id = Some(r.id.clone());
                     rec.models = r.usage.models.clone();
@@ -743,6 +813,7 @@ enum End {
     Ok(String),
     Failed(String),
     Rejected(String, Vec<String>),
+    Cancelled(String),
 }
 
 /// Stores a new workflow run and returns its id with the future that executes it.
@@ -769,20 +840,29 @@ pub(super) fn start(
         finished_ms: None,
     };
     let id = run.id.clone();
+    let cancel = Arc::new(Cancel::default());
+    rt.register_workflow(&id, cancel.clone());
     let ctx = Arc::new(Ctx {
         rt,
         run: Mutex::new(run),
         pass: AtomicU32::new(1),
+        cancel,
     });
     ctx.save(false);
     (id, execute(ctx, wf, input))
 }
 
 async fn execute(ctx: Arc<Ctx>, wf: Workflow, input: String) -> WorkflowRun {
+    let run_id = ctx.run.lock().expect("lock").id.clone();
     let mut pass = 1;
+    let cancelled = || ctx.cancel.reason().map(End::Cancelled);
     let end = loop {
         ctx.pass.store(pass, Ordering::SeqCst);
-        let out = match ctx.topology(&wf.topology, &input).await {
+        let out = ctx.topology(&wf.topology, &input).await;
+        if let Some(c) = cancelled() {
+            break c;
+        }
+        let out = match out {
             Ok(o) => o,
             Err(e) => break End::Failed(e),
         };
@@ -792,6 +872,9 @@ async fn execute(ctx: Arc<Ctx>, wf: Workflow, input: String) -> WorkflowRun {
         let j = ctx
             .judge(&wf, format!("pass {pass}"), pass, &input, &out)
             .await;
+        if let Some(c) = cancelled() {
+            break c;
+        }
         if j.passed {
             break End::Ok(out);
         }
@@ -837,10 +920,15 @@ async fn execute(ctx: Arc<Ctx>, wf: Workflow, input: String) -> WorkflowRun {
                 run.output = Some(o);
                 run.error = Some(format!("rejected by the judges: {}", reasons.join("; ")));
             }
+            End::Cancelled(why) => {
+                run.status = WorkflowStatus::Cancelled;
+                run.error = Some(format!("cancelled: {why}"));
+            }
         }
         run.finished_ms = Some(now_ms());
     }
     ctx.save(true);
+    ctx.rt.unregister_workflow(&run_id);
     ctx.run.lock().expect("lock").clone()
 }
 

@@ -6,6 +6,8 @@
 mod exec;
 pub mod judge;
 
+pub(crate) use exec::Cancel;
+
 pub use judge::{Judge, JudgeSpec, Judgement, OnFail, Verdict};
 
 use crate::manifest::valid_name;
@@ -750,6 +752,8 @@ pub enum WorkflowStatus {
     Rejected,
     /// Interrupted by a restart of the appliance.
     Interrupted,
+    /// Cancelled by an operator: runs in flight were aborted, no further step started.
+    Cancelled,
 }
 
 /// One agent call of a workflow run (one attempt).
@@ -807,7 +811,122 @@ pub struct WorkflowRun {
     pub finished_ms: Option<u64>,
 }
 
+/// A workflow definition stored on the appliance (`agent_workflows`), run by name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredWorkflow {
+    /// The workflow's name (its key).
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Topology kind.
+    pub kind: String,
+    /// The agents it calls.
+    pub agents: Vec<String>,
+    /// The file's text as saved (TOML, or JSON).
+    pub text: String,
+    /// 1 for the first save, then one more for each replacement.
+    pub version: u32,
+    /// Saved (ms).
+    pub saved_ms: u64,
+}
+
+/// Longest stored workflow file.
+pub const MAX_WORKFLOW_TEXT: usize = 256 << 10;
+/// Most stored workflows.
+pub const MAX_STORED_WORKFLOWS: usize = 1000;
+/// Names that would collide with the API's own paths under `/api/v1/workflows/`.
+const RESERVED_NAMES: [&str; 2] = ["runs", "validate"];
+
 impl Runtime {
+    /// Checks and stores a workflow definition (replacing one of the same name); it can then
+    /// be run by name. Every agent it names must be installed.
+    pub fn save_workflow(&self, text: &str) -> Result<StoredWorkflow, AgentError> {
+        if text.len() > MAX_WORKFLOW_TEXT {
+            return Err(AgentError::Invalid(format!(
+                "workflow file is over {} KiB",
+                MAX_WORKFLOW_TEXT >> 10
+            )));
+        }
+        let wf = Workflow::parse(text)?;
+        if RESERVED_NAMES.contains(&wf.name.as_str()) {
+            return Err(AgentError::Invalid(format!(
+                "workflow: name {:?} is reserved",
+                wf.name
+            )));
+        }
+        self.check_workflow(&wf)?;
+        let previous = self.db().stored_workflow(&wf.name)?;
+        if previous.is_none() && self.db().stored_workflow_count()? >= MAX_STORED_WORKFLOWS {
+            return Err(AgentError::Quota(format!(
+                "{MAX_STORED_WORKFLOWS} workflows are stored already; delete one first"
+            )));
+        }
+        let stored = StoredWorkflow {
+            name: wf.name.clone(),
+            description: wf.description.clone(),
+            kind: wf.topology.kind().into(),
+            agents: wf.agents(),
+            text: text.to_string(),
+            version: previous.map_or(1, |p| p.version + 1),
+            saved_ms: crate::db::now_ms(),
+        };
+        self.db().put_stored_workflow(&stored)?;
+        Ok(stored)
+    }
+
+    /// A stored workflow definition.
+    pub fn stored_workflow(&self, name: &str) -> Result<StoredWorkflow, AgentError> {
+        self.db()
+            .stored_workflow(name)?
+            .ok_or_else(|| AgentError::NotFound(format!("no stored workflow {name:?}")))
+    }
+
+    /// Every stored workflow definition, by name.
+    pub fn stored_workflows(&self) -> Result<Vec<StoredWorkflow>, AgentError> {
+        Ok(self.db().stored_workflows()?)
+    }
+
+    /// Deletes a stored workflow definition (its past runs stay).
+    pub fn delete_workflow(&self, name: &str) -> Result<(), AgentError> {
+        if self.db().delete_stored_workflow(name)? {
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!("no stored workflow {name:?}")))
+        }
+    }
+
+    /// Cancels a workflow run in progress: no further step starts, the agent runs in flight
+    /// are aborted (they end `killed`), and the run ends `cancelled`. Waits (up to 5 s) for
+    /// the end to be recorded. A run that already ended is a conflict.
+    pub async fn cancel_workflow(&self, id: &str, reason: &str) -> Result<WorkflowRun, AgentError> {
+        let run = self.workflow_run(id)?;
+        let ended = |r: &WorkflowRun| {
+            AgentError::Conflict(format!(
+                "workflow run {id} already ended ({})",
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ))
+        };
+        if run.status != WorkflowStatus::Running {
+            return Err(ended(&run));
+        }
+        let Some(c) = self.workflow_cancel(id) else {
+            // It ended between the two reads.
+            return Err(ended(&self.workflow_run(id)?));
+        };
+        c.cancel(self, reason);
+        for _ in 0..500 {
+            let r = self.workflow_run(id)?;
+            if r.status != WorkflowStatus::Running {
+                return Ok(r);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.workflow_run(id)
+    }
+
     /// Checks that every agent the workflow names is installed; the error lists the unknown ones.
     pub fn check_workflow(&self, wf: &Workflow) -> Result<(), AgentError> {
         wf.validate()?;

@@ -50,6 +50,7 @@ pub(super) fn routes() -> Routes {
         .route("/api/v1/agents/{name}/messages", post(message))
         .route("/api/v1/runs", get(runs))
         .route("/api/v1/runs/{id}", get(one_run))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/trust", get(trusted).post(trust))
         .route("/api/v1/trust/{key}/revoke", post(revoke))
         .route("/api/v1/audit", get(audit))
@@ -59,6 +60,18 @@ pub(super) fn routes() -> Routes {
             get(workflow_runs).post(run_workflow),
         )
         .route("/api/v1/workflows/runs/{id}", get(one_workflow_run))
+        .route(
+            "/api/v1/workflows/runs/{id}/cancel",
+            post(cancel_workflow_run),
+        )
+        .route("/api/v1/workflows", get(stored_workflows))
+        .route(
+            "/api/v1/workflows/{name}",
+            get(stored_workflow)
+                .put(save_workflow)
+                .delete(delete_workflow),
+        )
+        .route("/api/v1/workflows/{name}/runs", post(run_stored_workflow))
 }
 
 /// The package upload route, with its own body limit.
@@ -341,10 +354,20 @@ async fn run_workflow(
     s.writable_store()?;
     let b: WorkflowBody = parse(&body)?;
     let wf = workflow_of(&s, &b.workflow)?;
-    let rt = runtime(&s)?;
-    // Always detached from the request: a client that goes away never leaves half a run.
-    let id = rt.submit_workflow(&wf, b.input)?;
-    if !b.wait {
+    start_workflow(&s, &wf, b.input, b.wait).await
+}
+
+/// Starts a checked workflow, detached from the request (a client that goes away never leaves
+/// half a run); answers 202 with its id, or waits for its end.
+async fn start_workflow(
+    s: &Shared,
+    wf: &cairn_agents::workflow::Workflow,
+    input: String,
+    wait: bool,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let rt = runtime(s)?;
+    let id = rt.submit_workflow(wf, input)?;
+    if !wait {
         return Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))));
     }
     loop {
@@ -378,4 +401,115 @@ async fn one_workflow_run(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(runtime(&s)?.workflow_run(&id)?)))
+}
+
+async fn cancel_workflow_run(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = runtime(&s)?
+        .cancel_workflow(&id, "cancelled by an operator")
+        .await?;
+    Ok(Json(json!(run)))
+}
+
+async fn cancel_run(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = runtime(&s)?
+        .cancel_run(&id, "cancelled by an operator")
+        .await?;
+    Ok(Json(json!(run)))
+}
+
+async fn stored_workflows(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"workflows": runtime(&s)?.stored_workflows()?})))
+}
+
+async fn stored_workflow(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(runtime(&s)?.stored_workflow(&name)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveWorkflowBody {
+    /// The workflow file's text (TOML, or JSON starting with `{`); its name must be the path's.
+    workflow: String,
+}
+
+async fn save_workflow(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.writable_store()?;
+    let b: SaveWorkflowBody = parse(&body)?;
+    let wf = cairn_agents::workflow::Workflow::parse(&b.workflow)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_workflow", e.to_string()))?;
+    if wf.name != name {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_workflow",
+            format!(
+                "the workflow's name {:?} differs from the path's {name:?}",
+                wf.name
+            ),
+        ));
+    }
+    let stored = runtime(&s)?
+        .save_workflow(&b.workflow)
+        .map_err(|e| match e {
+            AgentError::NotFound(m) | AgentError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_workflow", m)
+            }
+            other => other.into(),
+        })?;
+    let status = if stored.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(stored))))
+}
+
+async fn delete_workflow(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.writable_store()?;
+    runtime(&s)?.delete_workflow(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunStoredBody {
+    #[serde(default)]
+    input: String,
+    /// Wait for the end (default) or answer 202 with the run id at once.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+async fn run_stored_workflow(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.writable_store()?;
+    let b: RunStoredBody = if body.is_empty() {
+        RunStoredBody {
+            input: String::new(),
+            wait: true,
+        }
+    } else {
+        parse(&body)?
+    };
+    let stored = runtime(&s)?.stored_workflow(&name)?;
+    let wf = workflow_of(&s, &stored.text)?;
+    start_workflow(&s, &wf, b.input, b.wait).await
 }
