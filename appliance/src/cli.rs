@@ -296,6 +296,14 @@ pub enum ManageCommand {
     /// Host name, network and clock (admin to change).
     #[command(subcommand)]
     Machine(MachineCommand),
+    /// Workflows: stored definitions, runs, cancellation.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Cancels a queued or running agent run.
+    Cancel {
+        /// The run id.
+        run: String,
+    },
     /// The structured event stream, oldest first.
     Events {
         /// Kind or kind prefix (`agent`, `router.call`, `operator.action`, ...).
@@ -409,6 +417,53 @@ pub enum MachineCommand {
     SetClock,
 }
 
+/// `cairn workflow …`.
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// Stored workflow definitions.
+    List,
+    /// Checks a workflow file and stores it under its name (replacing one of that name).
+    Save {
+        /// The workflow file (TOML, or JSON).
+        file: PathBuf,
+    },
+    /// Prints a stored definition's file.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Runs a stored workflow; waits for its end unless `--detach`.
+    Run {
+        /// Its name.
+        name: String,
+        /// The input.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Print the run id at once instead of waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Recent workflow runs, newest first.
+    Runs {
+        /// Only this workflow's.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Cancels a workflow run in progress.
+    Cancel {
+        /// The workflow run id (`wf-…`).
+        id: String,
+    },
+    /// Deletes a stored definition (its runs stay).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
 /// `cairn token …`.
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
@@ -427,6 +482,110 @@ pub enum TokenCommand {
         /// Its id.
         id: String,
     },
+}
+
+/// `cairn workflow …` against the API.
+async fn workflow(api: &Api, cmd: WorkflowCommand) -> Result<()> {
+    let one_run = |v: &serde_json::Value| {
+        println!(
+            "{} {} ({}): {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["workflow"].as_str().unwrap_or("?"),
+            v["kind"].as_str().unwrap_or("?"),
+            v["status"].as_str().unwrap_or("?"),
+        );
+        if let Some(e) = v["error"].as_str() {
+            println!("error: {e}");
+        }
+        if let Some(o) = v["output"].as_str() {
+            println!("{o}");
+        }
+    };
+    match cmd {
+        WorkflowCommand::List => {
+            let v = api.send(api.get("/api/v1/workflows")).await?;
+            for w in v["workflows"].as_array().into_iter().flatten() {
+                println!(
+                    "{} v{} {} [{}] {}",
+                    w["name"].as_str().unwrap_or("?"),
+                    w["version"],
+                    w["kind"].as_str().unwrap_or("?"),
+                    w["agents"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    w["description"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        WorkflowCommand::Save { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let wf = cairn_agents::workflow::Workflow::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let v = api
+                .send(
+                    api.put(&format!("/api/v1/workflows/{}", wf.name))
+                        .json(&serde_json::json!({"workflow": text})),
+                )
+                .await?;
+            println!("saved {} (version {})", wf.name, v["version"]);
+        }
+        WorkflowCommand::Show { name } => {
+            let v = api
+                .send(api.get(&format!("/api/v1/workflows/{name}")))
+                .await?;
+            print!("{}", v["text"].as_str().unwrap_or(""));
+        }
+        WorkflowCommand::Run {
+            name,
+            input,
+            detach,
+        } => {
+            let v = api
+                .send(
+                    api.post(&format!("/api/v1/workflows/{name}/runs"))
+                        .json(&serde_json::json!({"input": input, "wait": !detach})),
+                )
+                .await?;
+            if detach {
+                println!("{}", v["id"].as_str().unwrap_or("?"));
+            } else {
+                one_run(&v);
+            }
+        }
+        WorkflowCommand::Runs { workflow, limit } => {
+            let mut path = format!("/api/v1/workflows/runs?limit={limit}");
+            if let Some(w) = workflow {
+                path.push_str(&format!("&workflow={w}"));
+            }
+            let v = api.send(api.get(&path)).await?;
+            for r in v["runs"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} ({}): {}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["workflow"].as_str().unwrap_or("?"),
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+        WorkflowCommand::Cancel { id } => {
+            let v = api
+                .send(api.post(&format!("/api/v1/workflows/runs/{id}/cancel")))
+                .await?;
+            one_run(&v);
+        }
+        WorkflowCommand::Delete { name } => {
+            api.send(api.delete(&format!("/api/v1/workflows/{name}")))
+                .await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -639,6 +798,17 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
                     v["scope"].as_str().unwrap_or("?")
                 );
                 println!("{}", v["token"].as_str().unwrap_or(""));
+            }
+            ManageCommand::Workflow(cmd) => workflow(&api, cmd).await?,
+            ManageCommand::Cancel { run } => {
+                let v = api
+                    .send(api.post(&format!("/api/v1/runs/{run}/cancel")))
+                    .await?;
+                println!(
+                    "{run}: {} ({})",
+                    v["status"].as_str().unwrap_or("?"),
+                    v["error"].as_str().unwrap_or("")
+                );
             }
             ManageCommand::Token(TokenCommand::Revoke { id }) => {
                 api.send(api.delete(&format!("/api/v1/auth/tokens/{id}")))

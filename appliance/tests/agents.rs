@@ -294,6 +294,32 @@ async fn deploy_with_the_cli_and_run_through_the_api() {
         "{v}"
     );
     assert!(v["output"].as_str().unwrap().starts_with("s (task"), "{v}");
+    // The same from the CLI: save from a file, list, run by name, show.
+    let wf_file = work.path().join("twice.toml");
+    std::fs::write(&wf_file, wf).unwrap();
+    let (ok, out) = cli(&[
+        "login",
+        "--remote",
+        &url,
+        "--token",
+        &token,
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["workflow", "save", wf_file.to_str().unwrap()]);
+    assert!(ok && out.contains("saved twice (version 3)"), "{out}");
+    let (ok, out) = cli(&["workflow", "list"]);
+    assert!(ok && out.contains("twice v3 sequential [echo]"), "{out}");
+    let (ok, out) = cli(&["workflow", "run", "twice", "--input", "from the cli"]);
+    assert!(
+        ok && out.contains("succeeded") && out.contains("from the cli (task"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["workflow", "show", "twice"]);
+    assert!(ok && out == wf, "{out}");
+    let (ok, out) = cli(&["workflow", "cancel", "wf-0-none"]);
+    assert!(!ok && out.contains("404"), "{out}");
     let (status, _) = call(c.delete(format!("{url}/api/v1/workflows/twice"))).await;
     assert_eq!(status, 204);
     let (status, _) = call(c.post(format!("{url}/api/v1/workflows/twice/runs"))).await;
