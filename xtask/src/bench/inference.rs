@@ -376,7 +376,7 @@ fn llama_bench() -> Result<PathBuf> {
 
 /// The venv with sentence-transformers (`xtask/scripts/st_requirements.txt`); returns its
 /// python.
-fn st_venv() -> Result<PathBuf> {
+pub(super) fn st_venv() -> Result<PathBuf> {
     eprintln!(
         "bench inference: sentence-transformers venv (the first time, pip installs torch: a few minutes)"
     );
@@ -393,7 +393,7 @@ fn st_venv() -> Result<PathBuf> {
 /// weights, config and tokenizer linked from the store, plus the module files
 /// (Transformer → mean pooling → normalize, 256 tokens) that make `SentenceTransformer(dir)`
 /// compute what `cairn_models::embed` computes.
-fn st_model_dir(store_dir: &Path) -> Result<PathBuf> {
+pub(super) fn st_model_dir(store_dir: &Path) -> Result<PathBuf> {
     let dir = bench_dir().join(format!("st-model-{EMBED_MODEL}"));
     std::fs::create_dir_all(dir.join("1_Pooling"))?;
     for name in ["config.json", "model.safetensors", "tokenizer.json"] {

@@ -6,6 +6,9 @@
 //!
 //! The dataset is written once by the `bench_memory` example (`target/bench/memory-dataset`);
 //! the SQLite script (`xtask/scripts/sqlite_memory_bench.py`) runs in a venv with numpy.
+//! Inserts with the embedding computed on the way in (all-MiniLM-L6-v2) are measured by the
+//! `bench_memory_embed` example next to SQLite with sentence-transformers
+//! (`xtask/scripts/sqlite_memory_embed_bench.py`, in the inference benchmark's venv).
 
 use super::inference::{bench_dir, cores, cpu_model, parse_json, repo_file, run_measured};
 use crate::build;
@@ -161,6 +164,7 @@ pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
         ));
         detail.insert(k, json!({"cairn": ours, "sqlite": peer}));
     }
+    with_embedding(&dataset, &mut figures, &mut detail)?;
     Ok(json!({
         "area": "memory",
         "peer": "SQLite (FTS5 + brute-force numpy vectors), same dataset and fusion",
@@ -169,4 +173,91 @@ pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
         "figures": figures,
         "detail": detail,
     }))
+}
+
+/// Records embedded on the way in: single durable inserts and one import, both sides.
+fn with_embedding(
+    dataset: &std::path::Path,
+    figures: &mut Vec<Value>,
+    detail: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    const RECORDS: &str = "300";
+    let store = crate::models::fetch_models("all-minilm-l6-v2")?;
+    let catalog = crate::models::catalog::Catalog::parse(crate::models::catalog::BUILTIN)?;
+    let model = catalog
+        .get("all-minilm-l6-v2")
+        .context("the embedding model is not in the catalog")?;
+    let model_dir = store
+        .file(model, "weights")
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .context("the embedding model has no weights")?;
+    eprintln!("bench memory: inserts with embedding: building bench_memory_embed (release)");
+    let st = build::cargo()
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cairn",
+            "--example",
+            "bench_memory_embed",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("building bench_memory_embed failed");
+    }
+    let mut cmd =
+        Command::new(build::cargo_target_dir().join("release/examples/bench_memory_embed"));
+    cmd.arg("--dataset")
+        .arg(dataset)
+        .arg("--models")
+        .arg(store.root())
+        .arg("--work")
+        .arg(bench_dir().join("memory-embed-work"))
+        .args(["--records", RECORDS]);
+    let ours = parse_json(
+        "bench_memory_embed",
+        &run_measured("bench_memory_embed", &mut cmd)?.stdout,
+    )?;
+    let python = super::inference::st_venv()?;
+    let st_model = super::inference::st_model_dir(&model_dir)?;
+    eprintln!("bench memory: inserts with embedding: SQLite + sentence-transformers");
+    let mut cmd = Command::new(&python);
+    cmd.arg(repo_file("xtask/scripts/sqlite_memory_embed_bench.py"))
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--model")
+        .arg(&st_model)
+        .arg("--work")
+        .arg(bench_dir().join("memory-embed-sqlite"))
+        .args(["--records", RECORDS])
+        .env("HF_HUB_OFFLINE", "1");
+    let peer = parse_json(
+        "sqlite_memory_embed_bench",
+        &run_measured("sqlite_memory_embed", &mut cmd)?.stdout,
+    )?;
+    let get = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {v}"));
+    for (name, key) in [
+        (
+            "single_insert_with_embedding",
+            "single_with_embedding_per_s",
+        ),
+        ("bulk_insert_with_embedding", "bulk_with_embedding_per_s"),
+    ] {
+        let mut f = figure(
+            name,
+            "records/s",
+            get(&ours, key)?,
+            get(&peer, key)?,
+            true,
+            json!({"min_ratio": 1.0}),
+        );
+        f["peer"] = json!("SQLite FTS5 + sentence-transformers (all-MiniLM-L6-v2, CPU)");
+        figures.push(f);
+    }
+    detail.insert(
+        "with_embedding".into(),
+        json!({"cairn": ours, "sqlite": peer}),
+    );
+    Ok(())
 }
