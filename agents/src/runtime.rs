@@ -228,8 +228,17 @@ fn trap_reason(e: &wasmtime::Error) -> String {
             other => format!("trap: {other}"),
         };
     }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        // e.g. Python's `sys.exit()` or an uncaught `SystemExit`, Rust's `process::exit`.
+        return format!("the agent exited (status {}) instead of returning", exit.0);
+    }
     let s = format!("{e:#}");
-    if s.contains("forcing a memory growth failure") || s.contains("memory minimum size") {
+    // The first is the limiter refusing growth past the manifest's `memory_mb` (with
+    // `trap_on_grow_failure`), the others the pool refusing it.
+    if s.contains("forcing trap when growing memory")
+        || s.contains("forcing a memory growth failure")
+        || s.contains("memory minimum size")
+    {
         return "memory limit: the agent tried to grow past its memory limit".into();
     }
     s

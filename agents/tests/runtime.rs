@@ -250,7 +250,7 @@ async fn a_hostile_agent_never_affects_another() {
     let attacks = [
         ("trap", "unreachable"),
         ("loop", ""),
-        ("bomb", "memory"),
+        ("bomb", "memory limit"),
         ("stack", "stack overflow"),
         ("flood", "host-call limit"),
     ];

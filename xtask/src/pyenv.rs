@@ -1,5 +1,6 @@
 //! Python virtual environments for the official clients and the peers the tests and
-//! benchmarks drive (the `openai` client, sentence-transformers), made with `python3 -m venv`
+//! benchmarks drive (the `openai` client, sentence-transformers) and for the toolchain of the
+//! Python agents (componentize-py), made with `python3 -m venv`
 //! and `pip install` under the cargo target directory, and reused while their pinned
 //! requirements are unchanged.
 

@@ -135,6 +135,21 @@ pub fn test(opts: &TestOptions) -> Result<()> {
             .args(["test", "--workspace", "--locked"])
             .env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
+    // The Python agent (sdk/python) built with the pinned componentize-py and run through the
+    // runtime. The debug build: test-release's Cranelift (opt-level "s") compiles the 18 MB
+    // component no faster. `--workspace` keeps the build above's features: nothing rebuilds.
+    let componentize = crate::pyenv::venv(
+        "componentize-py",
+        &build::repo_root().join("sdk/python/requirements.txt"),
+    )?
+    .with_file_name("componentize-py");
+    step(
+        "Python agent test",
+        cargo()
+            .args(["test", "--workspace", "--locked", "--test", "python_agents"])
+            .args(["--", "--ignored"])
+            .env("CAIRN_COMPONENTIZE_PY", &componentize),
+    )?;
     // The tests on real models and the official client run optimised, as the appliance does.
     crate::models::fetch_models("default")?;
     let python = crate::pyenv::venv(

@@ -1,5 +1,5 @@
-//! Test support: builds the SDK's example agents for wasm32-wasip2, signs them, and fakes the
-//! appliance's services.
+//! Test support: builds the SDK's example agents for wasm32-wasip2 (and the Python agents with
+//! componentize-py), signs them, and fakes the appliance's services.
 #![allow(dead_code)]
 
 use cairn_agents::package::SigningKey;
@@ -80,11 +80,7 @@ pub fn key() -> SigningKey {
 
 /// A signed package of example `example` named `name`, with extra manifest TOML.
 pub fn package(key: &SigningKey, example: &str, name: &str, extra: &str) -> Vec<u8> {
-    let manifest = format!(
-        "name = \"{name}\"\nversion = \"1.0.0\"\npublisher = \"{}\"\n{extra}",
-        key.public_hex()
-    );
-    key.sign(&manifest, component(example)).unwrap().to_bytes()
+    package_of(key, component(example), name, extra)
 }
 
 /// What the fake services saw.
@@ -237,4 +233,46 @@ pub async fn runtime(dir: &Path, services: Arc<dyn Services>) -> Runtime {
     config.max_instances = 64;
     config.max_running = 8;
     Runtime::open(db, services, config).await.unwrap()
+}
+
+/// A Python agent from `sdk/python/<module>.py`, built into a component with the
+/// componentize-py named by `CAIRN_COMPONENTIZE_PY` (`cargo xtask test` makes a venv with the
+/// version pinned in `sdk/python/requirements.txt` and sets it).
+pub fn python_agent(module: &str) -> Vec<u8> {
+    let componentize = std::env::var_os("CAIRN_COMPONENTIZE_PY").expect(
+        "CAIRN_COMPONENTIZE_PY must name the componentize-py program (cargo xtask test sets it; \
+         or `pip install -r sdk/python/requirements.txt` into a venv and point it there)",
+    );
+    let ws = workspace();
+    // Built from a copy: componentize-py writes `__pycache__` into the app's directory.
+    let out = tempfile::tempdir().unwrap();
+    let app = out.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    for entry in std::fs::read_dir(ws.join("sdk/python")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "py") {
+            std::fs::copy(entry.path(), app.join(entry.file_name())).unwrap();
+        }
+    }
+    let wasm = out.path().join(format!("{module}.wasm"));
+    let status = std::process::Command::new(componentize)
+        .arg("-d")
+        .arg(ws.join("agents/wit"))
+        .args(["-w", "agent", "componentize", "-p"])
+        .arg(&app)
+        .args([module, "-o"])
+        .arg(&wasm)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("componentize-py runs");
+    assert!(status.success(), "componentize-py failed on {module}");
+    std::fs::read(&wasm).unwrap()
+}
+
+/// A package of `component` named `name`, signed by `key`, with extra manifest TOML.
+pub fn package_of(key: &SigningKey, component: Vec<u8>, name: &str, extra: &str) -> Vec<u8> {
+    let manifest = format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\npublisher = \"{}\"\n{extra}",
+        key.public_hex()
+    );
+    key.sign(&manifest, component).unwrap().to_bytes()
 }
