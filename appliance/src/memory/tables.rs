@@ -1,6 +1,8 @@
 //! The memory subsystem's redb tables. Every one is written only by this module's writer, and
-//! a record, its keyword postings, its vector, its graph links and its bookkeeping change in
-//! one transaction, so a crash leaves either all of a write or none of it.
+//! a record, its keyword postings, its vector and its bookkeeping change in one transaction,
+//! so a crash leaves either all of a write or none of it. `GRAPH` is written by checkpoints
+//! (see `Memory::checkpoint`): records from `META["graph_through"]` on are re-inserted into
+//! the graph from `VECTORS` when it is loaded.
 
 use redb::{MultimapTableDefinition, ReadableTable, TableDefinition};
 
@@ -27,7 +29,8 @@ pub const WORKING: MultimapTableDefinition<(&str, &str), u64> =
     MultimapTableDefinition::new("mem_working");
 /// Consolidation summary id → consolidation (JSON: namespace, sources, method, purged).
 pub const CONSOLIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_consolidations");
-/// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector).
+/// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector), `graph_through`
+/// (records with smaller ids have their graph node in `GRAPH`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("mem_meta");
 
 /// Creates every memory table in a write transaction (schema migration 1 → 2).
