@@ -47,6 +47,9 @@ pub const DEFAULT_QUOTA: u64 = 100_000;
 /// Graph changes (vectors added or removed) after which the next write also checkpoints the
 /// graph; bounds the re-insertions after a power cut.
 pub const CHECKPOINT_EVERY: usize = 4096;
+/// Records with postings in `POSTINGS_NEW` after which the next write merges them into
+/// `POSTINGS` (bounds the unmerged rows a keyword search reads).
+pub const MERGE_POSTINGS_EVERY: usize = 256;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on are re-inserted from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
@@ -224,6 +227,10 @@ pub struct Memory {
     graph_changes: AtomicUsize,
     /// The next write must checkpoint the graph (an already persisted node's vector changed).
     checkpoint_now: AtomicBool,
+    /// Rows in `POSTINGS_NEW` (as of the last commit, roughly).
+    postings_new: AtomicUsize,
+    /// The next write must merge `POSTINGS_NEW` (the flush).
+    merge_now: AtomicBool,
     writer: Mutex<()>,
     embedder: Option<Arc<dyn Embed>>,
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
@@ -286,6 +293,8 @@ impl Memory {
             graphs: RwLock::new(HashMap::new()),
             graph_changes: AtomicUsize::new(0),
             checkpoint_now: AtomicBool::new(false),
+            postings_new: AtomicUsize::new(0),
+            merge_now: AtomicBool::new(false),
             writer: Mutex::new(()),
             embedder,
             access_log: Mutex::new(HashMap::new()),
@@ -302,8 +311,15 @@ impl Memory {
                 let mut meta = txn.open_table(tables::META)?;
                 let next = meta.get("next_id")?.map_or(1, |v| v.value());
                 meta.insert(GRAPH_THROUGH, next)?;
+                drop(meta);
+                txn.open_table(tables::POSTINGS_NEW)?;
             }
             txn.commit()?;
+        }
+        {
+            let txn = m.db.begin_read()?;
+            let n = txn.open_table(tables::POSTINGS_NEW)?.len()?;
+            m.postings_new.store(n as usize, Ordering::Relaxed);
         }
         let (graphs, replayed) = m.load_graphs(None)?;
         m.graph_changes.store(replayed, Ordering::Relaxed);
@@ -500,18 +516,32 @@ impl Memory {
             let v = f(&txn)?;
             let checkpoint = self.checkpoint_now.swap(false, Ordering::Relaxed)
                 || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
-            if checkpoint && let Err(e) = self.checkpoint(&txn) {
-                self.checkpoint_now.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            if let Err(e) = txn.commit() {
+            let merge = self.merge_now.swap(false, Ordering::Relaxed)
+                || self.postings_new.load(Ordering::Relaxed) >= MERGE_POSTINGS_EVERY;
+            let done = (|| {
+                if checkpoint {
+                    self.checkpoint(&txn)?;
+                }
+                if merge {
+                    merge_postings(&txn)?;
+                }
+                txn.commit()?;
+                Ok::<_, MemoryError>(())
+            })();
+            if let Err(e) = done {
                 if checkpoint {
                     self.checkpoint_now.store(true, Ordering::Relaxed);
                 }
-                return Err(e.into());
+                if merge {
+                    self.merge_now.store(true, Ordering::Relaxed);
+                }
+                return Err(e);
             }
             if checkpoint {
                 self.checkpointed();
+            }
+            if merge {
+                self.postings_new.store(0, Ordering::Relaxed);
             }
             Ok(v)
         })();
@@ -552,11 +582,15 @@ impl Memory {
                 .graphs
                 .read()
                 .is_ok_and(|g| g.values().any(|h| !h.dirty_ids().is_empty()));
-        if !graph && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
+        let postings = self.postings_new.load(Ordering::Relaxed) > 0;
+        if !graph && !postings && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
             return Ok(());
         }
         if graph {
             self.checkpoint_now.store(true, Ordering::Relaxed);
+        }
+        if postings {
+            self.merge_now.store(true, Ordering::Relaxed);
         }
         self.write(&[], |_| Ok(()))
     }
@@ -830,16 +864,24 @@ impl Memory {
         add: bool,
     ) -> Result<u64, MemoryError> {
         let (counts, len) = text::term_counts(text);
+        if counts.is_empty() {
+            return Ok(u64::from(len));
+        }
+        // New postings go to the record's one row of POSTINGS_NEW (merged later); a record's
+        // postings are in exactly one of the two tables.
+        let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+        if add {
+            new.insert((ns, id), tables::encode_terms(len, &counts).as_slice())?;
+            self.postings_new.fetch_add(1, Ordering::Relaxed);
+            return Ok(u64::from(len));
+        }
+        if new.remove((ns, id))?.is_some() {
+            return Ok(u64::from(len));
+        }
+        drop(new);
         let mut p = txn.open_table(tables::POSTINGS)?;
-        for (term, tf) in &counts {
-            if add {
-                p.insert(
-                    (term.as_str(), ns, id),
-                    (u64::from(*tf) << 32) | u64::from(len),
-                )?;
-            } else {
-                p.remove((term.as_str(), ns, id))?;
-            }
+        for term in counts.keys() {
+            p.remove((term.as_str(), ns, id))?;
         }
         Ok(u64::from(len))
     }
@@ -1233,6 +1275,36 @@ fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
     let id = meta.get("next_id")?.map_or(1, |v| v.value());
     meta.insert("next_id", id + 1)?;
     Ok(id)
+}
+
+/// Moves every row of `POSTINGS_NEW` into `POSTINGS` (in key order).
+fn merge_postings(txn: &WriteTransaction) -> Result<(), MemoryError> {
+    let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+    let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
+    for row in new.iter()? {
+        let (k, v) = row?;
+        let (ns, id) = k.value();
+        let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| {
+            MemoryError::Store(StoreError::Other(format!(
+                "corrupt unmerged postings of record {id}"
+            )))
+        })?;
+        for (t, tf) in terms {
+            rows.push((
+                t.to_string(),
+                ns.to_string(),
+                id,
+                (u64::from(tf) << 32) | u64::from(len),
+            ));
+        }
+    }
+    new.retain(|_, _| false)?;
+    rows.sort_unstable();
+    let mut p = txn.open_table(tables::POSTINGS)?;
+    for (t, ns, id, packed) in rows {
+        p.insert((t.as_str(), ns.as_str(), id), packed)?;
+    }
+    Ok(())
 }
 
 fn poisoned() -> MemoryError {
