@@ -1,12 +1,14 @@
 //! Approximate nearest neighbours: a hierarchical navigable small-world graph (HNSW) over
 //! int8 unit vectors, one graph per namespace.
 //!
-//! The graph lives in memory for speed and is persisted node by node: every mutation marks
-//! the nodes whose neighbour lists changed as dirty, and the writer stores exactly those in
-//! the same redb transaction as the records they belong to (see `tables.rs`). If that
-//! transaction fails, the writer reloads the namespace's graph from the last commit, so the
-//! in-memory graph never keeps an unacknowledged change. Levels are derived from the record
-//! id, so the same inserts build the same graph.
+//! The graph lives in memory for speed and is persisted node by node in checkpoints: every
+//! mutation marks the nodes whose neighbour lists changed as dirty, and a checkpoint (a write
+//! transaction of the memory writer, see `Memory::checkpoint`) stores exactly those. Records
+//! written after the last checkpoint are re-inserted from their stored vectors when the graph
+//! is loaded, so the graph is an acceleration structure that can always be rebuilt from the
+//! records: it is never the only copy of anything. If a write transaction fails, the writer
+//! reloads the namespace's graph (checkpoint plus the committed tail), so the in-memory
+//! graph never keeps an unacknowledged change. Levels are derived from the record id.
 //!
 //! Deletion repairs the graph locally: each former neighbour of the removed node is offered
 //! the removed node's other neighbours, re-selected with the same heuristic as an insert.
@@ -21,6 +23,10 @@ pub const M: usize = 16;
 pub const M0: usize = 32;
 /// Candidate list size while inserting.
 pub const EF_CONSTRUCTION: usize = 100;
+/// Links a node may gather beyond M (M0) before its list is pruned back: pruning re-runs the
+/// selection heuristic (pairwise similarities of every kept link), the dominant cost of an
+/// insert, so it runs once per `1 + m / SLACK_DIV` links gained instead of for every one.
+const SLACK_DIV: usize = 2;
 /// Highest level a node can get (bounds the per-node link table).
 const MAX_LEVEL: usize = 12;
 
@@ -164,8 +170,26 @@ impl Hnsw {
     }
 
     /// Ids whose links changed since the last call (to persist), and ids removed.
+    #[cfg(test)]
     pub fn take_dirty(&mut self) -> Vec<u64> {
         self.dirty.drain().collect()
+    }
+
+    /// Ids whose links changed (or that were removed) since [`Hnsw::clear_dirty`]: what a
+    /// checkpoint must write.
+    pub fn dirty_ids(&self) -> Vec<u64> {
+        self.dirty.iter().copied().collect()
+    }
+
+    /// Forgets the dirty marks once a checkpoint holding them has committed.
+    pub fn clear_dirty(&mut self) {
+        self.dirty.clear();
+    }
+
+    /// Marks `id` for the next checkpoint (a persisted node whose record is gone is removed
+    /// by it).
+    pub fn mark_dirty(&mut self, id: u64) {
+        self.dirty.insert(id);
     }
 
     /// The links of `id` as record ids, per level (for persisting).
@@ -370,7 +394,7 @@ impl Hnsw {
         if links.contains(&to) {
             return;
         }
-        let new = if links.len() < m {
+        let new = if links.len() < m + m / SLACK_DIV {
             let mut l = links;
             l.push(to);
             l

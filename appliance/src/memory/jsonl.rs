@@ -121,12 +121,14 @@ impl Memory {
         let dims = self.dims()?;
         let mut batch: Vec<(usize, Line, Option<QVec>)> = Vec::new();
         let mut dims_seen = dims;
+        // Namespaces already found to exist and be readable (one read transaction each).
+        let mut known = std::collections::HashSet::new();
         for (i, raw) in lines.iter().enumerate() {
             let n = i + 1;
             if raw.trim().is_empty() {
                 continue;
             }
-            match self.check_line(access, raw, &mut dims_seen) {
+            match self.check_line(access, raw, &mut dims_seen, &mut known) {
                 Ok((line, vec)) => batch.push((n, line, vec)),
                 Err(e) => report.rejected.push((n, e)),
             }
@@ -151,6 +153,7 @@ impl Memory {
         access: &Access,
         raw: &str,
         dims: &mut usize,
+        known: &mut std::collections::HashSet<String>,
     ) -> Result<(Line, Option<QVec>), String> {
         let line: Line = serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
         let probe = NewRecord {
@@ -171,7 +174,10 @@ impl Memory {
         if !access.can_write(&ns) {
             return Err(format!("no capability to write namespace {ns:?}"));
         }
-        self.check_read(access, &ns).map_err(|e| e.to_string())?;
+        if !known.contains(&ns) {
+            self.check_read(access, &ns).map_err(|e| e.to_string())?;
+            known.insert(ns);
+        }
         let vec = match &line.embedding {
             Some(v) => {
                 if *dims != 0 && v.len() != *dims {

@@ -4,8 +4,11 @@
 //! enforce them.
 //!
 //! Durability: every write is one redb transaction committed with `Durability::Immediate`
-//! before the call returns; the record, its postings, its vector and graph links, and the
-//! bookkeeping tables change together or not at all. Access statistics (accessed time,
+//! before the call returns; the record, its postings, its vector and the bookkeeping tables
+//! change together or not at all. The HNSW graph is an acceleration structure over the stored
+//! vectors: it is persisted in checkpoints (every [`CHECKPOINT_EVERY`] graph changes, with
+//! the periodic flush, and whenever an already indexed vector changes), and records written
+//! after the last checkpoint are re-inserted into it when memory opens. Access statistics (accessed time,
 //! access count) are the exception: they are buffered and written with the next write or by
 //! the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
 
@@ -33,6 +36,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vector::QVec;
 
@@ -40,6 +44,15 @@ use vector::QVec;
 pub const DEDUP_SIMILARITY: f32 = 0.95;
 /// Default record quota of a namespace.
 pub const DEFAULT_QUOTA: u64 = 100_000;
+/// Graph changes (vectors added or removed) after which the next write also checkpoints the
+/// graph; bounds the re-insertions after a power cut.
+pub const CHECKPOINT_EVERY: usize = 4096;
+/// Records with postings in `POSTINGS_NEW` after which the next write merges them into
+/// `POSTINGS` (bounds the unmerged rows a keyword search reads).
+pub const MERGE_POSTINGS_EVERY: usize = 256;
+/// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
+/// from this id on are re-inserted from their vectors when the graph is loaded).
+const GRAPH_THROUGH: &str = "graph_through";
 
 /// Computes embeddings for memory (the appliance passes its local embedding model).
 pub trait Embed: Send + Sync {
@@ -210,6 +223,14 @@ pub struct Memory {
     /// The database file (for the free-space check before writes).
     path: std::path::PathBuf,
     graphs: RwLock<HashMap<String, Hnsw>>,
+    /// Graph changes since the last checkpoint.
+    graph_changes: AtomicUsize,
+    /// The next write must checkpoint the graph (an already persisted node's vector changed).
+    checkpoint_now: AtomicBool,
+    /// Rows in `POSTINGS_NEW` (as of the last commit, roughly).
+    postings_new: AtomicUsize,
+    /// The next write must merge `POSTINGS_NEW` (the flush).
+    merge_now: AtomicBool,
     writer: Mutex<()>,
     embedder: Option<Arc<dyn Embed>>,
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
@@ -270,11 +291,38 @@ impl Memory {
             db,
             path: path.to_path_buf(),
             graphs: RwLock::new(HashMap::new()),
+            graph_changes: AtomicUsize::new(0),
+            checkpoint_now: AtomicBool::new(false),
+            postings_new: AtomicUsize::new(0),
+            merge_now: AtomicBool::new(false),
             writer: Mutex::new(()),
             embedder,
             access_log: Mutex::new(HashMap::new()),
         };
-        let graphs = m.load_graphs(None)?;
+        // A store from before graph checkpoints persisted every node with its record: all
+        // of it is checkpointed.
+        let marked = {
+            let txn = m.db.begin_read()?;
+            txn.open_table(tables::META)?.get(GRAPH_THROUGH)?.is_some()
+        };
+        if !marked {
+            let txn = m.db.begin_write()?;
+            {
+                let mut meta = txn.open_table(tables::META)?;
+                let next = meta.get("next_id")?.map_or(1, |v| v.value());
+                meta.insert(GRAPH_THROUGH, next)?;
+                drop(meta);
+                txn.open_table(tables::POSTINGS_NEW)?;
+            }
+            txn.commit()?;
+        }
+        {
+            let txn = m.db.begin_read()?;
+            let n = txn.open_table(tables::POSTINGS_NEW)?.len()?;
+            m.postings_new.store(n as usize, Ordering::Relaxed);
+        }
+        let (graphs, replayed) = m.load_graphs(None)?;
+        m.graph_changes.store(replayed, Ordering::Relaxed);
         if let Ok(mut g) = m.graphs.write() {
             *g = graphs;
         }
@@ -296,8 +344,14 @@ impl Memory {
         Ok(t.get("dims")?.map_or(0, |v| v.value()) as usize)
     }
 
-    /// Loads the graphs of every namespace (or of one) from the last commit.
-    fn load_graphs(&self, only: Option<&str>) -> Result<HashMap<String, Hnsw>, MemoryError> {
+    /// Loads the graphs of every namespace (or of one) from the last commit: the checkpointed
+    /// nodes, then the records written after the checkpoint, re-inserted from their vectors.
+    /// Also returns how many were re-inserted.
+    #[allow(clippy::type_complexity)]
+    fn load_graphs(
+        &self,
+        only: Option<&str>,
+    ) -> Result<(HashMap<String, Hnsw>, usize), MemoryError> {
         let txn = self.db.begin_read()?;
         let dims = txn
             .open_table(tables::META)?
@@ -307,6 +361,7 @@ impl Memory {
         let vectors = txn.open_table(tables::VECTORS)?;
         let mut out: HashMap<String, Hnsw> = HashMap::new();
         let mut pending: HashMap<String, Vec<hnsw::PendingLinks>> = HashMap::new();
+        let mut orphans = Vec::new();
         let rows = match only {
             Some(ns) => graph.range((ns, 0u64)..=(ns, u64::MAX))?,
             None => graph.range::<(&str, u64)>(..)?,
@@ -319,6 +374,9 @@ impl Memory {
                 continue;
             };
             let Some(vec) = vectors.get(id)?.and_then(|b| QVec::from_bytes(b.value())) else {
+                // Deleted (or re-embedded without a vector) after the checkpoint: the next
+                // checkpoint removes the node.
+                orphans.push((ns.to_string(), id));
                 continue;
             };
             let g = out.entry(ns.to_string()).or_insert_with(|| Hnsw::new(dims));
@@ -335,13 +393,50 @@ impl Memory {
                 g.finish_load(p);
             }
         }
-        Ok(out)
+        // The tail: records written after the last checkpoint.
+        let through = txn
+            .open_table(tables::META)?
+            .get(GRAPH_THROUGH)?
+            .map_or(u64::MAX, |v| v.value());
+        let names: Vec<String> = match only {
+            Some(ns) => vec![ns.to_string()],
+            None => {
+                let t = txn.open_table(tables::NAMESPACES)?;
+                let mut v = Vec::new();
+                for row in t.iter()? {
+                    v.push(row?.0.value().to_string());
+                }
+                v
+            }
+        };
+        let by_ns = txn.open_table(tables::BY_NAMESPACE)?;
+        let mut replayed = 0;
+        for ns in &names {
+            for row in by_ns.range((ns.as_str(), through)..=(ns.as_str(), u64::MAX))? {
+                let (k, tier) = row?;
+                let id = k.value().1;
+                let Some(vec) = vectors.get(id)?.and_then(|b| QVec::from_bytes(b.value())) else {
+                    continue;
+                };
+                let g = out.entry(ns.clone()).or_insert_with(|| Hnsw::new(dims));
+                if let Err(e) = g.insert(id, &vec, tier.value()) {
+                    tracing::warn!("memory: re-indexing record {id} in {ns}: {e}");
+                }
+                replayed += 1;
+            }
+        }
+        for (ns, id) in orphans {
+            if let Some(g) = out.get_mut(&ns) {
+                g.mark_dirty(id);
+            }
+        }
+        Ok((out, replayed))
     }
 
     /// After a failed commit: replaces the in-memory graph of `ns` with the committed one.
     fn restore_graph(&self, ns: &str) {
         match self.load_graphs(Some(ns)) {
-            Ok(mut loaded) => {
+            Ok((mut loaded, _)) => {
                 if let Ok(mut g) = self.graphs.write() {
                     match loaded.remove(ns) {
                         Some(h) => g.insert(ns.to_string(), h),
@@ -353,25 +448,45 @@ impl Memory {
         }
     }
 
-    /// Persists the dirty nodes of `ns`'s graph into `txn`.
-    fn persist_graph(&self, txn: &WriteTransaction, ns: &str) -> Result<(), MemoryError> {
-        let mut graphs = self.graphs.write().map_err(|_| poisoned())?;
-        let Some(g) = graphs.get_mut(ns) else {
-            return Ok(());
-        };
-        let dirty = g.take_dirty();
+    /// Checkpoints every graph into `txn`: writes the nodes changed since the last
+    /// checkpoint and moves `GRAPH_THROUGH` to the next record id, so that every committed
+    /// record is covered. The dirty marks are cleared only once `txn` has committed
+    /// ([`Memory::checkpointed`]); the caller holds the writer lock, so nothing changes the
+    /// graphs in between.
+    fn checkpoint(&self, txn: &WriteTransaction) -> Result<(), MemoryError> {
+        let graphs = self.graphs.read().map_err(|_| poisoned())?;
         let mut t = txn.open_table(tables::GRAPH)?;
-        for id in dirty {
-            match g.links_of(id) {
-                Some((tag, links)) => {
-                    t.insert((ns, id), tables::encode_node(tag, &links).as_slice())?;
-                }
-                None => {
-                    t.remove((ns, id))?;
+        for (ns, g) in graphs.iter() {
+            let mut dirty = g.dirty_ids();
+            dirty.sort_unstable();
+            for id in dirty {
+                match g.links_of(id) {
+                    Some((tag, links)) => {
+                        t.insert(
+                            (ns.as_str(), id),
+                            tables::encode_node(tag, &links).as_slice(),
+                        )?;
+                    }
+                    None => {
+                        t.remove((ns.as_str(), id))?;
+                    }
                 }
             }
         }
+        let mut meta = txn.open_table(tables::META)?;
+        let next = meta.get("next_id")?.map_or(1, |v| v.value());
+        meta.insert(GRAPH_THROUGH, next)?;
         Ok(())
+    }
+
+    /// After a checkpoint committed: the graphs are clean.
+    fn checkpointed(&self) {
+        if let Ok(mut graphs) = self.graphs.write() {
+            for g in graphs.values_mut() {
+                g.clear_dirty();
+            }
+        }
+        self.graph_changes.store(0, Ordering::Relaxed);
     }
 
     /// Runs `f` in one write transaction under the writer lock and commits durably; on any
@@ -399,10 +514,35 @@ impl Memory {
             let txn = self.db.begin_write()?;
             self.flush_access(&txn)?;
             let v = f(&txn)?;
-            for ns in touched {
-                self.persist_graph(&txn, ns)?;
+            let checkpoint = self.checkpoint_now.swap(false, Ordering::Relaxed)
+                || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
+            let merge = self.merge_now.swap(false, Ordering::Relaxed)
+                || self.postings_new.load(Ordering::Relaxed) >= MERGE_POSTINGS_EVERY;
+            let done = (|| {
+                if checkpoint {
+                    self.checkpoint(&txn)?;
+                }
+                if merge {
+                    merge_postings(&txn)?;
+                }
+                txn.commit()?;
+                Ok::<_, MemoryError>(())
+            })();
+            if let Err(e) = done {
+                if checkpoint {
+                    self.checkpoint_now.store(true, Ordering::Relaxed);
+                }
+                if merge {
+                    self.merge_now.store(true, Ordering::Relaxed);
+                }
+                return Err(e);
             }
-            txn.commit()?;
+            if checkpoint {
+                self.checkpointed();
+            }
+            if merge {
+                self.postings_new.store(0, Ordering::Relaxed);
+            }
             Ok(v)
         })();
         if result.is_err() {
@@ -434,10 +574,23 @@ impl Memory {
         Ok(())
     }
 
-    /// Writes buffered access statistics (called periodically).
+    /// Writes buffered access statistics and checkpoints the graph (called periodically and
+    /// at shutdown).
     pub fn flush(&self) -> Result<(), MemoryError> {
-        if self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
+        let graph = self.graph_changes.load(Ordering::Relaxed) > 0
+            || self
+                .graphs
+                .read()
+                .is_ok_and(|g| g.values().any(|h| !h.dirty_ids().is_empty()));
+        let postings = self.postings_new.load(Ordering::Relaxed) > 0;
+        if !graph && !postings && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
             return Ok(());
+        }
+        if graph {
+            self.checkpoint_now.store(true, Ordering::Relaxed);
+        }
+        if postings {
+            self.merge_now.store(true, Ordering::Relaxed);
         }
         self.write(&[], |_| Ok(()))
     }
@@ -674,6 +827,11 @@ impl Memory {
         tier: Tier,
     ) -> Result<(), MemoryError> {
         let mut meta = txn.open_table(tables::META)?;
+        // A record the last checkpoint covers is not re-inserted on load: its new vector
+        // needs its node in the next checkpoint, so make that this transaction.
+        if meta.get(GRAPH_THROUGH)?.is_none_or(|t| id < t.value()) {
+            self.checkpoint_now.store(true, Ordering::Relaxed);
+        }
         let dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
         if dims == 0 {
             meta.insert("dims", v.dims() as u64)?;
@@ -687,6 +845,7 @@ impl Memory {
         drop(meta);
         txn.open_table(tables::VECTORS)?
             .insert(id, v.to_bytes().as_slice())?;
+        self.graph_changes.fetch_add(1, Ordering::Relaxed);
         let mut graphs = self.graphs.write().map_err(|_| poisoned())?;
         graphs
             .entry(ns.to_string())
@@ -705,16 +864,24 @@ impl Memory {
         add: bool,
     ) -> Result<u64, MemoryError> {
         let (counts, len) = text::term_counts(text);
+        if counts.is_empty() {
+            return Ok(u64::from(len));
+        }
+        // New postings go to the record's one row of POSTINGS_NEW (merged later); a record's
+        // postings are in exactly one of the two tables.
+        let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+        if add {
+            new.insert((ns, id), tables::encode_terms(len, &counts).as_slice())?;
+            self.postings_new.fetch_add(1, Ordering::Relaxed);
+            return Ok(u64::from(len));
+        }
+        if new.remove((ns, id))?.is_some() {
+            return Ok(u64::from(len));
+        }
+        drop(new);
         let mut p = txn.open_table(tables::POSTINGS)?;
-        for (term, tf) in &counts {
-            if add {
-                p.insert(
-                    (term.as_str(), ns, id),
-                    (u64::from(*tf) << 32) | u64::from(len),
-                )?;
-            } else {
-                p.remove((term.as_str(), ns, id))?;
-            }
+        for term in counts.keys() {
+            p.remove((term.as_str(), ns, id))?;
         }
         Ok(u64::from(len))
     }
@@ -768,6 +935,7 @@ impl Memory {
                 && let Some(h) = g.get_mut(ns)
             {
                 h.remove(id);
+                self.graph_changes.fetch_add(1, Ordering::Relaxed);
             }
         }
         // A deleted summary releases its sources; a deleted source is purged from its
@@ -877,6 +1045,8 @@ impl Memory {
                                 && let Some(h) = g.get_mut(&ns)
                             {
                                 h.remove(id);
+                                self.graph_changes.fetch_add(1, Ordering::Relaxed);
+                                self.graph_changes.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         r.embedded = false;
@@ -1105,6 +1275,36 @@ fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
     let id = meta.get("next_id")?.map_or(1, |v| v.value());
     meta.insert("next_id", id + 1)?;
     Ok(id)
+}
+
+/// Moves every row of `POSTINGS_NEW` into `POSTINGS` (in key order).
+fn merge_postings(txn: &WriteTransaction) -> Result<(), MemoryError> {
+    let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+    let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
+    for row in new.iter()? {
+        let (k, v) = row?;
+        let (ns, id) = k.value();
+        let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| {
+            MemoryError::Store(StoreError::Other(format!(
+                "corrupt unmerged postings of record {id}"
+            )))
+        })?;
+        for (t, tf) in terms {
+            rows.push((
+                t.to_string(),
+                ns.to_string(),
+                id,
+                (u64::from(tf) << 32) | u64::from(len),
+            ));
+        }
+    }
+    new.retain(|_, _| false)?;
+    rows.sort_unstable();
+    let mut p = txn.open_table(tables::POSTINGS)?;
+    for (t, ns, id, packed) in rows {
+        p.insert((t.as_str(), ns.as_str(), id), packed)?;
+    }
+    Ok(())
 }
 
 fn poisoned() -> MemoryError {

@@ -259,6 +259,25 @@ impl Memory {
                 total as f64 / docs as f64
             };
             let postings = txn.open_table(tables::POSTINGS)?;
+            // Postings not yet merged (at most a few hundred records): the query's terms.
+            let mut unmerged: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+            let new = txn.open_table(tables::POSTINGS_NEW)?;
+            for ns in &namespaces {
+                for row in new.range((ns.as_str(), 0u64)..=(ns.as_str(), u64::MAX))? {
+                    let (key, v) = row?;
+                    let Some((len, doc)) = tables::decode_terms(v.value()) else {
+                        continue;
+                    };
+                    for (t, tf) in doc {
+                        if let Ok(i) = terms.binary_search_by(|q| q.as_str().cmp(t)) {
+                            unmerged
+                                .entry(terms[i].as_str())
+                                .or_default()
+                                .push((key.value().1, (u64::from(tf) << 32) | u64::from(len)));
+                        }
+                    }
+                }
+            }
             let mut scores: HashMap<u64, f64> = HashMap::new();
             for term in &terms {
                 let mut list = Vec::new();
@@ -270,6 +289,7 @@ impl Memory {
                         list.push((key.value().2, v.value()));
                     }
                 }
+                list.extend(unmerged.remove(term.as_str()).unwrap_or_default());
                 let df = list.len() as f64;
                 let idf = ((docs as f64 - df + 0.5) / (df + 0.5) + 1.0).ln();
                 for (id, packed) in list {

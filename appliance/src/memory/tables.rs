@@ -1,6 +1,8 @@
 //! The memory subsystem's redb tables. Every one is written only by this module's writer, and
-//! a record, its keyword postings, its vector, its graph links and its bookkeeping change in
-//! one transaction, so a crash leaves either all of a write or none of it.
+//! a record, its keyword postings, its vector and its bookkeeping change in one transaction,
+//! so a crash leaves either all of a write or none of it. `GRAPH` is written by checkpoints
+//! (see `Memory::checkpoint`): records from `META["graph_through"]` on are re-inserted into
+//! the graph from `VECTORS` when it is loaded.
 
 use redb::{MultimapTableDefinition, ReadableTable, TableDefinition};
 
@@ -13,6 +15,11 @@ pub const VECTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_vecto
 pub const GRAPH: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mem_graph");
 /// (term, namespace, record id) → term frequency << 32 | document length.
 pub const POSTINGS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("mem_postings");
+/// (namespace, record id) → the keyword postings of a record written since the last merge
+/// (see [`encode_terms`]): a single write touches one page here instead of one B-tree leaf
+/// of `POSTINGS` per term; merged into `POSTINGS` in batches. Part of the keyword index.
+pub const POSTINGS_NEW: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("mem_postings_new");
 /// (namespace, record id) → tier code: every record of a namespace in id (= time) order.
 pub const BY_NAMESPACE: TableDefinition<(&str, u64), u8> = TableDefinition::new("mem_by_namespace");
 /// Namespace → settings and counters (JSON: quota, records, terms).
@@ -27,7 +34,8 @@ pub const WORKING: MultimapTableDefinition<(&str, &str), u64> =
     MultimapTableDefinition::new("mem_working");
 /// Consolidation summary id → consolidation (JSON: namespace, sources, method, purged).
 pub const CONSOLIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_consolidations");
-/// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector).
+/// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector), `graph_through`
+/// (records with smaller ids have their graph node in `GRAPH`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("mem_meta");
 
 /// Creates every memory table in a write transaction (schema migration 1 → 2).
@@ -36,6 +44,7 @@ pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(VECTORS)?;
     txn.open_table(GRAPH)?;
     txn.open_table(POSTINGS)?;
+    txn.open_table(POSTINGS_NEW)?;
     txn.open_table(BY_NAMESPACE)?;
     txn.open_table(DEDUP)?;
     txn.open_table(PROCEDURES)?;
@@ -51,6 +60,34 @@ pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
         ns.insert("shared", v.as_slice())?;
     }
     Ok(())
+}
+
+/// Encodes a record's postings: document length (u32), then per term its frequency (u32),
+/// its length in bytes (u8) and the term.
+pub fn encode_terms(len: u32, counts: &std::collections::BTreeMap<String, u32>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + counts.keys().map(|t| 5 + t.len()).sum::<usize>());
+    b.extend_from_slice(&len.to_le_bytes());
+    for (t, tf) in counts {
+        b.extend_from_slice(&tf.to_le_bytes());
+        b.push(t.len().min(255) as u8);
+        b.extend_from_slice(&t.as_bytes()[..t.len().min(255)]);
+    }
+    b
+}
+
+/// Decodes [`encode_terms`]: the document length and (term, frequency) pairs; `None` if
+/// malformed.
+pub fn decode_terms(b: &[u8]) -> Option<(u32, Vec<(&str, u32)>)> {
+    let (len, mut rest) = b.split_first_chunk::<4>()?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (tf, r) = rest.split_first_chunk::<4>()?;
+        let (&n, r) = r.split_first()?;
+        let t = std::str::from_utf8(r.get(..n as usize)?).ok()?;
+        out.push((t, u32::from_le_bytes(*tf)));
+        rest = &r[n as usize..];
+    }
+    Some((u32::from_le_bytes(*len), out))
 }
 
 /// Encodes a graph node's value.
@@ -90,6 +127,21 @@ pub fn decode_node(b: &[u8]) -> Option<(u8, Vec<Vec<u64>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terms_round_trip_and_truncation() {
+        let mut c = std::collections::BTreeMap::new();
+        c.insert("router".to_string(), 3);
+        c.insert("naïve".to_string(), 1);
+        let b = encode_terms(9, &c);
+        let (len, terms) = decode_terms(&b).unwrap();
+        assert_eq!(len, 9);
+        assert_eq!(terms, [("naïve", 1), ("router", 3)]);
+        // 4 + (4 + 1 + 6) bytes end the first term: cuts inside a term are refused.
+        for cut in (5..15).chain(16..b.len()) {
+            assert!(decode_terms(&b[..cut]).is_none(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn node_round_trip_and_truncation() {

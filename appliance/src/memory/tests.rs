@@ -96,6 +96,61 @@ fn remembered_records_survive_reopen_with_their_indexes() {
 }
 
 #[test]
+fn graph_checkpoint_plus_tail_reloads_after_a_crash() {
+    // Three records checkpointed (graph) and merged (postings), then writes after it that
+    // are never flushed: a delete and a re-embedding update of checkpointed records, and
+    // new records. Dropping without flush is the crash; everything must be recallable.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Access::admin();
+    let (kept, updated) = {
+        let m = open(dir.path(), true);
+        let mut kept: Vec<u64> = FACTS[..3]
+            .iter()
+            .map(|f| {
+                m.remember(&a, new("episodic", "shared", f))
+                    .unwrap()
+                    .record
+                    .id
+            })
+            .collect();
+        m.flush().unwrap();
+        m.delete(&a, kept[0]).unwrap();
+        let text = "The greenhouse heater switches on below five degrees.";
+        m.update(
+            &a,
+            kept[1],
+            RecordUpdate {
+                text: Some(text.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for f in &FACTS[3..] {
+            kept.push(
+                m.remember(&a, new("episodic", "shared", f))
+                    .unwrap()
+                    .record
+                    .id,
+            );
+        }
+        (kept, text)
+    };
+    let m = open(dir.path(), true);
+    let find = |text: &str, mode: Mode| {
+        let mut q = query(text);
+        q.mode = mode;
+        ids(&m.recall(&a, &q).unwrap())
+    };
+    for mode in [Mode::Vector, Mode::Keyword] {
+        assert_eq!(find(updated, mode)[0], kept[1], "{mode:?}");
+        assert_eq!(find(FACTS[2], mode)[0], kept[2], "{mode:?}");
+        assert_eq!(find(FACTS[3], mode)[0], kept[3], "{mode:?}");
+        assert_eq!(find(FACTS[4], mode)[0], kept[4], "{mode:?}");
+        assert!(!find(FACTS[0], mode).contains(&kept[0]), "{mode:?}");
+    }
+}
+
+#[test]
 fn keyword_retrieval_works_without_a_model_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let m = open(dir.path(), false);
