@@ -1046,7 +1046,6 @@ impl Memory {
                             {
                                 h.remove(id);
                                 self.graph_changes.fetch_add(1, Ordering::Relaxed);
-                                self.graph_changes.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         r.embedded = false;
