@@ -18,6 +18,8 @@ use serde_json::{Map, Value};
 pub const IMPORT_BATCH: usize = 500;
 /// Most lines in one import.
 pub const MAX_IMPORT_LINES: usize = 100_000;
+/// Lines without a vector are embedded this many at a time.
+pub const EMBED_BATCH: usize = 32;
 
 /// One exported line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,18 +192,46 @@ impl Memory {
                 *dims = v.len();
                 Some(q)
             }
-            None => self
-                .embedding_for(&line.text, None)
-                .map_err(|e| e.to_string())?,
+            // Embedded with the rest of its batch, before the batch is written.
+            None => None,
         };
         Ok((line, vec))
     }
 
     fn import_batch(
         &self,
-        batch: Vec<(usize, Line, Option<QVec>)>,
+        mut batch: Vec<(usize, Line, Option<QVec>)>,
         report: &mut ImportReport,
     ) -> Result<(), MemoryError> {
+        // Lines without a vector: the model embeds them EMBED_BATCH at a time (much faster
+        // per text than one by one); a model that fails leaves them keyword-only, as a
+        // single remember does.
+        if let Some(e) = &self.embedder {
+            let todo: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].1.embedding.is_none())
+                .collect();
+            for chunk in todo.chunks(EMBED_BATCH) {
+                let texts: Vec<&str> = chunk.iter().map(|&i| batch[i].1.text.as_str()).collect();
+                match e.embed(&texts) {
+                    Ok(vecs) if vecs.len() == chunk.len() => {
+                        for (&i, v) in chunk.iter().zip(vecs) {
+                            batch[i].2 = QVec::quantize(&v)
+                                .map_err(|err| {
+                                    tracing::warn!("memory: embedding of {}: {err}", e.model())
+                                })
+                                .ok();
+                        }
+                    }
+                    Ok(_) => tracing::warn!(
+                        "memory: embedding model {} answered the wrong number of vectors",
+                        e.model()
+                    ),
+                    Err(err) => {
+                        tracing::warn!("memory: embedding model {} failed: {err}", e.model())
+                    }
+                }
+            }
+        }
         let namespaces: Vec<String> = {
             let mut v: Vec<String> = batch.iter().map(|b| b.1.namespace.clone()).collect();
             v.sort();
