@@ -808,12 +808,11 @@ async fn bad_workflows_are_refused_before_anything_runs() {
     assert!(env.rt.workflow_runs(None, 10).unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_workflow_aborts_its_runs_and_starts_no_further_step() {
-    let env = env().await;
+/// Installs hostile as `spinner`, whose "loop" spins until its fuel or wall time runs out:
+/// here, an hour.
+async fn install_spinner(env: &Env) {
     let key = key();
     env.rt.trust(&key.public_hex(), "spin").unwrap();
-    // hostile's "loop" spins until its fuel or wall time runs out: here, an hour.
     env.rt
         .install(
             package(
@@ -826,6 +825,12 @@ async fn cancelling_a_workflow_aborts_its_runs_and_starts_no_further_step() {
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_workflow_aborts_its_runs_and_starts_no_further_step() {
+    let env = env().await;
+    install_spinner(&env).await;
     let wf = Workflow::parse(
         "name = \"slow\"\n[topology]\nkind = \"sequential\"\nsteps = [{ agent = \"spinner\", input = \"loop\", retries = 2 }, { agent = \"echo\" }]\n",
     )
@@ -898,20 +903,7 @@ async fn cancelling_a_workflow_aborts_its_runs_and_starts_no_further_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_run_can_be_cancelled() {
     let env = env().await;
-    let key = key();
-    env.rt.trust(&key.public_hex(), "spin").unwrap();
-    env.rt
-        .install(
-            package(
-                &key,
-                "hostile",
-                "spinner",
-                "[limits]\nfuel_per_task = 18000000000000000000\nwall_time_ms = 3600000\n",
-            ),
-            true,
-        )
-        .await
-        .unwrap();
+    install_spinner(&env).await;
     let id = env.rt.submit("spinner", "loop".into(), None).unwrap();
     while env.rt.run_record(&id).unwrap().status != cairn_agents::db::RunStatus::Running {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
