@@ -40,28 +40,7 @@ pub fn run() -> Result<Value> {
     }
     let echo = wasm_target.join("wasm32-wasip2/release/examples/echo.wasm");
     eprintln!("bench agents: measuring (instantiate, tasks, spawn peer, 1k and 10k idle agents)");
-    let out = cargo()
-        .current_dir(&root)
-        .args([
-            "run",
-            "--release",
-            "--locked",
-            "-q",
-            "-p",
-            "cairn-agents",
-            "--example",
-            "bench_agents",
-            "--",
-        ])
-        .arg(&echo)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "bench_agents failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let m: Value = serde_json::from_slice(&out.stdout).context("bench_agents output")?;
+    let m = run_example("cairn-agents", "bench_agents", &[echo.as_os_str()])?;
     let router = router_overhead()?;
     let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
     let r = |x: f64| (x * 100.0).round() / 100.0;
@@ -119,6 +98,20 @@ pub fn run() -> Result<Value> {
 fn router_overhead() -> Result<Value> {
     let store = crate::models::fetch_models("smollm2-135m-instruct-q4_1")?;
     eprintln!("bench agents: router overhead (500 one-token chats each way)");
+    run_example(
+        "cairn",
+        "bench_router",
+        &[
+            "--calls".as_ref(),
+            "500".as_ref(),
+            "--models".as_ref(),
+            store.root().as_os_str(),
+        ],
+    )
+}
+
+/// `cargo run --release` of example `example` of `package` with `args`; its stdout as JSON.
+fn run_example(package: &str, example: &str, args: &[&std::ffi::OsStr]) -> Result<Value> {
     let out = cargo()
         .current_dir(crate::build::repo_root())
         .args([
@@ -127,21 +120,15 @@ fn router_overhead() -> Result<Value> {
             "--locked",
             "-q",
             "-p",
-            "cairn",
+            package,
             "--example",
-            "bench_router",
+            example,
             "--",
-            "--calls",
-            "500",
-            "--models",
         ])
-        .arg(store.root())
+        .args(args)
         .output()?;
     if !out.status.success() {
-        bail!(
-            "bench_router failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{example} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    serde_json::from_slice(&out.stdout).context("bench_router output")
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{example} output"))
 }

@@ -38,10 +38,9 @@ fn figure(
     })
 }
 
-/// Runs the memory benchmark and returns its report.
-pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
-    let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
-    eprintln!("bench memory: building the bench_memory example (release)");
+/// Builds example `name` of the appliance (release) and returns its path.
+fn build_example(name: &str) -> Result<std::path::PathBuf> {
+    eprintln!("bench memory: building the {name} example (release)");
     let st = build::cargo()
         .args([
             "build",
@@ -50,13 +49,21 @@ pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
             "-p",
             "cairn",
             "--example",
-            "bench_memory",
+            name,
         ])
         .status()?;
     if !st.success() {
-        bail!("building bench_memory failed");
+        bail!("building {name} failed");
     }
-    let example = build::cargo_target_dir().join("release/examples/bench_memory");
+    Ok(build::cargo_target_dir()
+        .join("release/examples")
+        .join(name))
+}
+
+/// Runs the memory benchmark and returns its report.
+pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
+    let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
+    let example = build_example("bench_memory")?;
     eprintln!("bench memory: numpy venv for the SQLite baseline");
     let python = crate::pyenv::venv(
         "memory-bench",
@@ -191,23 +198,7 @@ fn with_embedding(
         .file(model, "weights")
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .context("the embedding model has no weights")?;
-    eprintln!("bench memory: inserts with embedding: building bench_memory_embed (release)");
-    let st = build::cargo()
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "cairn",
-            "--example",
-            "bench_memory_embed",
-        ])
-        .status()?;
-    if !st.success() {
-        bail!("building bench_memory_embed failed");
-    }
-    let mut cmd =
-        Command::new(build::cargo_target_dir().join("release/examples/bench_memory_embed"));
+    let mut cmd = Command::new(build_example("bench_memory_embed")?);
     cmd.arg("--dataset")
         .arg(dataset)
         .arg("--models")
