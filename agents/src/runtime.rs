@@ -211,6 +211,14 @@ pub struct Runtime {
     shared: Arc<Shared>,
 }
 
+/// A status or state as the API spells it (`killed`, `succeeded`, ...).
+pub(crate) fn state_name<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn new_run_id() -> String {
     let mut r = [0u8; 6];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
@@ -705,10 +713,7 @@ impl Runtime {
         if !matches!(run.status, RunStatus::Queued | RunStatus::Running) {
             return Err(AgentError::Conflict(format!(
                 "run {id} already ended ({})",
-                serde_json::to_value(run.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
+                state_name(run.status)
             )));
         }
         self.abort_run(id, &run.agent, reason);
@@ -1112,10 +1117,7 @@ impl Shared {
                 .finished_ms
                 .unwrap_or(0)
                 .saturating_sub(finished.started_ms.unwrap_or(finished.created_ms));
-            let status = serde_json::to_value(finished.status)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let status = state_name(finished.status);
             let mut message = format!("run {} {status} in {took} ms", finished.id);
             if let Some(e) = &finished.error {
                 message.push_str(&format!(": {e}"));

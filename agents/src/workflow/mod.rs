@@ -903,10 +903,7 @@ impl Runtime {
         let ended = |r: &WorkflowRun| {
             AgentError::Conflict(format!(
                 "workflow run {id} already ended ({})",
-                serde_json::to_value(r.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
+                crate::runtime::state_name(r.status)
             ))
         };
         if run.status != WorkflowStatus::Running {
