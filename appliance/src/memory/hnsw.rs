@@ -12,10 +12,18 @@
 //!
 //! Deletion repairs the graph locally: each former neighbour of the removed node is offered
 //! the removed node's other neighbours, re-selected with the same heuristic as an insert.
+//!
+//! Linking is deferred: [`Hnsw::add`] stores a vector as an *unlinked* node at once (cheap,
+//! inside the write transaction), and [`Hnsw::link_pending`] links unlinked nodes into the
+//! graph later (the memory's indexer thread, off the write path). A search walks the graph
+//! and scans the unlinked nodes exactly, so a vector is found from the moment its record is
+//! committed; only the search cost of the unlinked tail depends on how far linking lags.
+//! Unlinked nodes are never persisted: a load adds the records the checkpoint lacks as
+//! unlinked again.
 
 use super::vector::{QVec, dot};
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 /// Links per node on levels above 0.
 pub const M: usize = 16;
@@ -103,7 +111,8 @@ pub struct Node {
     pub scale: f32,
     /// Small per-record facts used by filters without reading the record (the tier code).
     pub tag: u8,
-    /// Neighbour slots per level (`links.len() - 1` is the node's level).
+    /// Neighbour slots per level (`links.len() - 1` is the node's level); empty while the
+    /// node is not linked yet.
     pub links: Vec<Vec<u32>>,
 }
 
@@ -117,6 +126,11 @@ pub struct Hnsw {
     free: Vec<u32>,
     entry: Option<u32>,
     dirty: HashSet<u64>,
+    /// Nodes waiting to be linked, oldest first, as (slot, id); entries whose node was removed
+    /// (or already linked) are skipped when met.
+    unlinked: VecDeque<(u32, u64)>,
+    /// Live unlinked nodes.
+    unlinked_count: usize,
 }
 
 /// A loaded node's slot and its links by record id, resolved once every node is loaded.
@@ -158,6 +172,28 @@ impl Hnsw {
         self.slot_of.contains_key(&id)
     }
 
+    /// Vectors stored but not linked into the graph yet.
+    pub fn unlinked(&self) -> usize {
+        self.unlinked_count
+    }
+
+    /// The lowest record id not linked yet, if any.
+    pub fn min_unlinked(&self) -> Option<u64> {
+        self.unlinked
+            .iter()
+            .filter(|&&(s, id)| self.is_unlinked(s, id))
+            .map(|&(_, id)| id)
+            .min()
+    }
+
+    /// Whether `slot` holds record `id`, not linked yet.
+    fn is_unlinked(&self, slot: u32, id: u64) -> bool {
+        self.nodes
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|n| n.id == id && n.links.is_empty())
+    }
+
     /// The stored vector of `id`.
     #[cfg(test)]
     pub fn vector(&self, id: u64) -> Option<QVec> {
@@ -169,21 +205,15 @@ impl Hnsw {
         })
     }
 
-    /// Ids whose links changed since the last call (to persist), and ids removed.
-    #[cfg(test)]
+    /// Takes the ids whose links changed (or that were removed) since the last call: what a
+    /// checkpoint must write.
     pub fn take_dirty(&mut self) -> Vec<u64> {
         self.dirty.drain().collect()
     }
 
-    /// Ids whose links changed (or that were removed) since [`Hnsw::clear_dirty`]: what a
-    /// checkpoint must write.
-    pub fn dirty_ids(&self) -> Vec<u64> {
-        self.dirty.iter().copied().collect()
-    }
-
-    /// Forgets the dirty marks once a checkpoint holding them has committed.
-    pub fn clear_dirty(&mut self) {
-        self.dirty.clear();
+    /// Whether any node changed since the last [`Hnsw::take_dirty`].
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// Marks `id` for the next checkpoint (a persisted node whose record is gone is removed
@@ -192,10 +222,13 @@ impl Hnsw {
         self.dirty.insert(id);
     }
 
-    /// The links of `id` as record ids, per level (for persisting).
+    /// The links of `id` as record ids, per level (for persisting); `None` for a node that
+    /// is gone or not linked yet.
     pub fn links_of(&self, id: u64) -> Option<(u8, Vec<Vec<u64>>)> {
         let s = *self.slot_of.get(&id)?;
-        let n = self.nodes[s as usize].as_ref()?;
+        let n = self.nodes[s as usize]
+            .as_ref()
+            .filter(|n| !n.links.is_empty())?;
         Some((
             n.tag,
             n.links
@@ -313,12 +346,18 @@ impl Hnsw {
         kept.into_iter().map(|s| s.1).collect()
     }
 
-    /// Adds (or replaces) the vector of record `id` with filter tag `tag`.
+    /// Adds (or replaces) the vector of record `id` with filter tag `tag` and links it at once.
+    #[cfg(test)]
     pub fn insert(&mut self, id: u64, v: &QVec, tag: u8) -> Result<(), String> {
-        self.insert_at_level(id, v, tag, level_for(id))
+        let slot = self.add(id, v, tag)?;
+        self.unlinked_count -= 1;
+        self.link_slot(slot);
+        Ok(())
     }
 
-    fn insert_at_level(&mut self, id: u64, v: &QVec, tag: u8, level: usize) -> Result<(), String> {
+    /// Adds (or replaces) the vector of record `id` with filter tag `tag` as an unlinked node
+    /// (found by searches at once, linked by [`Hnsw::link_pending`]); returns its slot.
+    pub fn add(&mut self, id: u64, v: &QVec, tag: u8) -> Result<u32, String> {
         if v.dims() != self.dims {
             return Err(format!(
                 "vector has {} dimensions, the index {}",
@@ -345,22 +384,60 @@ impl Hnsw {
             id,
             scale: v.scale,
             tag,
-            links: vec![Vec::new(); level + 1],
+            links: Vec::new(),
         });
         self.slot_of.insert(id, slot);
+        self.unlinked.push_back((slot, id));
+        self.unlinked_count += 1;
+        Ok(slot)
+    }
+
+    /// Links up to `max` unlinked nodes into the graph, oldest first; returns how many.
+    pub fn link_pending(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some((slot, id)) = self.unlinked.pop_front() else {
+                break;
+            };
+            if !self.is_unlinked(slot, id) {
+                continue;
+            }
+            self.unlinked_count -= 1;
+            self.link_slot(slot);
+            done += 1;
+        }
+        if self.unlinked_count == 0 {
+            self.unlinked.clear();
+        }
+        done
+    }
+
+    /// Links the unlinked node in `slot` on its levels (derived from its id).
+    fn link_slot(&mut self, slot: u32) {
+        let Some((id, scale)) = self.nodes[slot as usize].as_ref().map(|n| (n.id, n.scale)) else {
+            return;
+        };
+        let level = level_for(id);
+        let v = QVec {
+            scale,
+            q: self.row(slot).to_vec(),
+        };
+        if let Some(n) = self.nodes[slot as usize].as_mut() {
+            n.links = vec![Vec::new(); level + 1];
+        }
         self.dirty.insert(id);
         let Some(entry) = self.entry else {
             self.entry = Some(slot);
-            return Ok(());
+            return;
         };
         let top = self.level_of(entry);
         let mut ep = vec![entry];
         for l in (level + 1..=top).rev() {
-            ep = vec![self.search_level(v, &ep, 1, l)[0].1];
+            ep = vec![self.search_level(&v, &ep, 1, l)[0].1];
         }
         for l in (0..=level.min(top)).rev() {
             let found: Vec<Scored> = self
-                .search_level(v, &ep, EF_CONSTRUCTION, l)
+                .search_level(&v, &ep, EF_CONSTRUCTION, l)
                 .into_iter()
                 .filter(|s| s.1 != slot)
                 .collect();
@@ -380,7 +457,6 @@ impl Hnsw {
         if level > top {
             self.entry = Some(slot);
         }
-        Ok(())
     }
 
     /// Adds `to` to `from`'s links on `level`, re-selecting if that overflows `m`.
@@ -422,6 +498,12 @@ impl Hnsw {
             return false;
         };
         self.dirty.insert(id);
+        if node.links.is_empty() {
+            // Never linked: nothing refers to it.
+            self.unlinked_count -= 1;
+            self.free.push(slot);
+            return true;
+        }
         // Every node that links to the removed one, per level.
         for (l, around) in node.links.iter().enumerate() {
             let m = if l == 0 { M0 } else { M };
@@ -470,22 +552,40 @@ impl Hnsw {
         true
     }
 
-    /// Up to `k` nearest records to `q` as (id, similarity, tag), best first, searching with
-    /// a candidate list of `ef` (≥ k).
+    /// Up to `k` nearest records to `q` as (id, similarity, tag), best first: the graph
+    /// searched with a candidate list of `ef` (≥ k), merged with an exact scan of the nodes
+    /// not linked yet.
     pub fn search(&self, q: &QVec, k: usize, ef: usize) -> Vec<(u64, f32, u8)> {
-        let Some(entry) = self.entry else {
-            return Vec::new();
-        };
         if q.dims() != self.dims || k == 0 {
             return Vec::new();
         }
-        let mut ep = vec![entry];
-        for l in (1..=self.level_of(entry)).rev() {
-            ep = vec![self.search_level(q, &ep, 1, l)[0].1];
+        let mut found = match self.entry {
+            Some(entry) => {
+                let mut ep = vec![entry];
+                for l in (1..=self.level_of(entry)).rev() {
+                    ep = vec![self.search_level(q, &ep, 1, l)[0].1];
+                }
+                let mut f = self.search_level(q, &ep, ef.max(k), 0);
+                f.truncate(k);
+                f
+            }
+            None => Vec::new(),
+        };
+        if self.unlinked_count > 0 {
+            VISITED.with(|v| {
+                let mut v = v.borrow_mut();
+                let mut seen = v.start(self.nodes.len());
+                for &(slot, id) in &self.unlinked {
+                    if self.is_unlinked(slot, id) && seen.insert(slot) {
+                        found.push(Scored(self.sim_to(q, slot), slot));
+                    }
+                }
+            });
+            found.sort_by(|a, b| b.cmp(a));
+            found.truncate(k);
         }
-        self.search_level(q, &ep, ef.max(k), 0)
+        found
             .into_iter()
-            .take(k)
             .filter_map(|s| {
                 let n = self.nodes[s.1 as usize].as_ref()?;
                 Some((n.id, s.0, n.tag))
@@ -542,6 +642,7 @@ impl Hnsw {
             .enumerate()
             .filter_map(|(i, n)| {
                 n.as_ref()
+                    .filter(|n| !n.links.is_empty())
                     .map(|n| (n.links.len(), std::cmp::Reverse(n.id), i))
             })
             .max()
@@ -628,6 +729,40 @@ mod tests {
         for q in &queries {
             assert!(h.search(q, 10, 64).iter().all(|x| (x.0 - 1) % 3 != 0));
         }
+    }
+
+    #[test]
+    fn unlinked_nodes_are_searched_exactly_then_linked() {
+        let mut vs = rand_vecs(2050, 64, 5);
+        let queries = vs.split_off(2000);
+        let mut h = Hnsw::new(64);
+        for (i, v) in vs.iter().enumerate() {
+            h.add(i as u64 + 1, v, 0).unwrap();
+        }
+        assert_eq!((h.len(), h.unlinked()), (2000, 2000));
+        assert_eq!(h.min_unlinked(), Some(1));
+        // Nothing linked: the search is the exact scan, and nothing is there to persist.
+        assert_eq!(recall_at_10(&h, &queries), 1.0);
+        assert!(h.links_of(1).is_none() && !h.has_dirty());
+        // Removing an unlinked node forgets it.
+        assert!(h.remove(1));
+        assert_eq!(h.unlinked(), 1999);
+        assert_eq!(h.min_unlinked(), Some(2));
+        // Linking half: both halves are found, the linked half is dirty.
+        assert_eq!(h.link_pending(1000), 1000);
+        assert_eq!(h.unlinked(), 999);
+        assert_eq!(h.min_unlinked(), Some(1002));
+        assert!(recall_at_10(&h, &queries) >= 0.95);
+        assert_eq!(h.take_dirty().len(), 1001);
+        assert!(h.links_of(2).is_some() && h.links_of(1500).is_none());
+        assert_eq!(h.link_pending(usize::MAX), 999);
+        assert_eq!((h.unlinked(), h.min_unlinked()), (0, None));
+        assert!(recall_at_10(&h, &queries) >= 0.95);
+        // A linked node re-added with a new vector is unlinked again.
+        h.add(5, &queries[0], 0).unwrap();
+        assert_eq!((h.unlinked(), h.min_unlinked()), (1, Some(5)));
+        assert_eq!(h.search(&queries[0], 1, 10)[0].0, 5);
+        assert!(h.links_of(5).is_none());
     }
 
     #[test]

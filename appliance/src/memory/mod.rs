@@ -6,14 +6,18 @@
 //! Durability: every write is one redb transaction committed with `Durability::Immediate`
 //! before the call returns; the record, its postings, its vector and the bookkeeping tables
 //! change together or not at all. The HNSW graph is an acceleration structure over the stored
-//! vectors: it is persisted in checkpoints (every [`CHECKPOINT_EVERY`] graph changes, with
-//! the periodic flush, and whenever an already indexed vector changes), and records written
-//! after the last checkpoint are re-inserted into it when memory opens. Access statistics (accessed time,
+//! vectors: a write adds its vector to the graph unlinked (searched exactly until linked), the
+//! indexer thread links it off the write path, and the graph is persisted in checkpoints
+//! (every [`CHECKPOINT_EVERY`] graph changes, with the periodic flush, and whenever an already
+//! indexed vector changes); records the last checkpoint lacks are added again, unlinked, when
+//! memory opens. Access statistics (accessed time,
 //! access count) are the exception: they are buffered and written with the next write or by
 //! the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
 
 mod consolidate;
 mod hnsw;
+mod index;
+mod indexer;
 mod jsonl;
 pub mod models;
 mod recall;
@@ -37,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use vector::QVec;
 
 /// Semantic records at least this similar to an existing one are merged into it.
@@ -51,8 +55,17 @@ pub const CHECKPOINT_EVERY: usize = 4096;
 /// `POSTINGS` (bounds the unmerged rows a keyword search reads).
 pub const MERGE_POSTINGS_EVERY: usize = 256;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
-/// from this id on are re-inserted from their vectors when the graph is loaded).
+/// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
+
+/// What a checkpoint took from the graphs: put back if its transaction fails.
+#[derive(Default)]
+struct Checkpoint {
+    /// Dirty node ids per namespace.
+    dirty: Vec<(String, Vec<u64>)>,
+    /// The graph change count.
+    changes: usize,
+}
 
 /// Computes embeddings for memory (the appliance passes its local embedding model).
 pub trait Embed: Send + Sync {
@@ -222,9 +235,12 @@ pub struct Memory {
     db: Arc<Database>,
     /// The database file (for the free-space check before writes).
     path: std::path::PathBuf,
-    graphs: RwLock<HashMap<String, Hnsw>>,
-    /// Graph changes since the last checkpoint.
-    graph_changes: AtomicUsize,
+    /// The vector graphs of every namespace and the vectors not handed to them yet.
+    index: Arc<index::VectorIndex>,
+    /// Graph changes since the last checkpoint (the indexer's links included).
+    graph_changes: Arc<AtomicUsize>,
+    /// Links new vectors into the graphs in the background (set once the graphs are loaded).
+    indexer: Option<indexer::Indexer>,
     /// The next write must checkpoint the graph (an already persisted node's vector changed).
     checkpoint_now: AtomicBool,
     /// Rows in `POSTINGS_NEW` (as of the last commit, roughly).
@@ -287,11 +303,12 @@ impl Memory {
         path: &std::path::Path,
         embedder: Option<Arc<dyn Embed>>,
     ) -> Result<Memory, MemoryError> {
-        let m = Memory {
+        let mut m = Memory {
             db,
             path: path.to_path_buf(),
-            graphs: RwLock::new(HashMap::new()),
-            graph_changes: AtomicUsize::new(0),
+            index: Arc::new(index::VectorIndex::default()),
+            graph_changes: Arc::new(AtomicUsize::new(0)),
+            indexer: None,
             checkpoint_now: AtomicBool::new(false),
             postings_new: AtomicUsize::new(0),
             merge_now: AtomicBool::new(false),
@@ -321,11 +338,17 @@ impl Memory {
             let n = txn.open_table(tables::POSTINGS_NEW)?.len()?;
             m.postings_new.store(n as usize, Ordering::Relaxed);
         }
-        let (graphs, replayed) = m.load_graphs(None)?;
-        m.graph_changes.store(replayed, Ordering::Relaxed);
-        if let Ok(mut g) = m.graphs.write() {
-            *g = graphs;
+        let (graphs, added) = m.load_graphs(None)?;
+        if added > 0 {
+            tracing::info!(
+                "memory: {added} vectors written after the last graph checkpoint are being linked"
+            );
         }
+        m.index.set_all(graphs).map_err(|_| poisoned())?;
+        m.indexer = Some(
+            indexer::Indexer::start(m.index.clone(), m.graph_changes.clone())
+                .map_err(|e| StoreError::Other(format!("starting the memory indexer: {e}")))?,
+        );
         Ok(m)
     }
 
@@ -345,8 +368,8 @@ impl Memory {
     }
 
     /// Loads the graphs of every namespace (or of one) from the last commit: the checkpointed
-    /// nodes, then the records written after the checkpoint, re-inserted from their vectors.
-    /// Also returns how many were re-inserted.
+    /// nodes, then the records the checkpoint lacks, added unlinked from their vectors (the
+    /// indexer links them). Also returns how many were added.
     #[allow(clippy::type_complexity)]
     fn load_graphs(
         &self,
@@ -410,19 +433,22 @@ impl Memory {
             }
         };
         let by_ns = txn.open_table(tables::BY_NAMESPACE)?;
-        let mut replayed = 0;
+        let mut added = 0;
         for ns in &names {
             for row in by_ns.range((ns.as_str(), through)..=(ns.as_str(), u64::MAX))? {
                 let (k, tier) = row?;
                 let id = k.value().1;
+                if out.get(ns).is_some_and(|g| g.contains(id)) {
+                    continue;
+                }
                 let Some(vec) = vectors.get(id)?.and_then(|b| QVec::from_bytes(b.value())) else {
                     continue;
                 };
                 let g = out.entry(ns.clone()).or_insert_with(|| Hnsw::new(dims));
-                if let Err(e) = g.insert(id, &vec, tier.value()) {
+                if let Err(e) = g.add(id, &vec, tier.value()) {
                     tracing::warn!("memory: re-indexing record {id} in {ns}: {e}");
                 }
-                replayed += 1;
+                added += 1;
             }
         }
         for (ns, id) in orphans {
@@ -430,63 +456,108 @@ impl Memory {
                 g.mark_dirty(id);
             }
         }
-        Ok((out, replayed))
+        Ok((out, added))
     }
 
     /// After a failed commit: replaces the in-memory graph of `ns` with the committed one.
     fn restore_graph(&self, ns: &str) {
         match self.load_graphs(Some(ns)) {
             Ok((mut loaded, _)) => {
-                if let Ok(mut g) = self.graphs.write() {
-                    match loaded.remove(ns) {
-                        Some(h) => g.insert(ns.to_string(), h),
-                        None => g.remove(ns),
-                    };
+                if self.index.replace(ns, loaded.remove(ns)).is_err() {
+                    tracing::error!("memory: the vector index of {ns} is poisoned");
                 }
+                self.wake_indexer();
             }
             Err(e) => tracing::error!("memory: reloading the graph of {ns}: {e}"),
         }
     }
 
     /// Checkpoints every graph into `txn`: writes the nodes changed since the last
-    /// checkpoint and moves `GRAPH_THROUGH` to the next record id, so that every committed
-    /// record is covered. The dirty marks are cleared only once `txn` has committed
-    /// ([`Memory::checkpointed`]); the caller holds the writer lock, so nothing changes the
-    /// graphs in between.
-    fn checkpoint(&self, txn: &WriteTransaction) -> Result<(), MemoryError> {
-        let graphs = self.graphs.read().map_err(|_| poisoned())?;
+    /// checkpoint and moves `GRAPH_THROUGH` to the lowest record id not linked yet (or the
+    /// next record id), so that every committed record is either in `GRAPH` or added again on
+    /// load. Dirty marks, links and the bound are taken together under the graphs' write lock
+    /// (the indexer links concurrently); they are returned so that a failed commit can put
+    /// them back ([`Memory::uncheckpoint`]).
+    fn checkpoint(&self, txn: &WriteTransaction) -> Result<Checkpoint, MemoryError> {
+        // (namespace, id) → the node's row, or None to remove it.
+        type Row = ((String, u64), Option<Vec<u8>>);
+        let mut rows: Vec<Row> = Vec::new();
+        let mut taken = Checkpoint::default();
+        let through = {
+            let mut graphs = self.index.graphs_mut().map_err(|_| poisoned())?;
+            taken.changes = self.graph_changes.swap(0, Ordering::Relaxed);
+            let mut through = u64::MAX;
+            for (ns, g) in graphs.iter_mut() {
+                let dirty = g.take_dirty();
+                for &id in &dirty {
+                    let row = g
+                        .links_of(id)
+                        .map(|(tag, links)| tables::encode_node(tag, &links));
+                    rows.push(((ns.clone(), id), row));
+                }
+                taken.dirty.push((ns.clone(), dirty));
+                if let Some(id) = g.min_unlinked() {
+                    through = through.min(id);
+                }
+            }
+            through
+        };
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut t = txn.open_table(tables::GRAPH)?;
-        for (ns, g) in graphs.iter() {
-            let mut dirty = g.dirty_ids();
-            dirty.sort_unstable();
-            for id in dirty {
-                match g.links_of(id) {
-                    Some((tag, links)) => {
-                        t.insert(
-                            (ns.as_str(), id),
-                            tables::encode_node(tag, &links).as_slice(),
-                        )?;
-                    }
-                    None => {
-                        t.remove((ns.as_str(), id))?;
+        for ((ns, id), row) in &rows {
+            match row {
+                Some(b) => t.insert((ns.as_str(), *id), b.as_slice())?,
+                None => t.remove((ns.as_str(), *id))?,
+            };
+        }
+        let mut meta = txn.open_table(tables::META)?;
+        let next = meta.get("next_id")?.map_or(1, |v| v.value());
+        meta.insert(GRAPH_THROUGH, through.min(next))?;
+        Ok(taken)
+    }
+
+    /// After a checkpoint failed to commit: its nodes are dirty again.
+    fn uncheckpoint(&self, taken: Checkpoint) {
+        if let Ok(mut graphs) = self.index.graphs_mut() {
+            for (ns, ids) in taken.dirty {
+                if let Some(g) = graphs.get_mut(&ns) {
+                    for id in ids {
+                        g.mark_dirty(id);
                     }
                 }
             }
         }
-        let mut meta = txn.open_table(tables::META)?;
-        let next = meta.get("next_id")?.map_or(1, |v| v.value());
-        meta.insert(GRAPH_THROUGH, next)?;
-        Ok(())
+        self.graph_changes
+            .fetch_add(taken.changes, Ordering::Relaxed);
     }
 
-    /// After a checkpoint committed: the graphs are clean.
-    fn checkpointed(&self) {
-        if let Ok(mut graphs) = self.graphs.write() {
-            for g in graphs.values_mut() {
-                g.clear_dirty();
-            }
+    /// Wakes the indexer (unlinked vectors were added).
+    fn wake_indexer(&self) {
+        if let Some(ix) = &self.indexer {
+            ix.wake();
         }
-        self.graph_changes.store(0, Ordering::Relaxed);
+    }
+
+    /// Vectors stored but not linked into a graph yet (searched exactly until they are).
+    pub fn unindexed(&self) -> usize {
+        self.index.unlinked()
+    }
+
+    /// Holds the indexer still (tests look at unlinked vectors).
+    #[cfg(test)]
+    fn pause_indexer(&self, paused: bool) {
+        if let Some(ix) = &self.indexer {
+            ix.set_paused(paused);
+        }
+    }
+
+    /// Waits up to `timeout` for the indexer to link every vector stored so far; returns
+    /// whether it did.
+    pub fn wait_indexed(&self, timeout: std::time::Duration) -> bool {
+        match &self.indexer {
+            Some(ix) => ix.wait_idle(timeout) && self.unindexed() == 0,
+            None => self.unindexed() == 0,
+        }
     }
 
     /// Runs `f` in one write transaction under the writer lock and commits durably; on any
@@ -518,9 +589,10 @@ impl Memory {
                 || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
             let merge = self.merge_now.swap(false, Ordering::Relaxed)
                 || self.postings_new.load(Ordering::Relaxed) >= MERGE_POSTINGS_EVERY;
+            let mut taken = None;
             let done = (|| {
                 if checkpoint {
-                    self.checkpoint(&txn)?;
+                    taken = Some(self.checkpoint(&txn)?);
                 }
                 if merge {
                     merge_postings(&txn)?;
@@ -529,6 +601,9 @@ impl Memory {
                 Ok::<_, MemoryError>(())
             })();
             if let Err(e) = done {
+                if let Some(t) = taken {
+                    self.uncheckpoint(t);
+                }
                 if checkpoint {
                     self.checkpoint_now.store(true, Ordering::Relaxed);
                 }
@@ -536,9 +611,6 @@ impl Memory {
                     self.merge_now.store(true, Ordering::Relaxed);
                 }
                 return Err(e);
-            }
-            if checkpoint {
-                self.checkpointed();
             }
             if merge {
                 self.postings_new.store(0, Ordering::Relaxed);
@@ -579,9 +651,9 @@ impl Memory {
     pub fn flush(&self) -> Result<(), MemoryError> {
         let graph = self.graph_changes.load(Ordering::Relaxed) > 0
             || self
-                .graphs
-                .read()
-                .is_ok_and(|g| g.values().any(|h| !h.dirty_ids().is_empty()));
+                .index
+                .graphs()
+                .is_ok_and(|g| g.values().any(Hnsw::has_dirty));
         let postings = self.postings_new.load(Ordering::Relaxed) > 0;
         if !graph && !postings && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
             return Ok(());
@@ -778,11 +850,10 @@ impl Memory {
         let Some(v) = vec else {
             return Ok(None);
         };
-        let graphs = self.graphs.read().map_err(|_| poisoned())?;
-        let Some(g) = graphs.get(ns) else {
-            return Ok(None);
-        };
-        Ok(g.search(v, 8, 64)
+        Ok(self
+            .index
+            .search(ns, v, 8, 64)
+            .map_err(|_| poisoned())?
             .into_iter()
             .find(|(_, sim, tag)| *tag == Tier::Semantic.code() && *sim >= DEDUP_SIMILARITY)
             .map(|(id, _, _)| id))
@@ -813,11 +884,13 @@ impl Memory {
                 .insert((ns, s.as_str()), r.id)?;
         }
         if let Some(v) = vec {
-            self.add_vector(txn, ns, r.id, v, r.tier)?;
+            self.add_vector(txn, ns, r.id, v, r.tier, false)?;
         }
         Ok(())
     }
 
+    /// Stores the vector of record `id` and hands it to the index (`replaces`: the record
+    /// may already have one).
     fn add_vector(
         &self,
         txn: &WriteTransaction,
@@ -825,6 +898,7 @@ impl Memory {
         id: u64,
         v: &QVec,
         tier: Tier,
+        replaces: bool,
     ) -> Result<(), MemoryError> {
         let mut meta = txn.open_table(tables::META)?;
         // A record the last checkpoint covers is not re-inserted on load: its new vector
@@ -845,13 +919,11 @@ impl Memory {
         drop(meta);
         txn.open_table(tables::VECTORS)?
             .insert(id, v.to_bytes().as_slice())?;
-        self.graph_changes.fetch_add(1, Ordering::Relaxed);
-        let mut graphs = self.graphs.write().map_err(|_| poisoned())?;
-        graphs
-            .entry(ns.to_string())
-            .or_insert_with(|| Hnsw::new(v.dims()))
-            .insert(id, v, tier.code())
-            .map_err(|e| MemoryError::Input(InputError::Invalid(e)))
+        self.index
+            .push(ns, id, v.clone(), tier.code(), replaces)
+            .map_err(|_| poisoned())?;
+        self.wake_indexer();
+        Ok(())
     }
 
     /// Adds (or removes) the keyword postings of a text; returns its length in terms.
@@ -931,10 +1003,7 @@ impl Memory {
         }
         if r.embedded {
             txn.open_table(tables::VECTORS)?.remove(id)?;
-            if let Ok(mut g) = self.graphs.write()
-                && let Some(h) = g.get_mut(ns)
-            {
-                h.remove(id);
+            if self.index.remove(ns, id).map_err(|_| poisoned())? {
                 self.graph_changes.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -1035,16 +1104,13 @@ impl Memory {
                 r.text = t.clone();
                 match vec.clone().flatten() {
                     Some(v) => {
-                        self.add_vector(txn, &ns, id, &v, r.tier)?;
+                        self.add_vector(txn, &ns, id, &v, r.tier, true)?;
                         r.embedded = true;
                     }
                     None => {
                         if r.embedded {
                             txn.open_table(tables::VECTORS)?.remove(id)?;
-                            if let Ok(mut g) = self.graphs.write()
-                                && let Some(h) = g.get_mut(&ns)
-                            {
-                                h.remove(id);
+                            if self.index.remove(&ns, id).map_err(|_| poisoned())? {
                                 self.graph_changes.fetch_add(1, Ordering::Relaxed);
                             }
                         }

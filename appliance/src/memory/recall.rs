@@ -315,19 +315,27 @@ impl Memory {
         // Vector half: per-namespace HNSW, exact scan as the fallback under filters.
         let mut vector: Vec<(u64, f32)> = Vec::new();
         if let Some(qv) = &qvec {
-            let graphs = self.graphs.read().map_err(|_| super::poisoned())?;
+            let poisoned = |_| super::poisoned();
             for ns in &namespaces {
-                let Some(g) = graphs.get(ns) else { continue };
                 let tier_ok = |tag: u8| Tier::from_code(tag).is_some_and(|t| filter.tier_ok(t));
                 let mut found = Vec::new();
-                for (id, sim, tag) in g.search(qv, depth, depth.max(64)) {
+                let hits = self
+                    .index
+                    .search(ns, qv, depth, depth.max(64))
+                    .map_err(poisoned)?;
+                for (id, sim, tag) in hits {
                     if tier_ok(tag) && fetch(id)?.is_some() {
                         found.push((id, sim));
                     }
                 }
-                if found.len() < k.min(g.len()) && g.len() <= EXACT_FALLBACK {
+                let len = self.index.len(ns).map_err(poisoned)?;
+                if found.len() < k.min(len) && len <= EXACT_FALLBACK {
                     found.clear();
-                    for (id, sim, _) in g.exact(qv, usize::MAX, |_, tag| tier_ok(tag)) {
+                    let all = self
+                        .index
+                        .exact(ns, qv, usize::MAX, |_, tag| tier_ok(tag))
+                        .map_err(poisoned)?;
+                    for (id, sim, _) in all {
                         if found.len() >= depth {
                             break;
                         }
@@ -390,15 +398,12 @@ impl Memory {
     /// the benchmark measures recall@k against).
     pub fn exact_neighbours(&self, ns: &str, q: &[f32], k: usize) -> Result<Vec<u64>, MemoryError> {
         let qv = QVec::quantize(q).map_err(InputError::Invalid)?;
-        let graphs = self.graphs.read().map_err(|_| super::poisoned())?;
-        Ok(graphs
-            .get(ns)
-            .map(|g| {
-                g.exact(&qv, k, |_, _| true)
-                    .into_iter()
-                    .map(|x| x.0)
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self
+            .index
+            .exact(ns, &qv, k, |_, _| true)
+            .map_err(|_| super::poisoned())?
+            .into_iter()
+            .map(|x| x.0)
+            .collect())
     }
 }

@@ -151,6 +151,67 @@ fn graph_checkpoint_plus_tail_reloads_after_a_crash() {
 }
 
 #[test]
+fn unlinked_vectors_are_found_and_survive_a_crash_before_linking() {
+    // The indexer is held still: new vectors stay unlinked, yet vector recall finds them. A
+    // checkpoint taken then (forced by a delete) must leave those records to be added again
+    // on open, so a crash after it loses none of them from the index.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Access::admin();
+    let wait = std::time::Duration::from_secs(60);
+    let vector = |m: &Memory, text: &str| {
+        let mut q = query(text);
+        q.mode = Mode::Vector;
+        q.k = Some(1);
+        ids(&m.recall(&a, &q).unwrap())
+    };
+    let (linked, deleted, unlinked) = {
+        let m = open(dir.path(), true);
+        let mut linked: Vec<u64> = FACTS[..3]
+            .iter()
+            .map(|f| {
+                m.remember(&a, new("episodic", "shared", f))
+                    .unwrap()
+                    .record
+                    .id
+            })
+            .collect();
+        assert!(m.wait_indexed(wait));
+        m.flush().unwrap();
+        m.pause_indexer(true);
+        let unlinked: Vec<u64> = FACTS[3..]
+            .iter()
+            .map(|f| {
+                m.remember(&a, new("episodic", "shared", f))
+                    .unwrap()
+                    .record
+                    .id
+            })
+            .collect();
+        assert_eq!(m.unindexed(), 2);
+        for (id, f) in unlinked.iter().zip(&FACTS[3..]) {
+            assert_eq!(vector(&m, f), vec![*id], "unlinked {f:?}");
+        }
+        let deleted = linked.pop().unwrap();
+        m.delete(&a, deleted).unwrap();
+        // Checkpoint (the delete changed the graph) with two unlinked, then crash.
+        m.flush().unwrap();
+        assert_eq!(m.unindexed(), 2);
+        (linked, deleted, unlinked)
+    };
+    let m = open(dir.path(), true);
+    assert!(m.wait_indexed(wait));
+    assert_eq!(m.unindexed(), 0);
+    assert_eq!(m.index.len("shared").unwrap(), 4);
+    for (id, f) in linked.iter().zip(&FACTS[..2]) {
+        assert_eq!(vector(&m, f), vec![*id], "after reopening: {f:?}");
+    }
+    for (id, f) in unlinked.iter().zip(&FACTS[3..]) {
+        assert_eq!(vector(&m, f), vec![*id], "after reopening: {f:?}");
+    }
+    assert_ne!(vector(&m, FACTS[2]), vec![deleted]);
+}
+
+#[test]
 fn keyword_retrieval_works_without_a_model_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let m = open(dir.path(), false);
