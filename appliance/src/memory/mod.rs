@@ -48,12 +48,14 @@ use vector::QVec;
 pub const DEDUP_SIMILARITY: f32 = 0.95;
 /// Default record quota of a namespace.
 pub const DEFAULT_QUOTA: u64 = 100_000;
-/// Graph changes (vectors added or removed) after which the next write also checkpoints the
-/// graph; bounds the re-insertions after a power cut.
-pub const CHECKPOINT_EVERY: usize = 4096;
+/// Graph changes (vectors linked or removed) after which the next write also checkpoints the
+/// graph; bounds the vectors the indexer links again after a power cut (in the background:
+/// memory opens at once). Larger windows write each busy node fewer times.
+pub const CHECKPOINT_EVERY: usize = 16384;
 /// Records with postings in `POSTINGS_NEW` after which the next write merges them into
-/// `POSTINGS` (bounds the unmerged rows a keyword search reads).
-pub const MERGE_POSTINGS_EVERY: usize = 256;
+/// `POSTINGS` (bounds the unmerged rows a keyword search reads; larger batches share more
+/// B-tree leaves per merge).
+pub const MERGE_POSTINGS_EVERY: usize = 1024;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
@@ -1282,6 +1284,8 @@ impl Memory {
         Ok(serde_json::json!({
             "records": records,
             "vectors": vectors,
+            // Stored vectors the indexer has not linked into a graph yet (searched exactly).
+            "vectors_unlinked": self.unindexed(),
             "embedding_model": self.embedding_model(),
             "retrieval": if self.embedder.is_some() { "hybrid" } else { "keyword" },
         }))
