@@ -928,6 +928,15 @@ impl Memory {
         Ok(())
     }
 
+    /// Deletes the stored vector of record `id` and takes it out of the index.
+    fn drop_vector(&self, txn: &WriteTransaction, ns: &str, id: u64) -> Result<(), MemoryError> {
+        txn.open_table(tables::VECTORS)?.remove(id)?;
+        if self.index.remove(ns, id).map_err(|_| poisoned())? {
+            self.graph_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Adds (or removes) the keyword postings of a text; returns its length in terms.
     fn index_terms(
         &self,
@@ -1004,10 +1013,7 @@ impl Memory {
             }
         }
         if r.embedded {
-            txn.open_table(tables::VECTORS)?.remove(id)?;
-            if self.index.remove(ns, id).map_err(|_| poisoned())? {
-                self.graph_changes.fetch_add(1, Ordering::Relaxed);
-            }
+            self.drop_vector(txn, ns, id)?;
         }
         // A deleted summary releases its sources; a deleted source is purged from its
         // consolidation (which can then no longer be undone).
@@ -1111,10 +1117,7 @@ impl Memory {
                     }
                     None => {
                         if r.embedded {
-                            txn.open_table(tables::VECTORS)?.remove(id)?;
-                            if self.index.remove(&ns, id).map_err(|_| poisoned())? {
-                                self.graph_changes.fetch_add(1, Ordering::Relaxed);
-                            }
+                            self.drop_vector(txn, &ns, id)?;
                         }
                         r.embedded = false;
                     }

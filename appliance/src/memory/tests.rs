@@ -46,6 +46,19 @@ fn new(tier: &str, ns: &str, text: &str) -> NewRecord {
     }
 }
 
+/// Remembers each text as an episodic record in `shared`; returns their ids.
+fn remember_episodic(m: &Memory, texts: &[&str]) -> Vec<u64> {
+    texts
+        .iter()
+        .map(|t| {
+            m.remember(&Access::admin(), new("episodic", "shared", t))
+                .unwrap()
+                .record
+                .id
+        })
+        .collect()
+}
+
 fn query(q: &str) -> Query {
     Query {
         query: q.into(),
@@ -104,15 +117,7 @@ fn graph_checkpoint_plus_tail_reloads_after_a_crash() {
     let a = Access::admin();
     let (kept, updated) = {
         let m = open(dir.path(), true);
-        let mut kept: Vec<u64> = FACTS[..3]
-            .iter()
-            .map(|f| {
-                m.remember(&a, new("episodic", "shared", f))
-                    .unwrap()
-                    .record
-                    .id
-            })
-            .collect();
+        let mut kept = remember_episodic(&m, &FACTS[..3]);
         m.flush().unwrap();
         m.delete(&a, kept[0]).unwrap();
         let text = "The greenhouse heater switches on below five degrees.";
@@ -125,14 +130,7 @@ fn graph_checkpoint_plus_tail_reloads_after_a_crash() {
             },
         )
         .unwrap();
-        for f in &FACTS[3..] {
-            kept.push(
-                m.remember(&a, new("episodic", "shared", f))
-                    .unwrap()
-                    .record
-                    .id,
-            );
-        }
+        kept.extend(remember_episodic(&m, &FACTS[3..]));
         (kept, text)
     };
     let m = open(dir.path(), true);
@@ -166,27 +164,11 @@ fn unlinked_vectors_are_found_and_survive_a_crash_before_linking() {
     };
     let (linked, deleted, unlinked) = {
         let m = open(dir.path(), true);
-        let mut linked: Vec<u64> = FACTS[..3]
-            .iter()
-            .map(|f| {
-                m.remember(&a, new("episodic", "shared", f))
-                    .unwrap()
-                    .record
-                    .id
-            })
-            .collect();
+        let mut linked = remember_episodic(&m, &FACTS[..3]);
         assert!(m.wait_indexed(wait));
         m.flush().unwrap();
         m.pause_indexer(true);
-        let unlinked: Vec<u64> = FACTS[3..]
-            .iter()
-            .map(|f| {
-                m.remember(&a, new("episodic", "shared", f))
-                    .unwrap()
-                    .record
-                    .id
-            })
-            .collect();
+        let unlinked = remember_episodic(&m, &FACTS[3..]);
         assert_eq!(m.unindexed(), 2);
         for (id, f) in unlinked.iter().zip(&FACTS[3..]) {
             assert_eq!(vector(&m, f), vec![*id], "unlinked {f:?}");
