@@ -224,7 +224,13 @@ impl Memory {
             );
         }
         let depth = (4 * k).max(50);
-        let txn = self.db.begin_read()?;
+        let keywords = mode != Mode::Vector && !terms.is_empty();
+        // The snapshot and the unmerged postings of the query's terms, consistent with it.
+        let (txn, unmerged) = if keywords {
+            self.pending.snapshot(&self.db, &terms, &namespaces)?
+        } else {
+            (self.db.begin_read()?, Vec::new())
+        };
         let records = txn.open_table(tables::RECORDS)?;
         let mut cache: HashMap<u64, Option<Record>> = HashMap::new();
         let mut fetch = |id: u64| -> Result<Option<Record>, MemoryError> {
@@ -242,7 +248,7 @@ impl Memory {
 
         // Keyword half: BM25 over the searched namespaces.
         let mut keyword: Vec<(u64, f64)> = Vec::new();
-        if mode != Mode::Vector && !terms.is_empty() {
+        if keywords {
             let ns_table = txn.open_table(tables::NAMESPACES)?;
             let (mut docs, mut total) = (0u64, 0u64);
             for ns in &namespaces {
@@ -259,27 +265,12 @@ impl Memory {
                 total as f64 / docs as f64
             };
             let postings = txn.open_table(tables::POSTINGS)?;
-            // Postings not yet merged (at most a few hundred records): the query's terms.
-            let mut unmerged: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
-            let new = txn.open_table(tables::POSTINGS_NEW)?;
-            for ns in &namespaces {
-                for row in new.range((ns.as_str(), 0u64)..=(ns.as_str(), u64::MAX))? {
-                    let (key, v) = row?;
-                    let Some((len, doc)) = tables::decode_terms(v.value()) else {
-                        continue;
-                    };
-                    for (t, tf) in doc {
-                        if let Ok(i) = terms.binary_search_by(|q| q.as_str().cmp(t)) {
-                            unmerged
-                                .entry(terms[i].as_str())
-                                .or_default()
-                                .push((key.value().1, (u64::from(tf) << 32) | u64::from(len)));
-                        }
-                    }
-                }
+            let mut unmerged_by_term: Vec<Vec<(u64, u64)>> = vec![Vec::new(); terms.len()];
+            for (i, id, packed) in unmerged {
+                unmerged_by_term[i].push((id, packed));
             }
             let mut scores: HashMap<u64, f64> = HashMap::new();
-            for term in &terms {
+            for (term, unmerged) in terms.iter().zip(unmerged_by_term) {
                 let mut list = Vec::new();
                 for ns in &namespaces {
                     for row in postings.range(
@@ -289,7 +280,7 @@ impl Memory {
                         list.push((key.value().2, v.value()));
                     }
                 }
-                list.extend(unmerged.remove(term.as_str()).unwrap_or_default());
+                list.extend(unmerged);
                 let df = list.len() as f64;
                 let idf = ((docs as f64 - df + 0.5) / (df + 0.5) + 1.0).ln();
                 for (id, packed) in list {

@@ -1,0 +1,256 @@
+//! The keyword postings not merged into `POSTINGS` yet, in memory by term.
+//!
+//! `POSTINGS_NEW` holds them durably, one row per record, so a write touches one B-tree page
+//! for its postings; this view holds the same postings by term so that a keyword search reads
+//! them with one lookup per query term instead of decoding every unmerged row. That lets
+//! merges into `POSTINGS` run in large batches (which touch each leaf once per batch) without
+//! slowing recall down.
+//!
+//! Consistency with a reader's snapshot: a write changes the view only after its commit
+//! (never for a transaction that fails). A merge empties `POSTINGS_NEW` and bumps
+//! `META["postings_epoch"]` in its transaction, then empties the view and bumps the view's
+//! epoch; [`Pending::snapshot`] takes a read transaction and the view's postings only when
+//! both epochs agree, so a search never counts a merged posting twice or misses it. Between a
+//! plain write's commit and its view update a concurrent search may miss that new record's
+//! keywords (never a merged record's): it raced the write.
+
+use super::{MemoryError, poisoned, tables};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// `META` key: merges of `POSTINGS_NEW` into `POSTINGS` committed so far.
+pub const EPOCH: &str = "postings_epoch";
+
+/// A posting: namespace, record id, term frequency << 32 | document length.
+type Entry = (Arc<str>, u64, u64);
+
+/// An unmerged posting of a query term: (index of the term in the query's terms, record id,
+/// packed frequency and length).
+pub type Hit = (usize, u64, u64);
+
+/// One write's change to the view, applied after its commit.
+#[derive(Debug)]
+pub enum Change {
+    /// A record's postings went to `POSTINGS_NEW`.
+    Add {
+        /// Namespace.
+        ns: String,
+        /// Record id.
+        id: u64,
+        /// Document length in terms.
+        len: u32,
+        /// Terms and their frequencies.
+        terms: Vec<(String, u32)>,
+    },
+    /// A record's row of `POSTINGS_NEW` was removed.
+    Remove {
+        /// Namespace.
+        ns: String,
+        /// Record id.
+        id: u64,
+        /// Its terms.
+        terms: Vec<String>,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Merges reflected here (equals `META[EPOCH]` once every commit is applied).
+    epoch: u64,
+    by_term: HashMap<Box<str>, Vec<Entry>>,
+    /// Interned namespace names.
+    names: HashMap<Box<str>, Arc<str>>,
+    records: usize,
+}
+
+/// The unmerged postings (see the module documentation).
+#[derive(Default)]
+pub struct Pending {
+    inner: RwLock<Inner>,
+}
+
+impl Pending {
+    /// Loads the view from `POSTINGS_NEW` and the epoch from `META`.
+    pub fn load(txn: &ReadTransaction) -> Result<Pending, MemoryError> {
+        let mut inner = Inner {
+            epoch: read_epoch(txn)?,
+            ..Inner::default()
+        };
+        for row in txn.open_table(tables::POSTINGS_NEW)?.iter()? {
+            let (k, v) = row?;
+            let (ns, id) = k.value();
+            let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| corrupt(id))?;
+            let terms = terms.into_iter().map(|(t, tf)| (t.to_string(), tf));
+            inner.add(ns, id, len, terms);
+        }
+        Ok(Pending {
+            inner: RwLock::new(inner),
+        })
+    }
+
+    /// Records with unmerged postings.
+    pub fn records(&self) -> usize {
+        self.inner.read().map_or(0, |i| i.records)
+    }
+
+    /// Applies a committed write's changes; `merged`: the write also merged every unmerged
+    /// posting (its own included) into `POSTINGS` and set `META[EPOCH]` to `merged`.
+    pub fn apply(&self, changes: Vec<Change>, merged: Option<u64>) {
+        // A poisoned lock is taken over: the view's state is only ever changed whole below.
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(epoch) = merged {
+            inner.by_term.clear();
+            inner.records = 0;
+            inner.epoch = epoch;
+            return;
+        }
+        for c in changes {
+            match c {
+                Change::Add { ns, id, len, terms } => inner.add(&ns, id, len, terms.into_iter()),
+                Change::Remove { ns, id, terms } => inner.remove(&ns, id, &terms),
+            }
+        }
+    }
+
+    /// The epoch the next merge commits.
+    pub fn next_epoch(&self) -> Result<u64, MemoryError> {
+        Ok(self.inner.read().map_err(|_| poisoned())?.epoch + 1)
+    }
+
+    /// A read transaction and the unmerged postings of `terms` in `namespaces`, consistent
+    /// with it.
+    pub fn snapshot(
+        &self,
+        db: &redb::Database,
+        terms: &[String],
+        namespaces: &[String],
+    ) -> Result<(ReadTransaction, Vec<Hit>), MemoryError> {
+        // A merge's commit and its view update are a few instructions apart: a reader that
+        // sees one and not the other retries.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            let inner = self.inner.read().map_err(|_| poisoned())?;
+            let txn = db.begin_read()?;
+            if read_epoch(&txn)? != inner.epoch {
+                drop(inner);
+                std::thread::yield_now();
+                continue;
+            }
+            let mut out = Vec::new();
+            for (i, t) in terms.iter().enumerate() {
+                for (ns, id, packed) in inner.by_term.get(t.as_str()).into_iter().flatten() {
+                    if namespaces.iter().any(|n| n.as_str() == &**ns) {
+                        out.push((i, *id, *packed));
+                    }
+                }
+            }
+            return Ok((txn, out));
+        }
+        Err(MemoryError::Store(crate::store::StoreError::Other(
+            "the unmerged keyword postings did not settle".into(),
+        )))
+    }
+}
+
+impl Inner {
+    fn add(&mut self, ns: &str, id: u64, len: u32, terms: impl Iterator<Item = (String, u32)>) {
+        let ns = match self.names.get(ns) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = ns.into();
+                self.names.insert(ns.into(), n.clone());
+                n
+            }
+        };
+        for (t, tf) in terms {
+            self.by_term.entry(t.into_boxed_str()).or_default().push((
+                ns.clone(),
+                id,
+                (u64::from(tf) << 32) | u64::from(len),
+            ));
+        }
+        self.records += 1;
+    }
+
+    fn remove(&mut self, ns: &str, id: u64, terms: &[String]) {
+        for t in terms {
+            if let Some(list) = self.by_term.get_mut(t.as_str()) {
+                list.retain(|(n, i, _)| !(*i == id && &**n == ns));
+                if list.is_empty() {
+                    self.by_term.remove(t.as_str());
+                }
+            }
+        }
+        self.records = self.records.saturating_sub(1);
+    }
+}
+
+fn read_epoch(txn: &ReadTransaction) -> Result<u64, MemoryError> {
+    Ok(txn
+        .open_table(tables::META)?
+        .get(EPOCH)?
+        .map_or(0, |v| v.value()))
+}
+
+fn corrupt(id: u64) -> MemoryError {
+    MemoryError::Store(crate::store::StoreError::Other(format!(
+        "corrupt unmerged postings of record {id}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(ns: &str, id: u64, terms: &[&str]) -> Change {
+        Change::Add {
+            ns: ns.into(),
+            id,
+            len: terms.len() as u32,
+            terms: terms.iter().map(|t| (t.to_string(), 1)).collect(),
+        }
+    }
+
+    #[test]
+    fn view_follows_adds_removes_and_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let txn = db.begin_write().unwrap();
+        tables::create(&txn).unwrap();
+        txn.commit().unwrap();
+        let p = Pending::load(&db.begin_read().unwrap()).unwrap();
+        p.apply(vec![add("a", 1, &["x", "y"]), add("b", 2, &["x"])], None);
+        let terms = vec!["x".to_string(), "y".to_string()];
+        let (_, got) = p.snapshot(&db, &terms, &["a".to_string()]).unwrap();
+        assert_eq!(got, [(0, 1, (1 << 32) | 2), (1, 1, (1 << 32) | 2)]);
+        let both = ["a".to_string(), "b".to_string()];
+        let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
+        assert_eq!(got.len(), 3);
+        p.apply(
+            vec![Change::Remove {
+                ns: "a".into(),
+                id: 1,
+                terms: vec!["x".into(), "y".into()],
+            }],
+            None,
+        );
+        let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
+        assert_eq!(got, [(0, 2, (1 << 32) | 1)]);
+        assert_eq!(p.records(), 1);
+        // A merge committed elsewhere (META's epoch ahead of the view) is waited for: here it
+        // never lands in the view, so the snapshot gives up with an error instead of
+        // returning postings the snapshot already holds merged.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert(EPOCH, 1)
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(p.snapshot(&db, &terms, &both).is_err());
+        p.apply(vec![add("a", 3, &["x"])], Some(p.next_epoch().unwrap()));
+        let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
+        assert!(got.is_empty(), "merged postings left the view: {got:?}");
+        assert_eq!(p.records(), 0);
+    }
+}
