@@ -11,11 +11,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "cairn.redb";
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 /// Why a store operation failed, in terms the API maps to status codes.
@@ -184,12 +184,16 @@ impl Store {
                 )));
             }
             // Forward migrations run here in order: 0 -> 1 creates the settings table,
-            // 1 -> 2 the memory tables.
+            // 1 -> 2 the memory tables, 2 -> 3 moves keyword postings into blocks.
             if found < 1 {
                 txn.open_table(SETTINGS)?;
             }
-            if found < 2 {
+            if found < 3 {
                 crate::memory::create_tables(&txn)?;
+            }
+            if found == 2 {
+                crate::memory::migrate_postings_to_blocks(&txn)
+                    .map_err(|e| StoreError::Other(format!("migrating memory postings: {e}")))?;
             }
             meta.insert("schema_version", SCHEMA_VERSION)?;
         }
@@ -289,7 +293,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.setting("k").unwrap().as_deref(), Some("\"v\""));
         let m = crate::memory::Memory::open(&s, None).unwrap();
         let ns = m.namespaces(&crate::memory::Access::admin()).unwrap();

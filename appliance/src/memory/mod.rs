@@ -21,6 +21,7 @@ mod indexer;
 mod jsonl;
 pub mod models;
 mod pending;
+mod postings;
 mod recall;
 pub mod record;
 mod tables;
@@ -54,9 +55,9 @@ pub const DEFAULT_QUOTA: u64 = 100_000;
 /// memory opens at once). Larger windows write each busy node fewer times.
 pub const CHECKPOINT_EVERY: usize = 16384;
 /// Records with postings in `POSTINGS_NEW` after which the next write merges them into
-/// `POSTINGS`. Searches read unmerged postings from memory (`pending`), so this only bounds
-/// that view's size and the work of one merge; a larger batch touches each leaf of
-/// `POSTINGS` once for more records.
+/// `POSTING_BLOCKS`. Searches read unmerged postings from memory (`pending`), so this only
+/// bounds that view's size and the work of one merge; a larger batch rewrites each term's
+/// last block once for more records.
 pub const MERGE_POSTINGS_EVERY: usize = 4096;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
@@ -974,9 +975,9 @@ impl Memory {
             return Ok(u64::from(len));
         }
         drop(new);
-        let mut p = txn.open_table(tables::POSTINGS)?;
+        let mut p = txn.open_table(tables::POSTING_BLOCKS)?;
         for term in counts.keys() {
-            p.remove((term.as_str(), ns, id))?;
+            postings::remove(&mut p, term, ns, id)?;
         }
         Ok(u64::from(len))
     }
@@ -1367,8 +1368,8 @@ fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
     Ok(id)
 }
 
-/// Moves every row of `POSTINGS_NEW` into `POSTINGS` (in key order) and records `epoch` as
-/// the merges done; returns it.
+/// Moves every row of `POSTINGS_NEW` into `POSTING_BLOCKS` (term by term) and records
+/// `epoch` as the merges done; returns it.
 fn merge_postings(txn: &WriteTransaction, epoch: u64) -> Result<u64, MemoryError> {
     let mut new = txn.open_table(tables::POSTINGS_NEW)?;
     let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
@@ -1391,13 +1392,26 @@ fn merge_postings(txn: &WriteTransaction, epoch: u64) -> Result<u64, MemoryError
     }
     new.retain(|_, _| false)?;
     rows.sort_unstable();
-    let mut p = txn.open_table(tables::POSTINGS)?;
-    for (t, ns, id, packed) in rows {
-        p.insert((t.as_str(), ns.as_str(), id), packed)?;
+    let mut blocks = txn.open_table(tables::POSTING_BLOCKS)?;
+    let mut list = Vec::new();
+    for (i, (t, ns, id, packed)) in rows.iter().enumerate() {
+        list.push((*id, *packed));
+        let last = rows
+            .get(i + 1)
+            .is_none_or(|(nt, nns, _, _)| (nt, nns) != (t, ns));
+        if last {
+            postings::add(&mut blocks, t, ns, &list)?;
+            list.clear();
+        }
     }
     txn.open_table(tables::META)?
         .insert(pending::EPOCH, epoch)?;
     Ok(epoch)
+}
+
+/// Schema 2 → 3 (called by the store's migration): keyword postings move into blocks.
+pub(crate) fn migrate_postings_to_blocks(txn: &WriteTransaction) -> Result<(), MemoryError> {
+    postings::migrate_rows_to_blocks(txn)
 }
 
 fn poisoned() -> MemoryError {

@@ -1,9 +1,9 @@
-//! The keyword postings not merged into `POSTINGS` yet, in memory by term.
+//! The keyword postings not merged into `POSTING_BLOCKS` yet, in memory by term.
 //!
 //! `POSTINGS_NEW` holds them durably, one row per record, so a write touches one B-tree page
 //! for its postings; this view holds the same postings by term so that a keyword search reads
 //! them with one lookup per query term instead of decoding every unmerged row. That lets
-//! merges into `POSTINGS` run in large batches (which touch each leaf once per batch) without
+//! merges into `POSTING_BLOCKS` run in large batches (which touch each leaf once per batch) without
 //! slowing recall down.
 //!
 //! Consistency with a reader's snapshot: a write changes the view only after its commit
@@ -19,7 +19,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// `META` key: merges of `POSTINGS_NEW` into `POSTINGS` committed so far.
+/// `META` key: merges of `POSTINGS_NEW` into `POSTING_BLOCKS` committed so far.
 pub const EPOCH: &str = "postings_epoch";
 
 /// A posting: namespace, record id, term frequency << 32 | document length.
@@ -95,7 +95,7 @@ impl Pending {
     }
 
     /// Applies a committed write's changes; `merged`: the write also merged every unmerged
-    /// posting (its own included) into `POSTINGS` and set `META[EPOCH]` to `merged`.
+    /// posting (its own included) into `POSTING_BLOCKS` and set `META[EPOCH]` to `merged`.
     pub fn apply(&self, changes: Vec<Change>, merged: Option<u64>) {
         // A poisoned lock is taken over: the view's state is only ever changed whole below.
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());

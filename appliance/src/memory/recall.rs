@@ -264,7 +264,7 @@ impl Memory {
             } else {
                 total as f64 / docs as f64
             };
-            let postings = txn.open_table(tables::POSTINGS)?;
+            let blocks = txn.open_table(tables::POSTING_BLOCKS)?;
             let mut unmerged_by_term: Vec<Vec<(u64, u64)>> = vec![Vec::new(); terms.len()];
             for (i, id, packed) in unmerged {
                 unmerged_by_term[i].push((id, packed));
@@ -273,12 +273,7 @@ impl Memory {
             for (term, unmerged) in terms.iter().zip(unmerged_by_term) {
                 let mut list = Vec::new();
                 for ns in &namespaces {
-                    for row in postings.range(
-                        (term.as_str(), ns.as_str(), 0u64)..=(term.as_str(), ns.as_str(), u64::MAX),
-                    )? {
-                        let (key, v) = row?;
-                        list.push((key.value().2, v.value()));
-                    }
+                    super::postings::read(&blocks, term, ns, &mut list)?;
                 }
                 list.extend(unmerged);
                 let df = list.len() as f64;

@@ -13,11 +13,16 @@ pub const VECTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_vecto
 /// (namespace, record id) → HNSW node: tier code, level count, then per level a u16 count
 /// and that many u64 neighbour ids (little-endian).
 pub const GRAPH: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mem_graph");
-/// (term, namespace, record id) → term frequency << 32 | document length.
-pub const POSTINGS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("mem_postings");
+/// (term, namespace, first record id) → a block of keyword postings (see `postings.rs`).
+pub const POSTING_BLOCKS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("mem_posting_blocks");
+/// Schema 2's postings, one row per (term, namespace, record id) → term frequency << 32 |
+/// document length: moved into `POSTING_BLOCKS` and deleted by the migration to schema 3.
+pub const POSTINGS_V2: TableDefinition<(&str, &str, u64), u64> =
+    TableDefinition::new("mem_postings");
 /// (namespace, record id) → the keyword postings of a record written since the last merge
-/// (see [`encode_terms`]): a single write touches one page here instead of one B-tree leaf
-/// of `POSTINGS` per term; merged into `POSTINGS` in batches. Part of the keyword index.
+/// (see [`encode_terms`]): a single write touches one page here instead of one block per
+/// term; merged into `POSTING_BLOCKS` in batches. Part of the keyword index.
 pub const POSTINGS_NEW: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("mem_postings_new");
 /// (namespace, record id) → tier code: every record of a namespace in id (= time) order.
@@ -38,12 +43,13 @@ pub const CONSOLIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("me
 /// (records with smaller ids have their graph node in `GRAPH`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("mem_meta");
 
-/// Creates every memory table in a write transaction (schema migration 1 → 2).
+/// Creates every memory table in a write transaction (schema migration 1 → 2; a schema 2
+/// store gains `POSTING_BLOCKS` here too).
 pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(RECORDS)?;
     txn.open_table(VECTORS)?;
     txn.open_table(GRAPH)?;
-    txn.open_table(POSTINGS)?;
+    txn.open_table(POSTING_BLOCKS)?;
     txn.open_table(POSTINGS_NEW)?;
     txn.open_table(BY_NAMESPACE)?;
     txn.open_table(DEDUP)?;

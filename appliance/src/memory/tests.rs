@@ -644,3 +644,63 @@ fn wrong_embeddings_are_refused_without_a_partial_write() {
             .is_empty()
     );
 }
+
+#[test]
+fn schema_2_postings_migrate_to_blocks_with_the_same_answers() {
+    // A store written with keyword postings merged, then turned back into what schema 2
+    // stored: one row per posting in `mem_postings`, no blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Access::admin();
+    let (kept, before) = {
+        let m = open(dir.path(), false);
+        let kept = remember_episodic(&m, FACTS);
+        m.flush().unwrap();
+        let before: Vec<Vec<u64>> = FACTS
+            .iter()
+            .map(|f| ids(&m.recall(&a, &query(f)).unwrap()))
+            .collect();
+        (kept, before)
+    };
+    {
+        let db = redb::Database::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = Vec::new();
+            for row in txn
+                .open_table(tables::POSTING_BLOCKS)
+                .unwrap()
+                .iter()
+                .unwrap()
+            {
+                let (k, v) = row.unwrap();
+                let (t, ns, first) = k.value();
+                let mut list = Vec::new();
+                postings::decode(first, v.value(), &mut list).unwrap();
+                rows.extend(list.into_iter().map(|p| (t.to_string(), ns.to_string(), p)));
+            }
+            assert!(rows.len() > 20, "the records' postings were merged");
+            let mut old = txn.open_table(tables::POSTINGS_V2).unwrap();
+            for (t, ns, (id, packed)) in rows {
+                old.insert((t.as_str(), ns.as_str(), id), packed).unwrap();
+            }
+            txn.open_table(crate::store::META)
+                .unwrap()
+                .insert("schema_version", 2)
+                .unwrap();
+        }
+        txn.delete_table(tables::POSTING_BLOCKS).unwrap();
+        txn.commit().unwrap();
+    }
+    let m = open(dir.path(), false);
+    for (f, want) in FACTS.iter().zip(&before) {
+        assert_eq!(&ids(&m.recall(&a, &query(f)).unwrap()), want, "{f}");
+    }
+    // The old table is gone and deletes reach the migrated blocks.
+    {
+        let txn = m.db.begin_read().unwrap();
+        assert!(txn.open_table(tables::POSTINGS_V2).is_err());
+    }
+    m.delete(&a, kept[4]).unwrap();
+    let r = m.recall(&a, &query("diesel generator monday")).unwrap();
+    assert!(r.results.is_empty(), "{r:?}");
+}
