@@ -1376,11 +1376,7 @@ fn merge_postings(txn: &WriteTransaction, epoch: u64) -> Result<u64, MemoryError
     for row in new.iter()? {
         let (k, v) = row?;
         let (ns, id) = k.value();
-        let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| {
-            MemoryError::Store(StoreError::Other(format!(
-                "corrupt unmerged postings of record {id}"
-            )))
-        })?;
+        let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| pending::corrupt(id))?;
         for (t, tf) in terms {
             rows.push((
                 t.to_string(),

@@ -193,7 +193,8 @@ fn read_epoch(txn: &ReadTransaction) -> Result<u64, MemoryError> {
         .map_or(0, |v| v.value()))
 }
 
-fn corrupt(id: u64) -> MemoryError {
+/// The error for a malformed `POSTINGS_NEW` row of record `id`.
+pub fn corrupt(id: u64) -> MemoryError {
     MemoryError::Store(crate::store::StoreError::Other(format!(
         "corrupt unmerged postings of record {id}"
     )))
