@@ -314,6 +314,7 @@ pub struct Vm {
     child: Child,
     serial: Arc<serial::Serial>,
     qmp_sock: PathBuf,
+    work_dir: PathBuf,
     started: Instant,
     /// The accelerator in use.
     pub accel: Accel,
@@ -375,6 +376,7 @@ impl Vm {
             child,
             serial,
             qmp_sock,
+            work_dir: cfg.work_dir.clone(),
             started,
             accel,
         })
@@ -411,8 +413,9 @@ impl Vm {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "console did not show {needle:?} within {} s; console tail:\n{}",
+                    "console did not show {needle:?} within {} s ({}); console tail:\n{}",
                     timeout.as_secs(),
+                    self.diagnosis(),
                     self.serial.tail(3000)
                 );
             }
@@ -448,13 +451,31 @@ impl Vm {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "https://127.0.0.1:{port}{path} did not answer within {} s; console tail:\n{}",
+                    "https://127.0.0.1:{port}{path} did not answer within {} s ({}); console tail:\n{}",
                     timeout.as_secs(),
+                    self.diagnosis(),
                     self.serial.tail(3000)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// What QEMU itself says when the guest seems stuck: its run state over QMP, the console
+    /// bytes captured so far and its stderr.
+    fn diagnosis(&self) -> String {
+        let state = match self.qmp("query-status", None) {
+            Ok(v) => v["status"].as_str().unwrap_or("unknown").to_string(),
+            Err(e) => format!("QMP unanswered: {e:#}"),
+        };
+        let stderr = std::fs::read_to_string(self.work_dir.join("qemu.stderr")).unwrap_or_default();
+        format!(
+            "QEMU {:?} after {} s, run state {state}, {} console bytes, stderr: {:?}",
+            self.child.id(),
+            self.started.elapsed().as_secs(),
+            self.serial.len(),
+            stderr.trim()
+        )
     }
 
     /// Sends one QMP command and returns its `return` value.
