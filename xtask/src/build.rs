@@ -73,8 +73,12 @@ fn cross_env(cmd: &mut Command, arch: Arch) {
     }
 }
 
-/// Builds cairn-init, cairn and floor-init as static musl binaries for `arch`.
-pub fn static_binaries(arch: Arch) -> Result<Binaries> {
+/// `cargo <sub> --release --locked --target <arch's musl target>` with the environment the
+/// image's binaries are built in (cross C compiler, remapped paths, SOURCE_DATE_EPOCH).
+///
+/// `cargo xtask test` runs the tests through this too, so the tests and the image share one
+/// build and the tests exercise the code that ships.
+pub fn musl_cargo(arch: Arch, sub: &str) -> Result<Command> {
     let target = Target::load(arch)?;
     deps::ensure(&deps::for_build(arch))?;
     deps::ensure_rust_target(&target.rust_target)?;
@@ -89,16 +93,26 @@ pub fn static_binaries(arch: Arch) -> Result<Binaries> {
     let mut cmd = cargo();
     cmd.current_dir(&root)
         .args([
-            "build",
+            sub,
             "--release",
             "--locked",
             "--target",
             &target.rust_target,
         ])
-        .args(["-p", "cairn-init", "-p", "cairn"])
         .env("SOURCE_DATE_EPOCH", source_date_epoch().to_string())
         .env("RUSTFLAGS", rustflags);
     cross_env(&mut cmd, arch);
+    Ok(cmd)
+}
+
+/// Builds cairn-init, cairn and floor-init as static musl binaries for `arch`.
+pub fn static_binaries(arch: Arch) -> Result<Binaries> {
+    let target = Target::load(arch)?;
+    let mut cmd = musl_cargo(arch, "build")?;
+    // The whole workspace's libraries and binaries, not just the two shipped: Cargo unifies
+    // dependency features over the packages selected, and with the same selection as
+    // `cargo xtask test` the image reuses the test build instead of rebuilding half of it.
+    cmd.args(["--workspace", "--lib", "--bins"]);
     eprintln!("xtask: building static binaries for {arch}");
     let st = cmd.status().context("running cargo")?;
     if !st.success() {

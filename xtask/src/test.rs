@@ -79,19 +79,21 @@ fn console_modules() -> Result<()> {
     )
 }
 
-/// The profile of the optimised test steps (release code generation, no LTO link).
-const TEST_PROFILE: &str = "test-release";
-
-/// `cargo test` of one package in [`TEST_PROFILE`].
-fn optimised_test(package: &str) -> std::process::Command {
-    let mut c = cargo();
-    c.args(["test", "--profile", TEST_PROFILE, "--locked", "-p", package]);
-    c
+/// `cargo test` of every library, binary and test target of the workspace, built as the image's
+/// binaries are (release profile, static musl for `arch`): one build serves the tests and the
+/// image, and the tests run the code that ships. Always the whole workspace: Cargo unifies
+/// dependency features over the packages selected, and selecting fewer rebuilds half of them.
+/// (Examples are left out: the SDK's are agents, built for wasm32-wasip2 by the agent tests.)
+fn workspace_tests(arch: Arch) -> Result<std::process::Command> {
+    let mut c = build::musl_cargo(arch, "test")?;
+    c.args(["--workspace", "--lib", "--bins", "--tests"]);
+    Ok(c)
 }
 
 /// Runs everything.
 pub fn test(opts: &TestOptions) -> Result<()> {
     let started = Instant::now();
+    let host = Arch::host().unwrap_or(Arch::X86_64);
     let arches: Vec<Arch> = match opts.arch {
         Some(a) => vec![a],
         None => Arch::ALL.to_vec(),
@@ -101,7 +103,8 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     needs.extend(crate::pyenv::needs());
     needs.push(deps::prog("qemu-user", "qemu-aarch64"));
     needs.extend(deps::for_console_tests());
-    needs.extend(deps::for_build(cairn_image::Arch::Aarch64));
+    needs.extend(deps::for_build(Arch::Aarch64));
+    needs.extend(deps::for_build(host));
     for a in &arches {
         needs.extend(deps::for_build(*a));
         needs.extend(deps::for_qemu(*a));
@@ -131,89 +134,62 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     console_modules()?;
     step(
         "unit and integration tests",
-        cargo()
-            .args(["test", "--workspace", "--locked"])
-            .env("CAIRN_CHROMIUM", deps::CHROMIUM),
+        workspace_tests(host)?.env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
-    // The Python agent (sdk/python) built with the pinned componentize-py and run through the
-    // runtime. The debug build: test-release's Cranelift (opt-level "s") compiles the 18 MB
-    // component no faster. `--workspace` keeps the build above's features: nothing rebuilds.
-    let componentize = crate::pyenv::venv(
-        "componentize-py",
-        &build::repo_root().join("sdk/python/requirements.txt"),
-    )?
-    .with_file_name("componentize-py");
-    step(
-        "Python agent test",
-        cargo()
-            .args(["test", "--workspace", "--locked", "--test", "python_agents"])
-            .args(["--", "--ignored"])
-            .env("CAIRN_COMPONENTIZE_PY", &componentize),
-    )?;
-    // The tests on real models and the official client run optimised, as the appliance does.
+    // The ignored tests need the default models, the official client's and componentize-py's
+    // Python environments and, for the end-to-end tests, both images.
     crate::models::fetch_models("default")?;
     let python = crate::pyenv::venv(
         "openai",
         &build::repo_root().join("tests/openai/requirements.txt"),
     )?;
-    step(
-        "model tests (optimised)",
-        optimised_test("cairn-models").args(["--", "--ignored"]),
-    )?;
-    // Only the appliance's test targets that hold model tests (the rest ran above).
-    step(
-        "OpenAI-client, router and console chat tests on the models (optimised)",
-        optimised_test("cairn")
-            .args([
-                "--test",
-                "openai_client",
-                "--test",
-                "router",
-                "--test",
-                "console",
-            ])
-            .args(["--", "--ignored"])
-            .env("CAIRN_OPENAI_PYTHON", &python)
-            .env("CAIRN_CHROMIUM", deps::CHROMIUM),
-    )?;
-    // The aarch64 kernels (NEON, dotprod, i8mm) on an emulated CPU that has them all.
-    deps::ensure_rust_target("aarch64-unknown-linux-musl")?;
+    let componentize = crate::pyenv::venv(
+        "componentize-py",
+        &build::repo_root().join("sdk/python/requirements.txt"),
+    )?
+    .with_file_name("componentize-py");
+    if !opts.no_e2e {
+        for a in &arches {
+            // The end-to-end images carry the default models: the OpenAI API is tested offline.
+            build::image(
+                *a,
+                &ImageOptions {
+                    models: Some("default".into()),
+                    ..ImageOptions::default()
+                },
+            )?;
+        }
+    }
+    // The aarch64 kernels (NEON, dotprod, i8mm) on an emulated CPU that has them all. The whole
+    // workspace is selected for the same reason as above: the aarch64 image's build is reused.
     step(
         "aarch64 kernel tests (qemu-aarch64 -cpu max)",
-        optimised_test("cairn-models")
-            .args([
-                "--target",
-                "aarch64-unknown-linux-musl",
-                "--test",
-                "kernels",
-            ])
-            .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
+        build::musl_cargo(Arch::Aarch64, "test")?
+            .args(["--workspace", "--test", "kernels"])
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER",
                 "qemu-aarch64 -cpu max",
             ),
     )?;
-    if opts.no_e2e {
-        return Ok(());
-    }
-    for a in &arches {
-        // The end-to-end images carry the default models: the OpenAI API is tested offline.
-        build::image(
-            *a,
-            &ImageOptions {
-                models: Some("default".into()),
-                ..ImageOptions::default()
-            },
-        )?;
-    }
-    let mut cmd = cargo();
+    // The model tests, the Python agent, the official OpenAI client, the router and the
+    // console's chat on the real models, and the end-to-end tests that boot the images in QEMU.
+    let mut cmd = workspace_tests(host)?;
     cmd.env("CAIRN_OPENAI_PYTHON", &python)
-        .args(["test", "-p", "cairn-e2e", "--locked", "--", "--ignored"])
-        .arg(format!("--test-threads={}", opts.jobs.max(1)));
-    if let Some(a) = opts.arch {
-        cmd.arg(a.name());
+        .env("CAIRN_COMPONENTIZE_PY", &componentize)
+        .env("CAIRN_CHROMIUM", deps::CHROMIUM);
+    if opts.no_e2e {
+        // A developer's shortcut, not what CI runs (no images, so no boots).
+        cmd.args(["--exclude", "cairn-e2e"]);
     }
-    step("end-to-end tests in QEMU", &mut cmd)?;
+    // Every failure at once: a failed model test must not hide the state of the boots.
+    cmd.args(["--no-fail-fast", "--", "--ignored"])
+        .arg(format!("--test-threads={}", opts.jobs.max(1)));
+    for a in Arch::ALL {
+        if !arches.contains(&a) {
+            cmd.args(["--skip", a.name()]);
+        }
+    }
+    step("model, client and end-to-end tests (QEMU)", &mut cmd)?;
     eprintln!(
         "xtask: all tests passed in {} s",
         started.elapsed().as_secs()
