@@ -32,7 +32,7 @@ pub enum StoreError {
     Other(String),
 }
 
-fn classify(
+pub(crate) fn classify(
     e: impl std::fmt::Display + std::fmt::Debug,
     io: Option<&std::io::Error>,
 ) -> StoreError {

@@ -3,9 +3,10 @@
 //! The written promises are in `docs/memory.md`; the tests here and in `tests/tests/memory.rs`
 //! enforce them.
 //!
-//! Durability: every write is one redb transaction committed with `Durability::Immediate`
-//! before the call returns; the record, its postings, its vector and the bookkeeping tables
-//! change together or not at all. The HNSW graph is an acceleration structure over the stored
+//! Durability: every write is one redb transaction, durable before the call returns: committed
+//! with `Durability::Immediate`, or, for a single remember, committed unsynced after its
+//! decisions were synced to the write-ahead journal (`journal.rs`); the record, its postings,
+//! its vector and the bookkeeping tables change together or not at all. The HNSW graph is an acceleration structure over the stored
 //! vectors: a write adds its vector to the graph unlinked (searched exactly until linked), the
 //! indexer thread links it off the write path, and the graph is persisted in checkpoints
 //! (every [`CHECKPOINT_EVERY`] graph changes, with the periodic flush, and whenever an already
@@ -18,6 +19,7 @@ mod consolidate;
 mod hnsw;
 mod index;
 mod indexer;
+mod journal;
 mod jsonl;
 pub mod models;
 mod pending;
@@ -62,6 +64,8 @@ pub const MERGE_POSTINGS_EVERY: usize = 4096;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
+/// `mem_meta` key: the sequence number of the last journal entry a commit included.
+const JOURNAL_SEQ: &str = "journal_seq";
 
 /// What a checkpoint took from the graphs: put back if its transaction fails.
 #[derive(Default)]
@@ -255,6 +259,9 @@ pub struct Memory {
     /// The next write must merge `POSTINGS_NEW` (the flush).
     merge_now: AtomicBool,
     writer: Mutex<()>,
+    /// The write-ahead journal of single remembers (`None`: it could not be opened, and
+    /// every write commits durably).
+    journal: Mutex<Option<journal::Journal>>,
     embedder: Option<Arc<dyn Embed>>,
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
 }
@@ -321,6 +328,7 @@ impl Memory {
             staged: Mutex::new(Vec::new()),
             merge_now: AtomicBool::new(false),
             writer: Mutex::new(()),
+            journal: Mutex::new(None),
             embedder,
             access_log: Mutex::new(HashMap::new()),
         };
@@ -353,7 +361,64 @@ impl Memory {
             indexer::Indexer::start(m.index.clone(), m.graph_changes.clone())
                 .map_err(|e| StoreError::Other(format!("starting the memory indexer: {e}")))?,
         );
+        m.open_journal()?;
         Ok(m)
+    }
+
+    /// Opens the journal next to the database and applies the acknowledged writes that the
+    /// last durable commit lacks (one durable transaction), so they are there before any
+    /// read. A journal that cannot be opened leaves memory committing every write durably.
+    fn open_journal(&self) -> Result<(), MemoryError> {
+        let path = self.path.with_extension("journal");
+        let (mut j, entries) = match journal::Journal::open(&path) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    "memory: journal {}: {e}; every write commits durably",
+                    path.display()
+                );
+                return Ok(());
+            }
+        };
+        let committed = {
+            let txn = self.db.begin_read()?;
+            txn.open_table(tables::META)?
+                .get(JOURNAL_SEQ)?
+                .map_or(0, |v| v.value())
+        };
+        j.follow(committed);
+        let todo: Vec<journal::Entry> = entries
+            .into_iter()
+            .filter(|(seq, _)| *seq > committed)
+            .map(|(_, e)| e)
+            .collect();
+        if !todo.is_empty() {
+            let last = j.next_seq() - 1;
+            let mut touched: Vec<String> = Vec::new();
+            for e in &todo {
+                if let journal::Entry::Insert { record, .. } = e {
+                    touched.push(record.namespace.clone());
+                }
+            }
+            touched.sort();
+            touched.dedup();
+            let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+            self.write(&touched, |txn| {
+                for e in &todo {
+                    self.apply(txn, e)?;
+                }
+                txn.open_table(tables::META)?.insert(JOURNAL_SEQ, last)?;
+                Ok(())
+            })?;
+            tracing::info!(
+                "memory: {} acknowledged writes applied again from {}",
+                todo.len(),
+                path.display()
+            );
+        }
+        j.restart();
+        *self.journal.lock().map_err(|_| poisoned())? = Some(j);
+        Ok(())
     }
 
     /// The embedding model's id, if memory has one.
@@ -582,14 +647,27 @@ impl Memory {
         touched: &[&str],
         f: impl FnOnce(&WriteTransaction) -> Result<T, MemoryError>,
     ) -> Result<T, MemoryError> {
+        self.write_logged(payload, touched, |txn| f(txn).map(|v| (v, None)))
+    }
+
+    /// [`Memory::write_sized`] for a write that may be acknowledged through the journal: when
+    /// `f` also returns the write's [`journal::Entry`], the entry is appended and synced and
+    /// the transaction commits without a sync (see `journal.rs`); any other write commits
+    /// durably and so makes every journaled write before it durable too.
+    fn write_logged<T>(
+        &self,
+        payload: u64,
+        touched: &[&str],
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, Option<journal::Entry>), MemoryError>,
+    ) -> Result<T, MemoryError> {
         // Postings, vector and graph links roughly triple a record; B-tree pages copy-on-write.
         crate::store::ensure_space(&self.path, 4 * payload + (64 << 10))?;
         let _w = self.writer.lock().map_err(|_| poisoned())?;
         let result = (|| {
             self.staged.lock().map_err(|_| poisoned())?.clear();
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
             self.flush_access(&txn)?;
-            let v = f(&txn)?;
+            let (v, entry) = f(&txn)?;
             let checkpoint = self.checkpoint_now.swap(false, Ordering::Relaxed)
                 || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
             let staged = std::mem::take(&mut *self.staged.lock().map_err(|_| poisoned())?);
@@ -597,6 +675,13 @@ impl Memory {
                 || self.pending.records() + staged.len() >= MERGE_POSTINGS_EVERY;
             let mut taken = None;
             let mut merged = None;
+            let mut journal = self.journal.lock().map_err(|_| poisoned())?;
+            // Journaled: a single remember, unless the journal is due for a durable commit or
+            // this write merges or checkpoints anyway (large; they commit durably).
+            let logged = match (entry, journal.as_ref()) {
+                (Some(e), Some(j)) if !j.full() && !checkpoint && !merge => Some(e),
+                _ => None,
+            };
             let done = (|| {
                 if checkpoint {
                     taken = Some(self.checkpoint(&txn)?);
@@ -604,9 +689,31 @@ impl Memory {
                 if merge {
                     merged = Some(merge_postings(&txn, self.pending.next_epoch()?)?);
                 }
-                txn.commit()?;
+                match (logged, journal.as_mut()) {
+                    (Some(e), Some(j)) => {
+                        txn.open_table(tables::META)?
+                            .insert(JOURNAL_SEQ, j.next_seq())?;
+                        txn.set_durability(redb::Durability::None)
+                            .map_err(|e| StoreError::Other(format!("memory journal: {e}")))?;
+                        let at = j.append(&e).map_err(journal_error)?;
+                        if let Err(err) = txn.commit() {
+                            // Told it failed, so it must not come back in a replay.
+                            if let Err(e) = j.rewind(at) {
+                                tracing::error!("memory: taking back a journal entry: {e}");
+                            }
+                            return Err(err.into());
+                        }
+                    }
+                    (_, j) => {
+                        txn.commit()?;
+                        if let Some(j) = j {
+                            j.restart();
+                        }
+                    }
+                }
                 Ok::<_, MemoryError>(())
             })();
+            drop(journal);
             if let Err(e) = done {
                 if let Some(t) = taken {
                     self.uncheckpoint(t);
@@ -651,8 +758,8 @@ impl Memory {
         Ok(())
     }
 
-    /// Writes buffered access statistics and checkpoints the graph (called periodically and
-    /// at shutdown).
+    /// Writes buffered access statistics, checkpoints the graph and commits durably what the
+    /// journal holds (called periodically and at shutdown).
     pub fn flush(&self) -> Result<(), MemoryError> {
         let graph = self.graph_changes.load(Ordering::Relaxed) > 0
             || self
@@ -660,7 +767,17 @@ impl Memory {
                 .graphs()
                 .is_ok_and(|g| g.values().any(Hnsw::has_dirty));
         let postings = self.pending.records() > 0;
-        if !graph && !postings && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
+        let journaled = self
+            .journal
+            .lock()
+            .map_err(|_| poisoned())?
+            .as_ref()
+            .is_some_and(|j| !j.is_empty());
+        if !graph
+            && !postings
+            && !journaled
+            && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true)
+        {
             return Ok(());
         }
         if graph {
@@ -736,105 +853,171 @@ impl Memory {
         let now = now_ms();
         let size =
             (new.text.len() + new.metadata.as_ref().map_or(0, |m| m.to_string().len())) as u64;
-        self.write_sized(size, &[&ns], |txn| {
-            let mut info = ns_info(txn, &ns)?;
-            // Semantic memory is deduplicated by meaning: an exact normal-form match, or a
-            // vector at least DEDUP_SIMILARITY close.
-            if tier == Tier::Semantic
-                && let Some(existing) = self.find_duplicate(txn, &ns, &new.text, vec.as_ref())?
-            {
-                let mut t = txn.open_table(tables::RECORDS)?;
-                let mut r = match t.get(existing)? {
-                    Some(v) => decode_record(v.value())?,
-                    None => return Err(MemoryError::NotFound(format!("record {existing}"))),
-                };
-                r.access_count += 1;
-                r.accessed_ms = now;
-                r.importance = r.importance.max(new.importance.unwrap_or(0.5));
-                r.pinned |= new.pinned;
-                t.insert(existing, encode(&r).as_slice())?;
-                let embedded = r.embedded;
-                return Ok(Remembered {
-                    record: r,
-                    deduplicated: Some(existing),
-                    evicted: Vec::new(),
-                    embedded,
-                });
-            }
-            let id = next_id(txn)?;
-            let mut r = Record {
-                id,
-                tier,
-                namespace: ns.clone(),
-                text: new.text.clone(),
-                metadata: match &new.metadata {
-                    Some(serde_json::Value::Object(m)) => m.clone(),
-                    _ => Default::default(),
-                },
-                created_ms: now,
-                accessed_ms: now,
-                access_count: 0,
+        self.write_logged(size, &[&ns], |txn| {
+            let entry = self.decide(txn, tier, &ns, &new, vec, now)?;
+            let done = self.apply(txn, &entry)?;
+            Ok((done, Some(entry)))
+        })
+    }
+
+    /// What remembering `new` does to the current state: merge into a semantic duplicate, or
+    /// a new record (with its id, times and version) and the working records it evicts.
+    fn decide(
+        &self,
+        txn: &WriteTransaction,
+        tier: Tier,
+        ns: &str,
+        new: &NewRecord,
+        vec: Option<QVec>,
+        now: u64,
+    ) -> Result<journal::Entry, MemoryError> {
+        ns_info(txn, ns)?; // the namespace exists
+        // Semantic memory is deduplicated by meaning: an exact normal-form match, or a
+        // vector at least DEDUP_SIMILARITY close.
+        if tier == Tier::Semantic
+            && let Some(existing) = self.find_duplicate(txn, ns, &new.text, vec.as_ref())?
+        {
+            return Ok(journal::Entry::Merge {
+                id: existing,
+                at_ms: now,
                 importance: new.importance.unwrap_or(0.5),
                 pinned: new.pinned,
-                provenance: new.provenance.clone().unwrap_or_default(),
-                session: new.session.clone(),
-                occurred_ms: (tier == Tier::Episodic).then(|| new.occurred_ms.unwrap_or(now)),
-                source: new.source.clone(),
-                key: new.key.clone(),
-                version: None,
-                superseded_by: None,
-                consolidated_into: None,
-                embedded: vec.is_some(),
-                decayed_ms: now,
+            });
+        }
+        let id = next_id(txn)?;
+        let mut r = Record {
+            id,
+            tier,
+            namespace: ns.to_string(),
+            text: new.text.clone(),
+            metadata: match &new.metadata {
+                Some(serde_json::Value::Object(m)) => m.clone(),
+                _ => Default::default(),
+            },
+            created_ms: now,
+            accessed_ms: now,
+            access_count: 0,
+            importance: new.importance.unwrap_or(0.5),
+            pinned: new.pinned,
+            provenance: new.provenance.clone().unwrap_or_default(),
+            session: new.session.clone(),
+            occurred_ms: (tier == Tier::Episodic).then(|| new.occurred_ms.unwrap_or(now)),
+            source: new.source.clone(),
+            key: new.key.clone(),
+            version: None,
+            superseded_by: None,
+            consolidated_into: None,
+            embedded: vec.is_some(),
+            decayed_ms: now,
+        };
+        let mut supersedes = None;
+        if tier == Tier::Procedural {
+            let key = r.key.clone().unwrap_or_default();
+            let p = txn.open_table(tables::PROCEDURES)?;
+            let last = p
+                .range((ns, key.as_str(), 0u32)..=(ns, key.as_str(), u32::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(k, v)| (k.value().2, v.value()));
+            r.version = Some(last.map_or(1, |(v, _)| v + 1));
+            supersedes = last.map(|(_, prev)| prev);
+        }
+        let mut evicted = Vec::new();
+        if let (Tier::Working, Some(session)) = (tier, &r.session) {
+            let ids: Vec<u64> = {
+                let w = txn.open_multimap_table(tables::WORKING)?;
+                w.get((ns, session.as_str()))?
+                    .map(|v| v.map(|v| v.value()))
+                    .collect::<Result<_, _>>()?
             };
-            if tier == Tier::Procedural {
-                let key = r.key.clone().unwrap_or_default();
-                let mut p = txn.open_table(tables::PROCEDURES)?;
-                let last = p
-                    .range(
-                        (ns.as_str(), key.as_str(), 0u32)..=(ns.as_str(), key.as_str(), u32::MAX),
-                    )?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, v)| (k.value().2, v.value()));
-                let version = last.map_or(1, |(v, _)| v + 1);
-                r.version = Some(version);
-                p.insert((ns.as_str(), key.as_str(), version), id)?;
-                drop(p);
-                if let Some((_, prev)) = last {
-                    self.modify(txn, prev, |old| old.superseded_by = Some(id))?;
+            // The new record makes one more; the oldest unpinned ones go.
+            let mut excess = (ids.len() + 1).saturating_sub(record::WORKING_LIMIT);
+            for old in ids {
+                if excess == 0 {
+                    break;
+                }
+                if !self.get_in(txn, old)?.is_some_and(|o| o.pinned) {
+                    evicted.push(old);
+                    excess -= 1;
                 }
             }
-            self.insert_record(txn, &r, vec.as_ref(), &mut info)?;
-            let mut evicted = Vec::new();
-            if let (Tier::Working, Some(session)) = (tier, &r.session) {
-                let ids: Vec<u64> = {
-                    let w = txn.open_multimap_table(tables::WORKING)?;
-                    w.get((ns.as_str(), session.as_str()))?
-                        .map(|v| v.map(|v| v.value()))
-                        .collect::<Result<_, _>>()?
-                };
-                let mut excess = ids.len().saturating_sub(record::WORKING_LIMIT);
-                for old in ids {
-                    if excess == 0 {
-                        break;
-                    }
-                    let pinned = self.get_in(txn, old)?.is_some_and(|o| o.pinned);
-                    if !pinned && old != id {
-                        self.delete_record(txn, old, &mut info)?;
-                        evicted.push(old);
-                        excess -= 1;
-                    }
-                }
-            }
-            put_ns_info(txn, &ns, &info)?;
-            Ok(Remembered {
-                embedded: vec.is_some(),
-                record: r,
-                deduplicated: None,
-                evicted,
-            })
+        }
+        Ok(journal::Entry::Insert {
+            record: Box::new(r),
+            vector: vec,
+            evicted,
+            supersedes,
         })
+    }
+
+    /// Carries out a [`journal::Entry`] inside `txn`: for `remember`, and again for the
+    /// journal's entries a crash kept from a durable commit.
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        entry: &journal::Entry,
+    ) -> Result<Remembered, MemoryError> {
+        match entry {
+            journal::Entry::Merge {
+                id,
+                at_ms,
+                importance,
+                pinned,
+            } => {
+                let mut t = txn.open_table(tables::RECORDS)?;
+                let mut r = match t.get(*id)? {
+                    Some(v) => decode_record(v.value())?,
+                    None => return Err(MemoryError::NotFound(format!("record {id}"))),
+                };
+                r.access_count += 1;
+                r.accessed_ms = *at_ms;
+                r.importance = r.importance.max(*importance);
+                r.pinned |= *pinned;
+                t.insert(*id, encode(&r).as_slice())?;
+                Ok(Remembered {
+                    embedded: r.embedded,
+                    record: r,
+                    deduplicated: Some(*id),
+                    evicted: Vec::new(),
+                })
+            }
+            journal::Entry::Insert {
+                record: r,
+                vector,
+                evicted,
+                supersedes,
+            } => {
+                let ns = r.namespace.as_str();
+                let mut info = ns_info(txn, ns)?;
+                // A replayed record's id is past the committed counter; a fresh one is not.
+                {
+                    let mut meta = txn.open_table(tables::META)?;
+                    let next = meta.get("next_id")?.map_or(1, |v| v.value());
+                    if next <= r.id {
+                        meta.insert("next_id", r.id + 1)?;
+                    }
+                }
+                if let (Tier::Procedural, Some(version)) = (r.tier, r.version) {
+                    let key = r.key.as_deref().unwrap_or_default();
+                    txn.open_table(tables::PROCEDURES)?
+                        .insert((ns, key, version), r.id)?;
+                    if let Some(prev) = supersedes {
+                        self.modify(txn, *prev, |old| old.superseded_by = Some(r.id))?;
+                    }
+                }
+                self.insert_record(txn, r, vector.as_ref(), &mut info)?;
+                for old in evicted {
+                    self.delete_record(txn, *old, &mut info)?;
+                }
+                put_ns_info(txn, ns, &info)?;
+                Ok(Remembered {
+                    embedded: vector.is_some(),
+                    record: (**r).clone(),
+                    deduplicated: None,
+                    evicted: evicted.clone(),
+                })
+            }
+        }
     }
 
     fn find_duplicate(
@@ -1408,6 +1591,14 @@ fn merge_postings(txn: &WriteTransaction, epoch: u64) -> Result<u64, MemoryError
 /// Schema 2 → 3 (called by the store's migration): keyword postings move into blocks.
 pub(crate) fn migrate_postings_to_blocks(txn: &WriteTransaction) -> Result<(), MemoryError> {
     postings::migrate_rows_to_blocks(txn)
+}
+
+/// A journal write that failed (a full disk answers 507, as a failed commit does).
+fn journal_error(e: std::io::Error) -> MemoryError {
+    MemoryError::Store(crate::store::classify(
+        format!("memory journal: {e}"),
+        Some(&e),
+    ))
 }
 
 fn poisoned() -> MemoryError {
