@@ -245,9 +245,30 @@ impl Memory {
             let mut ids = Vec::new();
             for ns in &namespaces {
                 let mut info = ns_info(txn, ns)?;
-                for (_, l, vec) in batch.iter().filter(|b| &b.1.namespace == ns) {
+                let lines: Vec<_> = batch.iter().filter(|b| &b.1.namespace == ns).collect();
+                let first = super::next_ids(txn, lines.len() as u64)?;
+                let mut records = Vec::with_capacity(lines.len());
+                for (i, (_, l, vec)) in lines.into_iter().enumerate() {
                     let tier = Tier::parse(&l.tier).map_err(InputError::Invalid)?;
-                    let id = super::next_id(txn)?;
+                    let id = first + i as u64;
+                    let mut version = (tier == Tier::Procedural).then(|| l.version.unwrap_or(1));
+                    if let (Some(k), Some(v)) = (&l.key, version) {
+                        let mut p = txn.open_table(tables::PROCEDURES)?;
+                        let v = match p.get((ns.as_str(), k.as_str(), v))? {
+                            // A clash with an existing version appends after the newest.
+                            Some(_) => p
+                                .range(
+                                    (ns.as_str(), k.as_str(), 0u32)
+                                        ..=(ns.as_str(), k.as_str(), u32::MAX),
+                                )?
+                                .next_back()
+                                .transpose()?
+                                .map_or(1, |(k, _)| k.value().2 + 1),
+                            None => v,
+                        };
+                        p.insert((ns.as_str(), k.as_str(), v), id)?;
+                        version = Some(v);
+                    }
                     let created = l.created_ms.unwrap_or(now);
                     let r = Record {
                         id,
@@ -266,31 +287,18 @@ impl Memory {
                             .then(|| l.occurred_ms.unwrap_or(created)),
                         source: l.source.clone(),
                         key: l.key.clone(),
-                        version: (tier == Tier::Procedural).then(|| l.version.unwrap_or(1)),
+                        version,
                         superseded_by: None,
                         consolidated_into: None,
                         embedded: vec.is_some(),
                         decayed_ms: now,
                     };
-                    if let (Tier::Procedural, Some(k), Some(v)) = (tier, &r.key, r.version) {
-                        let mut p = txn.open_table(tables::PROCEDURES)?;
-                        let v = match p.get((ns.as_str(), k.as_str(), v))? {
-                            // A clash with an existing version appends after the newest.
-                            Some(_) => p
-                                .range(
-                                    (ns.as_str(), k.as_str(), 0u32)
-                                        ..=(ns.as_str(), k.as_str(), u32::MAX),
-                                )?
-                                .next_back()
-                                .transpose()?
-                                .map_or(1, |(k, _)| k.value().2 + 1),
-                            None => v,
-                        };
-                        p.insert((ns.as_str(), k.as_str(), v), id)?;
-                    }
-                    self.insert_record(txn, &r, vec.as_ref(), &mut info)?;
-                    ids.push(id);
+                    records.push((r, vec.as_ref()));
                 }
+                let refs: Vec<(&Record, Option<&QVec>)> =
+                    records.iter().map(|(r, v)| (r, *v)).collect();
+                self.insert_records(txn, &refs, &mut info)?;
+                ids.extend(records.iter().map(|(r, _)| r.id));
                 put_ns_info(txn, ns, &info)?;
             }
             Ok(ids)

@@ -1055,24 +1055,87 @@ impl Memory {
         vec: Option<&QVec>,
         info: &mut NamespaceInfo,
     ) -> Result<(), MemoryError> {
-        let ns = r.namespace.as_str();
-        txn.open_table(tables::RECORDS)?
-            .insert(r.id, encode(r).as_slice())?;
-        txn.open_table(tables::BY_NAMESPACE)?
-            .insert((ns, r.id), r.tier.code())?;
-        let len = self.index_terms(txn, ns, r.id, &r.text, true)?;
-        info.records += 1;
-        info.terms += len;
-        if r.tier == Tier::Semantic {
-            txn.open_table(tables::DEDUP)?
-                .insert((ns, dedup_key(&r.text).as_slice()), r.id)?;
+        self.insert_records(txn, &[(r, vec)], info)
+    }
+
+    /// Writes new records of one namespace (`info`'s) and every index entry of them, each
+    /// table opened once for the batch.
+    fn insert_records(
+        &self,
+        txn: &WriteTransaction,
+        batch: &[(&Record, Option<&QVec>)],
+        info: &mut NamespaceInfo,
+    ) -> Result<(), MemoryError> {
+        if batch.iter().any(|(_, v)| v.is_some()) {
+            let mut meta = txn.open_table(tables::META)?;
+            let through = meta.get(GRAPH_THROUGH)?.map(|t| t.value());
+            let mut dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
+            for (r, v) in batch {
+                let Some(v) = v else { continue };
+                // A record the last checkpoint covers is not re-inserted on load: its new
+                // vector needs its node in the next checkpoint, so make that this transaction.
+                if through.is_none_or(|t| r.id < t) {
+                    self.checkpoint_now.store(true, Ordering::Relaxed);
+                }
+                if dims == 0 {
+                    dims = v.dims();
+                    meta.insert("dims", dims as u64)?;
+                } else if dims != v.dims() {
+                    return Err(InputError::Invalid(format!(
+                        "embedding has {} dimensions; this memory uses {dims}",
+                        v.dims()
+                    ))
+                    .into());
+                }
+            }
         }
-        if let (Tier::Working, Some(s)) = (r.tier, &r.session) {
-            txn.open_multimap_table(tables::WORKING)?
-                .insert((ns, s.as_str()), r.id)?;
+        let mut records = txn.open_table(tables::RECORDS)?;
+        let mut by_ns = txn.open_table(tables::BY_NAMESPACE)?;
+        let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+        let mut vectors = txn.open_table(tables::VECTORS)?;
+        let mut dedup = None;
+        let mut working = None;
+        for (r, vec) in batch {
+            let ns = r.namespace.as_str();
+            records.insert(r.id, encode(r).as_slice())?;
+            by_ns.insert((ns, r.id), r.tier.code())?;
+            // New postings go to the record's one row of POSTINGS_NEW (merged later); a
+            // record's postings are in exactly one of the two tables.
+            let (counts, len) = text::term_counts(&r.text);
+            if !counts.is_empty() {
+                new.insert((ns, r.id), tables::encode_terms(len, &counts).as_slice())?;
+                self.stage(pending::Change::Add {
+                    ns: ns.to_string(),
+                    id: r.id,
+                    len,
+                    terms: counts.into_iter().collect(),
+                })?;
+            }
+            info.records += 1;
+            info.terms += u64::from(len);
+            if r.tier == Tier::Semantic {
+                let t = match &mut dedup {
+                    Some(t) => t,
+                    None => dedup.insert(txn.open_table(tables::DEDUP)?),
+                };
+                t.insert((ns, dedup_key(&r.text).as_slice()), r.id)?;
+            }
+            if let (Tier::Working, Some(s)) = (r.tier, &r.session) {
+                let t = match &mut working {
+                    Some(t) => t,
+                    None => working.insert(txn.open_multimap_table(tables::WORKING)?),
+                };
+                t.insert((ns, s.as_str()), r.id)?;
+            }
+            if let Some(v) = vec {
+                vectors.insert(r.id, v.to_bytes().as_slice())?;
+                self.index
+                    .push(ns, r.id, (*v).clone(), r.tier.code(), false)
+                    .map_err(|_| poisoned())?;
+            }
         }
-        if let Some(v) = vec {
-            self.add_vector(txn, ns, r.id, v, r.tier, false)?;
+        if batch.iter().any(|(_, v)| v.is_some()) {
+            self.wake_indexer();
         }
         Ok(())
     }
@@ -1545,9 +1608,14 @@ pub async fn background(memory: Arc<Memory>, inference: Arc<crate::inference::In
 }
 
 fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
+    next_ids(txn, 1)
+}
+
+/// Takes `n` consecutive record ids; returns the first.
+fn next_ids(txn: &WriteTransaction, n: u64) -> Result<u64, MemoryError> {
     let mut meta = txn.open_table(tables::META)?;
     let id = meta.get("next_id")?.map_or(1, |v| v.value());
-    meta.insert("next_id", id + 1)?;
+    meta.insert("next_id", id + n)?;
     Ok(id)
 }
 

@@ -692,6 +692,24 @@ fn import_rejects_bad_lines_by_number_and_keeps_the_rest() {
         m2.recall(&a, &q).unwrap().results[0].record.text,
         "second fact about the generator"
     );
+    // A procedure whose version is taken is filed after the newest, and says so.
+    let proc = |t: &str| {
+        serde_json::json!({"tier": "procedural", "namespace": "shared", "text": t,
+            "key": "bleed", "version": 1})
+        .to_string()
+    };
+    let rep3 = m2
+        .import(
+            &a,
+            &[proc("Open the valve."), proc("Open the valve slowly.")].join("\n"),
+        )
+        .unwrap();
+    let versions: Vec<Option<u32>> = rep3
+        .ids
+        .iter()
+        .map(|id| m2.get(&a, *id).unwrap().version)
+        .collect();
+    assert_eq!(versions, [Some(1), Some(2)]);
     // The imported vectors are searchable even though m2 has no model (query by vector).
     let mut q = query("x");
     q.mode = Mode::Vector;
