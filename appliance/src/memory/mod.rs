@@ -287,6 +287,35 @@ fn dedup_key(text: &str) -> [u8; 32] {
     sha2::Sha256::digest(text::normalized(text).as_bytes()).into()
 }
 
+/// The record `new` becomes as record `id` of namespace `ns` at `now`.
+fn new_record(id: u64, tier: Tier, ns: &str, new: &NewRecord, embedded: bool, now: u64) -> Record {
+    Record {
+        id,
+        tier,
+        namespace: ns.to_string(),
+        text: new.text.clone(),
+        metadata: match &new.metadata {
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            _ => Default::default(),
+        },
+        created_ms: now,
+        accessed_ms: now,
+        access_count: 0,
+        importance: new.importance.unwrap_or(0.5),
+        pinned: new.pinned,
+        provenance: new.provenance.clone().unwrap_or_default(),
+        session: new.session.clone(),
+        occurred_ms: (tier == Tier::Episodic).then(|| new.occurred_ms.unwrap_or(now)),
+        source: new.source.clone(),
+        key: new.key.clone(),
+        version: None,
+        superseded_by: None,
+        consolidated_into: None,
+        embedded,
+        decayed_ms: now,
+    }
+}
+
 /// Reads a namespace's info inside a write transaction.
 fn ns_info(txn: &WriteTransaction, ns: &str) -> Result<NamespaceInfo, MemoryError> {
     let t = txn.open_table(tables::NAMESPACES)?;
@@ -860,6 +889,124 @@ impl Memory {
         })
     }
 
+    /// Remembers several records in one durable transaction, each as [`Memory::remember`]
+    /// would (deduplication, versions and evictions see the batch's earlier records); all or
+    /// none are written. Records without an embedding are embedded 32 at a time. At most 500
+    /// records a call.
+    pub fn remember_batch(
+        &self,
+        access: &Access,
+        batch: Vec<NewRecord>,
+    ) -> Result<Vec<Remembered>, MemoryError> {
+        if batch.len() > jsonl::IMPORT_BATCH {
+            return Err(InputError::TooLarge(format!(
+                "at most {} records per batch",
+                jsonl::IMPORT_BATCH
+            ))
+            .into());
+        }
+        let mut checked = Vec::with_capacity(batch.len());
+        for (i, new) in batch.into_iter().enumerate() {
+            let (tier, ns) = new.validate().map_err(|e| match e {
+                InputError::Invalid(m) => InputError::Invalid(format!("record {i}: {m}")),
+                other => other,
+            })?;
+            if !access.can_write(&ns) {
+                return Err(MemoryError::Forbidden(format!(
+                    "no capability to write namespace {ns:?}"
+                )));
+            }
+            let vec = match new.embedding.as_deref() {
+                Some(v) => self.embedding_for(&new.text, Some(v))?,
+                None => None,
+            };
+            checked.push((tier, ns, new, vec));
+        }
+        if let Some(e) = &self.embedder {
+            let todo: Vec<usize> = (0..checked.len())
+                .filter(|&i| checked[i].2.embedding.is_none())
+                .collect();
+            for chunk in todo.chunks(jsonl::EMBED_BATCH) {
+                let texts: Vec<&str> = chunk.iter().map(|&i| checked[i].2.text.as_str()).collect();
+                // As for one record: a failing model leaves them keyword-only.
+                match e.embed(&texts) {
+                    Ok(vecs) if vecs.len() == chunk.len() => {
+                        for (&i, v) in chunk.iter().zip(vecs) {
+                            checked[i].3 = QVec::quantize(&v).ok();
+                        }
+                    }
+                    Ok(_) => tracing::warn!("memory: {} answered too few vectors", e.model()),
+                    Err(err) => {
+                        tracing::warn!("memory: embedding model {} failed: {err}", e.model())
+                    }
+                }
+            }
+        }
+        let mut touched: Vec<&str> = checked.iter().map(|c| c.1.as_str()).collect();
+        touched.sort();
+        touched.dedup();
+        let now = now_ms();
+        let size = checked
+            .iter()
+            .map(|c| {
+                (c.2.text.len() + c.2.metadata.as_ref().map_or(0, |m| m.to_string().len())) as u64
+            })
+            .sum();
+        self.write_sized(size, &touched, |txn| {
+            let mut out = Vec::with_capacity(checked.len());
+            // Runs of records that need no decision (not semantic, procedural or working)
+            // are written together, each table opened once; ids stay in input order.
+            let mut run: Vec<usize> = Vec::new();
+            let flush = |run: &mut Vec<usize>, out: &mut Vec<Remembered>| {
+                let Some(&first) = run.first() else {
+                    return Ok::<_, MemoryError>(());
+                };
+                let ns = checked[first].1.as_str();
+                let mut info = ns_info(txn, ns)?;
+                let id0 = next_ids(txn, run.len() as u64)?;
+                let records: Vec<Record> = run
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &i)| {
+                        let (tier, _, new, vec) = &checked[i];
+                        new_record(id0 + k as u64, *tier, ns, new, vec.is_some(), now)
+                    })
+                    .collect();
+                let refs: Vec<(&Record, Option<&QVec>)> = records
+                    .iter()
+                    .zip(run.iter())
+                    .map(|(r, &i)| (r, checked[i].3.as_ref()))
+                    .collect();
+                self.insert_records(txn, &refs, &mut info)?;
+                put_ns_info(txn, ns, &info)?;
+                out.extend(records.into_iter().map(|r| Remembered {
+                    embedded: r.embedded,
+                    record: r,
+                    deduplicated: None,
+                    evicted: Vec::new(),
+                }));
+                run.clear();
+                Ok(())
+            };
+            for (i, (tier, ns, new, vec)) in checked.iter().enumerate() {
+                let plain = matches!(tier, Tier::Episodic);
+                if plain && run.first().is_none_or(|&f| checked[f].1 == *ns) {
+                    run.push(i);
+                    continue;
+                }
+                flush(&mut run, &mut out)?;
+                if plain {
+                    run.push(i);
+                    continue;
+                }
+                let entry = self.decide(txn, *tier, ns, new, vec.clone(), now)?;
+                out.push(self.apply(txn, &entry)?);
+            }
+            flush(&mut run, &mut out)?;
+            Ok(out)
+        })
+    }
+
     /// What remembering `new` does to the current state: merge into a semantic duplicate, or
     /// a new record (with its id, times and version) and the working records it evicts.
     fn decide(
@@ -885,31 +1032,7 @@ impl Memory {
             });
         }
         let id = next_id(txn)?;
-        let mut r = Record {
-            id,
-            tier,
-            namespace: ns.to_string(),
-            text: new.text.clone(),
-            metadata: match &new.metadata {
-                Some(serde_json::Value::Object(m)) => m.clone(),
-                _ => Default::default(),
-            },
-            created_ms: now,
-            accessed_ms: now,
-            access_count: 0,
-            importance: new.importance.unwrap_or(0.5),
-            pinned: new.pinned,
-            provenance: new.provenance.clone().unwrap_or_default(),
-            session: new.session.clone(),
-            occurred_ms: (tier == Tier::Episodic).then(|| new.occurred_ms.unwrap_or(now)),
-            source: new.source.clone(),
-            key: new.key.clone(),
-            version: None,
-            superseded_by: None,
-            consolidated_into: None,
-            embedded: vec.is_some(),
-            decayed_ms: now,
-        };
+        let mut r = new_record(id, tier, ns, new, vec.is_some(), now);
         let mut supersedes = None;
         if tier == Tier::Procedural {
             let key = r.key.clone().unwrap_or_default();
