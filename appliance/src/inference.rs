@@ -159,6 +159,23 @@ pub struct InferenceOptions {
     pub load: LoadPolicy,
 }
 
+/// The held load lock; clears the record of the load when dropped.
+struct LoadGuard<'a>(std::sync::MutexGuard<'a, Option<(String, std::time::Instant)>>);
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((id, since)) = self.0.take() {
+            let held = since.elapsed();
+            if held > std::time::Duration::from_secs(60) {
+                tracing::warn!(
+                    "the load of {id} held the load lock for {} s",
+                    held.as_secs()
+                );
+            }
+        }
+    }
+}
+
 /// The service.
 pub struct Inference {
     entries: BTreeMap<String, ModelEntry>,
@@ -166,8 +183,9 @@ pub struct Inference {
     device_name: String,
     chat: Mutex<BTreeMap<String, Arc<Engine>>>,
     embed: Mutex<BTreeMap<String, Arc<Embedder>>>,
-    /// Serialises loads so two first requests do not load one model twice.
-    loading: Mutex<()>,
+    /// Serialises loads so two first requests do not load one model twice; holds the id of
+    /// the model being loaded and since when (for the warning of a load that waits long).
+    loading: Mutex<Option<(String, std::time::Instant)>>,
     /// Loads under way and failed ones, by model id.
     loads: Mutex<BTreeMap<String, LoadState>>,
     /// Problems found at start (a broken registry), reported by the system API.
@@ -292,7 +310,7 @@ impl Inference {
             device_name,
             chat: Mutex::new(BTreeMap::new()),
             embed: Mutex::new(BTreeMap::new()),
-            loading: Mutex::new(()),
+            loading: Mutex::new(None),
             loads: Mutex::new(BTreeMap::new()),
             warnings,
         };
@@ -441,13 +459,29 @@ impl Inference {
         }
     }
 
+    /// Takes the load lock for `id`; a wait of more than 10 s is logged with the load that
+    /// held it (a load queued behind a slow or stuck one shows "loading 0%" in the console).
+    fn lock_loading(&self, id: &str) -> Option<LoadGuard<'_>> {
+        let asked = std::time::Instant::now();
+        let mut g = self.loading.lock().ok()?;
+        let waited = asked.elapsed();
+        if waited > std::time::Duration::from_secs(10) {
+            tracing::warn!(
+                "loading {id} waited {} s for the model load before it",
+                waited.as_secs()
+            );
+        }
+        *g = Some((id.to_string(), std::time::Instant::now()));
+        Some(LoadGuard(g))
+    }
+
     /// The engine of a chat model, loading it on first use.
     pub fn chat_engine(&self, id: &str) -> Result<Arc<Engine>, InferenceError> {
         let e = self.entry(id, "chat")?;
         if let Some(engine) = self.chat.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(engine);
         }
-        let _guard = self.loading.lock();
+        let _guard = self.lock_loading(id);
         if let Some(engine) = self.chat.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(engine);
         }
@@ -476,7 +510,7 @@ impl Inference {
         if let Some(m) = self.embed.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(m);
         }
-        let _guard = self.loading.lock();
+        let _guard = self.lock_loading(id);
         if let Some(m) = self.embed.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(m);
         }
