@@ -206,31 +206,12 @@ impl Memory {
         // Lines without a vector: the model embeds them EMBED_BATCH at a time (much faster
         // per text than one by one); a model that fails leaves them keyword-only, as a
         // single remember does.
-        if let Some(e) = &self.embedder {
-            let todo: Vec<usize> = (0..batch.len())
-                .filter(|&i| batch[i].1.embedding.is_none())
-                .collect();
-            for chunk in todo.chunks(EMBED_BATCH) {
-                let texts: Vec<&str> = chunk.iter().map(|&i| batch[i].1.text.as_str()).collect();
-                match e.embed(&texts) {
-                    Ok(vecs) if vecs.len() == chunk.len() => {
-                        for (&i, v) in chunk.iter().zip(vecs) {
-                            batch[i].2 = QVec::quantize(&v)
-                                .map_err(|err| {
-                                    tracing::warn!("memory: embedding of {}: {err}", e.model())
-                                })
-                                .ok();
-                        }
-                    }
-                    Ok(_) => tracing::warn!(
-                        "memory: embedding model {} answered the wrong number of vectors",
-                        e.model()
-                    ),
-                    Err(err) => {
-                        tracing::warn!("memory: embedding model {} failed: {err}", e.model())
-                    }
-                }
-            }
+        let todo: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].1.embedding.is_none())
+            .collect();
+        let texts: Vec<&str> = todo.iter().map(|&i| batch[i].1.text.as_str()).collect();
+        for (i, v) in todo.into_iter().zip(self.embed_many(&texts)) {
+            batch[i].2 = v;
         }
         let namespaces: Vec<String> = {
             let mut v: Vec<String> = batch.iter().map(|b| b.1.namespace.clone()).collect();

@@ -6,14 +6,14 @@
 //! Durability: every write is one redb transaction, durable before the call returns: committed
 //! with `Durability::Immediate`, or, for a single remember, committed unsynced after its
 //! decisions were synced to the write-ahead journal (`journal.rs`); the record, its postings,
-//! its vector and the bookkeeping tables change together or not at all. The HNSW graph is an acceleration structure over the stored
-//! vectors: a write adds its vector to the graph unlinked (searched exactly until linked), the
-//! indexer thread links it off the write path, and the graph is persisted in checkpoints
-//! (every [`CHECKPOINT_EVERY`] graph changes, with the periodic flush, and whenever an already
-//! indexed vector changes); records the last checkpoint lacks are added again, unlinked, when
-//! memory opens. Access statistics (accessed time,
-//! access count) are the exception: they are buffered and written with the next write or by
-//! the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
+//! its vector and the bookkeeping tables change together or not at all. The HNSW graph is an
+//! acceleration structure over the stored vectors: a write adds its vector to the graph
+//! unlinked (searched exactly until linked), the indexer thread links it off the write path,
+//! and the graph is persisted in checkpoints (every [`CHECKPOINT_EVERY`] graph changes, with
+//! the periodic flush, and whenever an already indexed vector changes); records the last
+//! checkpoint lacks are added again, unlinked, when memory opens. Access statistics (accessed
+//! time, access count) are the exception: they are buffered and written with the next write or
+//! by the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
 
 mod consolidate;
 mod hnsw;
@@ -855,6 +855,34 @@ impl Memory {
         }
     }
 
+    /// The model's vectors of `texts`, [`jsonl::EMBED_BATCH`] at a time; `None` for each
+    /// without a model or when it fails (the write is then keyword-only, as for one record).
+    fn embed_many(&self, texts: &[&str]) -> Vec<Option<QVec>> {
+        let mut out = vec![None; texts.len()];
+        let Some(e) = &self.embedder else {
+            return out;
+        };
+        for (c, chunk) in texts.chunks(jsonl::EMBED_BATCH).enumerate() {
+            match e.embed(chunk) {
+                Ok(vecs) if vecs.len() == chunk.len() => {
+                    for (k, v) in vecs.into_iter().enumerate() {
+                        out[c * jsonl::EMBED_BATCH + k] = QVec::quantize(&v)
+                            .map_err(|err| {
+                                tracing::warn!("memory: embedding of {}: {err}", e.model())
+                            })
+                            .ok();
+                    }
+                }
+                Ok(_) => tracing::warn!(
+                    "memory: embedding model {} answered the wrong number of vectors",
+                    e.model()
+                ),
+                Err(err) => tracing::warn!("memory: embedding model {} failed: {err}", e.model()),
+            }
+        }
+        out
+    }
+
     /// The model's vector of `text`, or `None` without a model or when it fails.
     fn embed_one(&self, text: &str) -> Option<QVec> {
         let e = self.embedder.as_ref()?;
@@ -922,25 +950,12 @@ impl Memory {
             };
             checked.push((tier, ns, new, vec));
         }
-        if let Some(e) = &self.embedder {
-            let todo: Vec<usize> = (0..checked.len())
-                .filter(|&i| checked[i].2.embedding.is_none())
-                .collect();
-            for chunk in todo.chunks(jsonl::EMBED_BATCH) {
-                let texts: Vec<&str> = chunk.iter().map(|&i| checked[i].2.text.as_str()).collect();
-                // As for one record: a failing model leaves them keyword-only.
-                match e.embed(&texts) {
-                    Ok(vecs) if vecs.len() == chunk.len() => {
-                        for (&i, v) in chunk.iter().zip(vecs) {
-                            checked[i].3 = QVec::quantize(&v).ok();
-                        }
-                    }
-                    Ok(_) => tracing::warn!("memory: {} answered too few vectors", e.model()),
-                    Err(err) => {
-                        tracing::warn!("memory: embedding model {} failed: {err}", e.model())
-                    }
-                }
-            }
+        let todo: Vec<usize> = (0..checked.len())
+            .filter(|&i| checked[i].2.embedding.is_none())
+            .collect();
+        let texts: Vec<&str> = todo.iter().map(|&i| checked[i].2.text.as_str()).collect();
+        for (i, v) in todo.into_iter().zip(self.embed_many(&texts)) {
+            checked[i].3 = v;
         }
         let mut touched: Vec<&str> = checked.iter().map(|c| c.1.as_str()).collect();
         touched.sort();
@@ -1189,29 +1204,11 @@ impl Memory {
         batch: &[(&Record, Option<&QVec>)],
         info: &mut NamespaceInfo,
     ) -> Result<(), MemoryError> {
-        if batch.iter().any(|(_, v)| v.is_some()) {
-            let mut meta = txn.open_table(tables::META)?;
-            let through = meta.get(GRAPH_THROUGH)?.map(|t| t.value());
-            let mut dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
-            for (r, v) in batch {
-                let Some(v) = v else { continue };
-                // A record the last checkpoint covers is not re-inserted on load: its new
-                // vector needs its node in the next checkpoint, so make that this transaction.
-                if through.is_none_or(|t| r.id < t) {
-                    self.checkpoint_now.store(true, Ordering::Relaxed);
-                }
-                if dims == 0 {
-                    dims = v.dims();
-                    meta.insert("dims", dims as u64)?;
-                } else if dims != v.dims() {
-                    return Err(InputError::Invalid(format!(
-                        "embedding has {} dimensions; this memory uses {dims}",
-                        v.dims()
-                    ))
-                    .into());
-                }
-            }
-        }
+        let given: Vec<(u64, &QVec)> = batch
+            .iter()
+            .filter_map(|(r, v)| v.map(|v| (r.id, v)))
+            .collect();
+        self.check_vectors(txn, &given)?;
         let mut records = txn.open_table(tables::RECORDS)?;
         let mut by_ns = txn.open_table(tables::BY_NAMESPACE)?;
         let mut new = txn.open_table(tables::POSTINGS_NEW)?;
@@ -1257,8 +1254,41 @@ impl Memory {
                     .map_err(|_| poisoned())?;
             }
         }
-        if batch.iter().any(|(_, v)| v.is_some()) {
+        if !given.is_empty() {
             self.wake_indexer();
+        }
+        Ok(())
+    }
+
+    /// Checks the vectors about to be stored for records `(id, vector)` against the memory's
+    /// dimensions (the first vector sets them), and asks for a graph checkpoint in this
+    /// transaction when one belongs to a record the last checkpoint covers (such records are
+    /// not re-inserted on load, so their new node must be in the next checkpoint).
+    fn check_vectors(
+        &self,
+        txn: &WriteTransaction,
+        vectors: &[(u64, &QVec)],
+    ) -> Result<(), MemoryError> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let mut meta = txn.open_table(tables::META)?;
+        let through = meta.get(GRAPH_THROUGH)?.map(|t| t.value());
+        let mut dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
+        for (id, v) in vectors {
+            if through.is_none_or(|t| *id < t) {
+                self.checkpoint_now.store(true, Ordering::Relaxed);
+            }
+            if dims == 0 {
+                dims = v.dims();
+                meta.insert("dims", dims as u64)?;
+            } else if dims != v.dims() {
+                return Err(InputError::Invalid(format!(
+                    "embedding has {} dimensions; this memory uses {dims}",
+                    v.dims()
+                ))
+                .into());
+            }
         }
         Ok(())
     }
@@ -1274,23 +1304,7 @@ impl Memory {
         tier: Tier,
         replaces: bool,
     ) -> Result<(), MemoryError> {
-        let mut meta = txn.open_table(tables::META)?;
-        // A record the last checkpoint covers is not re-inserted on load: its new vector
-        // needs its node in the next checkpoint, so make that this transaction.
-        if meta.get(GRAPH_THROUGH)?.is_none_or(|t| id < t.value()) {
-            self.checkpoint_now.store(true, Ordering::Relaxed);
-        }
-        let dims = meta.get("dims")?.map_or(0, |d| d.value()) as usize;
-        if dims == 0 {
-            meta.insert("dims", v.dims() as u64)?;
-        } else if dims != v.dims() {
-            return Err(InputError::Invalid(format!(
-                "embedding has {} dimensions; this memory uses {dims}",
-                v.dims()
-            ))
-            .into());
-        }
-        drop(meta);
+        self.check_vectors(txn, &[(id, v)])?;
         txn.open_table(tables::VECTORS)?
             .insert(id, v.to_bytes().as_slice())?;
         self.index
