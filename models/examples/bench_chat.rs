@@ -1,6 +1,9 @@
-//! Chat-model speed on the CPU kernel backend, the Cairn side of `cargo xtask bench inference`:
+//! Chat-model speed, the Cairn side of `cargo xtask bench inference`:
 //! `cargo run --release -p cairn-models --example bench_chat -- [--threads T] [--runs R]
-//! [--prompt N] [--gen N] [--model FILE.gguf] [--json]`.
+//! [--prompt N] [--gen N] [--model FILE.gguf] [--device cpu|cuda|metal] [--json]`.
+//!
+//! `--device cpu` (the default) runs Cairn's CPU kernels; `cuda` and `metal` run the
+//! device-generic forward pass on candle's GPU backend (a build with that feature).
 //!
 //! Loads the default chat model (or `--model`), runs one warm-up, then R repetitions of: a new
 //! sequence, the N-token prompt in one forward pass (prefill), N greedy decode steps. Prints
@@ -26,6 +29,7 @@ struct Args {
     prompt: usize,
     gen_tokens: usize,
     model: Option<PathBuf>,
+    device: String,
     json: bool,
 }
 
@@ -36,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         prompt: 128,
         gen_tokens: 128,
         model: None,
+        device: "cpu".to_string(),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--prompt" => a.prompt = number(value("--prompt")?, "--prompt")?,
             "--gen" => a.gen_tokens = number(value("--gen")?, "--gen")?,
             "--model" => a.model = Some(PathBuf::from(value("--model")?)),
+            "--device" => a.device = value("--device")?,
             "--json" => a.json = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -147,12 +153,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let t_load = Instant::now();
-    let model = Llama::load(&path, Backend::Cpu(Arc::new(Pool::new(args.threads))))?;
+    let backend = match args.device.as_str() {
+        "cpu" => Backend::Cpu(Arc::new(Pool::new(args.threads))),
+        "cuda" => Backend::Gpu(candle_core::Device::new_cuda(0)?),
+        "metal" => Backend::Gpu(candle_core::Device::new_metal(0)?),
+        other => {
+            return Err(format!("--device: expected cpu, cuda or metal, got {other:?}").into());
+        }
+    };
+    let model = Llama::load(&path, backend)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1000.0;
     let rss_loaded = status_kib("VmRSS");
     let prompt = prompt_tokens(args.prompt, model.config.vocab);
     eprintln!(
-        "bench_chat: {} threads, kernels {}, warm-up",
+        "bench_chat: {} on {}, {} threads, kernels {}, warm-up",
+        path.display(),
+        args.device,
         args.threads,
         dispatch::level().name()
     );
@@ -174,6 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let report = json!({
         "model": path.display().to_string(),
+        "device": args.device,
         "threads": args.threads,
         "runs": args.runs,
         "prompt_tokens": args.prompt,

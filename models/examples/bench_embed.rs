@@ -1,6 +1,7 @@
-//! Embedding throughput on the CPU, the Cairn side of `cargo xtask bench inference`:
+//! Embedding throughput, the Cairn side of `cargo xtask bench inference`:
 //! `cargo run --release -p cairn-models --example bench_embed -- [--threads T] [--runs R]
-//! [--batch-sizes 1,32] [--sentences N] [--check N] [--model-dir DIR] [--json]`.
+//! [--batch-sizes 1,32] [--sentences N] [--check N] [--model-dir DIR]
+//! [--device cpu|cuda|metal] [--json]`.
 //!
 //! Embeds N sentences (default 256) with the default embedding model (or `--model-dir`) in
 //! batches of each size, one warm-up pass then R timed passes, and prints the median
@@ -28,6 +29,7 @@ struct Args {
     sentences: usize,
     check: usize,
     model_dir: Option<PathBuf>,
+    device: String,
     json: bool,
 }
 
@@ -39,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         sentences: 256,
         check: 0,
         model_dir: None,
+        device: "cpu".to_string(),
         json: false,
     };
     let number = |v: &str, name: &str| {
@@ -68,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--model-dir" => a.model_dir = Some(PathBuf::from(value("--model-dir")?)),
+            "--device" => a.device = value("--device")?,
             "--json" => a.json = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -141,7 +145,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let t_load = Instant::now();
-    let e = Embedder::load(&dir, &candle_core::Device::Cpu, 256)?;
+    let device = match args.device.as_str() {
+        "cpu" => candle_core::Device::Cpu,
+        "cuda" => candle_core::Device::new_cuda(0)?,
+        "metal" => candle_core::Device::new_metal(0)?,
+        other => {
+            return Err(format!("--device: expected cpu, cuda or metal, got {other:?}").into());
+        }
+    };
+    let e = Embedder::load(&dir, &device, 256)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1000.0;
     let owned = sentences(args.sentences);
     let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
@@ -169,6 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let check = e.embed(&texts[..args.check.min(texts.len())])?;
     let report = json!({
+        "device": args.device,
         "model_dir": dir.display().to_string(),
         "threads": threads,
         "runs": args.runs,

@@ -3,7 +3,7 @@
 `cargo xtask bench inference` (run by it inside the venv it creates; HF_HUB_OFFLINE=1).
 
 usage: st_bench.py --model DIR [--threads T] [--batch-sizes 1,32] [--runs R] [--sentences N]
-                   [--check N]
+                   [--check N] [--device cpu|cuda]
 
 Embeds N sentences (the same text as Cairn's bench_embed example) per batch size: one warm-up
 pass, then R timed passes; prints one JSON object on stdout with the median sentences/s per
@@ -36,11 +36,12 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--check", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: the GPU comparison)")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    model = SentenceTransformer(a.model, device="cpu")
+    model = SentenceTransformer(a.model, device=a.device)
     model.eval()
     load_ms = (time.perf_counter() - t0) * 1000.0
     texts = sentences(a.sentences)
