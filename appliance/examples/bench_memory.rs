@@ -14,6 +14,10 @@
 //! (k = 10, once everything is linked), recall@10 of the HNSW search against exact brute
 //! force, and bytes on disk per record.
 
+// The allocator the `cairn` binary ships with (src/main.rs), so these are the appliance's figures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cairn::memory::{Access, Memory, Mode, NewRecord, Query};
 use cairn::store::Store;
 use serde_json::json;

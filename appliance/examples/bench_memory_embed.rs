@@ -9,6 +9,10 @@
 //! /api/v1/memory/records` does), then `N` more through `Memory::import` as JSON Lines without
 //! vectors (embedded on the way in, one transaction per import). Prints one JSON object.
 
+// The allocator the `cairn` binary ships with (src/main.rs), so these are the appliance's figures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cairn::inference::{DeviceChoice, Inference, InferenceOptions, LoadPolicy};
 use cairn::memory::{Access, Memory, NewRecord};
 use cairn::store::Store;

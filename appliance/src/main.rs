@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 
-// musl's own malloc is the whole musl penalty in inference (docs/inference.md).
-#[cfg(target_env = "musl")]
+// musl's own malloc is the whole musl penalty in inference (docs/inference.md), and glibc's
+// costs memory's bulk writes a fifth of their time (docs/memory.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
