@@ -10,6 +10,11 @@
 //! the medians: prefill and decode tokens/s, time to first token (new sequence + prefill +
 //! picking the first token), and the process's peak RSS (VmHWM).
 
+// The allocator the `cairn` binary ships with (appliance/src/main.rs), so these are the
+// appliance's figures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cairn_models::catalog::Catalog;
 use cairn_models::kernels::{Pool, dispatch};
 use cairn_models::llama::{Backend, Llama};

@@ -11,6 +11,11 @@
 //! `batch` consecutive ones. `--threads` sets `RAYON_NUM_THREADS`, which sizes the embedder's
 //! kernel pool on the CPU (and candle's thread pool).
 
+// The allocator the `cairn` binary ships with (appliance/src/main.rs), so these are the
+// appliance's figures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cairn_models::catalog::Catalog;
 use cairn_models::embed::Embedder;
 use cairn_models::store::{ModelStore, default_dir};
