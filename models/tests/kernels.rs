@@ -14,7 +14,7 @@
 //! quantized: `|out − ref| ≤ 1e-5·Σ|w·x| + 1e-6`.
 
 use cairn_models::kernels::{
-    self, Level, Pool, QMatrix, QType, dispatch, matmul, matmul_many, with_level,
+    self, Level, PackedMatrix, Pool, QMatrix, QType, dispatch, matmul, matmul_many, with_level,
 };
 use candle_core::quantized::k_quants::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType,
@@ -180,22 +180,42 @@ fn run_case(ty: QType, rows: usize, cols: usize, n: usize, seed: u64) {
     let m = QMatrix::new(ty, rows, cols, &bytes).expect("valid matrix");
     for pool in [Pool::new(1), Pool::new(3)] {
         for level in levels() {
-            let mut out = vec![f32::NAN; n * rows];
-            with_level(level, || matmul(&pool, &m, &x, n, &mut out))
-                .expect("supported level")
-                .expect("matmul");
-            check_matmul(
-                ty,
-                &deq,
-                &x,
-                n,
-                rows,
-                cols,
-                &out,
-                &format!("{level:?}/{}t", pool.threads()),
-            );
+            let packed = pack(&m, level);
+            for (mat, how) in variants(m, &packed) {
+                let mut out = vec![f32::NAN; n * rows];
+                with_level(level, || matmul(&pool, &mat, &x, n, &mut out))
+                    .expect("supported level")
+                    .expect("matmul");
+                check_matmul(
+                    ty,
+                    &deq,
+                    &x,
+                    n,
+                    rows,
+                    cols,
+                    &out,
+                    &format!("{level:?}/{how}/{}t", pool.threads()),
+                );
+            }
         }
     }
+}
+
+/// `m` repacked for `level`, where that level has packed kernels for its type.
+fn pack(m: &QMatrix<'_>, level: Level) -> Option<PackedMatrix> {
+    PackedMatrix::new(m, level).expect("supported level")
+}
+
+/// The raw matrix, and the same matrix with its packed copy attached when there is one.
+fn variants<'a>(
+    m: QMatrix<'a>,
+    packed: &'a Option<PackedMatrix>,
+) -> Vec<(QMatrix<'a>, &'static str)> {
+    let mut v = vec![(m, "raw")];
+    if let Some(p) = packed {
+        v.push((m.with_packed(p).expect("same shape"), "packed"));
+    }
+    v
 }
 
 const Q32_TYPES: [QType; 3] = [QType::Q4_0, QType::Q4_1, QType::Q8_0];
@@ -265,6 +285,13 @@ fn matmul_many_matches_single() {
         .collect();
     let pool = Pool::new(2);
     for level in levels() {
+        // Packed where the level has packed kernels, so a group mixes packed and raw weights.
+        let packed: Vec<Option<PackedMatrix>> = mats.iter().map(|m| pack(m, level)).collect();
+        let mats: Vec<QMatrix<'_>> = mats
+            .iter()
+            .zip(&packed)
+            .map(|(m, p)| p.as_ref().map_or(*m, |p| m.with_packed(p).unwrap()))
+            .collect();
         with_level(level, || {
             let refs: Vec<&QMatrix<'_>> = mats.iter().collect();
             let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; n * m.rows()]).collect();
@@ -296,12 +323,15 @@ fn odd_inputs_do_not_panic() {
                 let m = QMatrix::new(ty, 4, cols, &b).unwrap();
                 matmul(&pool, &m, &[], 0, &mut []).unwrap();
                 // NaN and infinities in x: no panic, any values.
-                for n in [1, 5] {
-                    let mut x = rand_vec(2, n * cols, 1.0);
-                    x[3] = f32::NAN;
-                    x[cols - 1] = f32::INFINITY;
-                    let mut out = vec![0.0; n * 4];
-                    matmul(&pool, &m, &x, n, &mut out).unwrap();
+                let packed = pack(&m, level);
+                for (m, _) in variants(m, &packed) {
+                    for n in [1, 5] {
+                        let mut x = rand_vec(2, n * cols, 1.0);
+                        x[3] = f32::NAN;
+                        x[cols - 1] = f32::INFINITY;
+                        let mut out = vec![0.0; n * 4];
+                        matmul(&pool, &m, &x, n, &mut out).unwrap();
+                    }
                 }
                 // Wrong lengths are errors, not panics.
                 assert!(matmul(&pool, &m, &[0.0; 3], 1, &mut [0.0; 4]).is_err());
@@ -315,6 +345,58 @@ fn odd_inputs_do_not_panic() {
     assert!(QMatrix::new(QType::Q4_1, 2, 32, &[0; 39]).is_err());
     assert!(QMatrix::new(QType::Q6K, usize::MAX, 256, &[]).is_err());
     assert!(QMatrix::new(QType::Q4_1, 2, 32, &[0; 40]).is_ok());
+}
+
+#[test]
+fn packed_matrices_are_checked_and_used_only_at_their_level() {
+    let (b, deq) = make_weights(QType::Q4_1, &rand_vec(9, 40 * 64, 1.0));
+    let m = QMatrix::new(QType::Q4_1, 40, 64, &b).unwrap();
+    let (b2, _) = make_weights(QType::Q4_1, &rand_vec(9, 39 * 64, 1.0));
+    let other = QMatrix::new(QType::Q4_1, 39, 64, &b2).unwrap();
+    for level in dispatch::ALL_LEVELS {
+        if !level.is_supported() {
+            assert!(PackedMatrix::new(&m, level).is_err(), "{level:?}");
+            continue;
+        }
+        let packed = PackedMatrix::new(&m, level).unwrap();
+        assert_eq!(
+            packed.is_some(),
+            PackedMatrix::supports(level, QType::Q4_1),
+            "{level:?}"
+        );
+        let Some(p) = packed else { continue };
+        assert_eq!(
+            (p.rows(), p.cols(), p.panels(), p.level()),
+            (40, 64, 3, level)
+        );
+        // A packed copy of another shape is refused.
+        assert!(other.with_packed(&p).is_err());
+        // At every other level the packed copy is ignored and the raw blocks give the answer.
+        let with = m.with_packed(&p).unwrap();
+        let x = rand_vec(3, 5 * 64, 1.0);
+        for run_at in levels() {
+            let mut out = vec![f32::NAN; 5 * 40];
+            with_level(run_at, || matmul(&Pool::new(2), &with, &x, 5, &mut out))
+                .unwrap()
+                .unwrap();
+            check_matmul(
+                QType::Q4_1,
+                &deq,
+                &x,
+                5,
+                40,
+                64,
+                &out,
+                &format!("{level:?} at {run_at:?}"),
+            );
+        }
+    }
+    // Types without packed kernels are left as they are.
+    for level in levels() {
+        let (b, _) = make_weights(QType::Q6K, &rand_vec(1, 2 * 256, 1.0));
+        let k = QMatrix::new(QType::Q6K, 2, 256, &b).unwrap();
+        assert!(PackedMatrix::new(&k, level).unwrap().is_none());
+    }
 }
 
 #[test]
@@ -827,16 +909,19 @@ proptest! {
         let c = pick % n;
         let pool = Pool::new(2);
         for level in levels() {
-            let (batch, one) = with_level(level, || {
-                let mut batch = vec![0f32; n * rows];
-                matmul(&pool, &w, &x, n, &mut batch).unwrap();
-                let mut one = vec![0f32; rows];
-                matmul(&pool, &w, &x[c * cols..(c + 1) * cols], 1, &mut one).unwrap();
-                (batch, one)
-            }).unwrap();
-            for r in 0..rows {
-                let (a, b) = (one[r], batch[c * rows + r]);
-                prop_assert!(a == b, "{:?} {:?} {}x{} n={}: row {} token {}: {} vs {}", level, ty, rows, cols, n, r, c, a, b);
+            let packed = pack(&w, level);
+            for (w, how) in variants(w, &packed) {
+                let (batch, one) = with_level(level, || {
+                    let mut batch = vec![0f32; n * rows];
+                    matmul(&pool, &w, &x, n, &mut batch).unwrap();
+                    let mut one = vec![0f32; rows];
+                    matmul(&pool, &w, &x[c * cols..(c + 1) * cols], 1, &mut one).unwrap();
+                    (batch, one)
+                }).unwrap();
+                for r in 0..rows {
+                    let (a, b) = (one[r], batch[c * rows + r]);
+                    prop_assert!(a == b, "{:?}/{} {:?} {}x{} n={}: row {} token {}: {} vs {}", level, how, ty, rows, cols, n, r, c, a, b);
+                }
             }
         }
     }

@@ -17,8 +17,9 @@ use super::KernelError;
 use super::arch;
 use super::buf::AlignedF32;
 use super::dispatch::{self, Level};
+use super::packed::{PANEL, PackedMatrix, qs_block, sc_block};
 use super::pool::Pool;
-use super::quant::{Family, Packed32, Q8Acts, Q8KActs, QMatrix, QType};
+use super::quant::{Family, Packed32, Q8Acts, Q8KActs, QK, QMatrix, QType};
 
 /// Up to this many tokens the matrix-vector path is used.
 const GEMV_MAX_N: usize = 2;
@@ -230,13 +231,48 @@ fn plan(pool: &Pool, ws: &[&QMatrix<'_>], n: usize) -> Plan {
         tchunk,
         ntc,
     };
+    let level = dispatch::level();
     for (i, w) in ws.iter().enumerate() {
-        let rc = base_chunk.min(w.rows().max(1));
+        let rc = if packed_for(w, level).is_some() {
+            packed_chunk(w, n, base_chunk, ntc, total_rows, threads)
+        } else {
+            base_chunk
+        };
+        let rc = rc.min(w.rows().max(1));
         p.rchunk[i] = rc;
         p.nrc[i] = w.rows().div_ceil(rc);
         p.start[i + 1] = p.start[i] + p.nrc[i];
     }
     p
+}
+
+/// The packed copy of `w` the kernels of `level` use, if there is one.
+fn packed_for<'a>(w: &QMatrix<'a>, level: Level) -> Option<&'a PackedMatrix> {
+    w.packed().filter(|p| p.level() == level)
+}
+
+/// Output rows per task for a packed weight: whole 16-row panels. Decode keeps the matrix-vector
+/// split (already a multiple of 16); a prompt takes ~96 KiB of packed weights per task (they
+/// stay in L2 while every token of the chunk passes over them), halved while there are fewer
+/// than 4 tasks per thread.
+fn packed_chunk(
+    w: &QMatrix<'_>,
+    n: usize,
+    gemv_chunk: usize,
+    ntc: usize,
+    total_rows: usize,
+    threads: usize,
+) -> usize {
+    if n <= GEMV_MAX_N {
+        return gemv_chunk.min(w.rows()).div_ceil(PANEL).max(1) * PANEL;
+    }
+    let per_row = (w.cols() / QK) * (qs_block(w.ty()) + sc_block(w.ty())) / PANEL;
+    let mut rc =
+        (96 * 1024 / per_row.max(1)).clamp(2 * PANEL, 32 * PANEL) / (2 * PANEL) * (2 * PANEL);
+    while rc > PANEL && threads > 1 && ntc * total_rows.div_ceil(rc) < threads * 4 {
+        rc = (rc / 2).div_ceil(PANEL) * PANEL;
+    }
+    rc
 }
 
 fn run_group(
@@ -291,6 +327,13 @@ fn run_task(
         return;
     }
     let rows = w.rows();
+    if let Some(p) = packed_for(w, level) {
+        // Row chunks of packed weights are whole panels (see `packed_chunk`).
+        let (p0, p1) = (r0 / PANEL, r1.div_ceil(PANEL));
+        if arch::gemm_packed(level, p, p0, p1, &acts.q8, c0, c1, out, rows) {
+            return;
+        }
+    }
     let gemv = n <= GEMV_MAX_N;
     match w.ty().family() {
         Family::Q32 if gemv => {

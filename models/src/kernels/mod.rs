@@ -6,13 +6,15 @@
 //! new CPUs and still correct on old ones.
 //!
 //! Entry points:
-//! - [`QMatrix`] wraps the bytes of one GGUF weight tensor (validated by [`QMatrix::new`]).
+//! - [`QMatrix`] wraps the bytes of one GGUF weight tensor (validated by [`QMatrix::new`]);
+//!   a [`PackedMatrix`] made from it once at load (for AVX-512 VNNI) can be attached.
 //! - [`matmul`] / [`matmul_many`] compute `out[n × rows] = x[n × cols] · Wᵀ` on a [`Pool`].
 //! - [`ops`] holds rms_norm, rope, silu_mul, softmax and KV-cache attention.
 
 pub mod dispatch;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quant;
 
@@ -21,6 +23,7 @@ mod buf;
 
 pub use dispatch::{Level, force_level, level, with_level};
 pub use matmul::{matmul, matmul_many};
+pub use packed::PackedMatrix;
 pub use pool::Pool;
 pub use quant::{QMatrix, QType};
 

@@ -20,6 +20,7 @@ use half::f16;
 
 use super::KernelError;
 use super::buf::{AlignedBytes, AlignedF32};
+use super::packed::PackedMatrix;
 
 /// Elements per 32-block.
 pub const QK: usize = 32;
@@ -145,6 +146,7 @@ pub struct QMatrix<'a> {
     rows: usize,
     cols: usize,
     data: &'a [u8],
+    packed: Option<&'a PackedMatrix>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -173,7 +175,27 @@ impl<'a> QMatrix<'a> {
             rows,
             cols,
             data,
+            packed: None,
         })
+    }
+
+    /// The same matrix with its repacked copy attached: the kernels use `packed` whenever its
+    /// level is in force. Fails if `packed` was made from a matrix of another type or shape.
+    pub fn with_packed(self, packed: &'a PackedMatrix) -> Result<Self, KernelError> {
+        if packed.ty() != self.ty || packed.rows() != self.rows || packed.cols() != self.cols {
+            return Err(KernelError::Invalid(
+                "packed matrix differs in type or shape from the matrix",
+            ));
+        }
+        Ok(QMatrix {
+            packed: Some(packed),
+            ..self
+        })
+    }
+
+    /// The attached repacked copy, if any.
+    pub fn packed(&self) -> Option<&'a PackedMatrix> {
+        self.packed
     }
 
     /// Block type.
@@ -384,6 +406,8 @@ pub(crate) struct Q8Acts {
     pub s4: AlignedF32,
     /// `n · sstride`: `s` per block, zero-padded.
     pub s: AlignedF32,
+    /// `n · sstride`: the integer block sums `Σq`, zero-padded.
+    pub qsum: Vec<i32>,
 }
 
 impl Q8Acts {
@@ -397,6 +421,7 @@ impl Q8Acts {
         self.dv.resize(n * self.npairs * 8);
         self.s4.resize(n * self.npairs * 4);
         self.s.resize(n * self.sstride);
+        self.qsum.resize(n * self.sstride, 0);
     }
 
     /// The scale of block `b` of row `c`.
@@ -417,41 +442,61 @@ impl Q8Acts {
         &self.qs.as_i8()[c * self.npairs * 64..(c + 1) * self.npairs * 64]
     }
 
-    /// Mutable views of row `c`: (qs, dv, s4, s).
-    pub fn row_mut(&mut self, c: usize) -> (&mut [i8], &mut [f32], &mut [f32], &mut [f32]) {
+    /// Mutable views of row `c`.
+    pub fn row_mut(&mut self, c: usize) -> Q8RowMut<'_> {
         let np = self.npairs;
         let ss = self.sstride;
-        (
-            &mut self.qs.as_i8_mut()[c * np * 64..(c + 1) * np * 64],
-            &mut self.dv.as_mut_slice()[c * np * 8..(c + 1) * np * 8],
-            &mut self.s4.as_mut_slice()[c * np * 4..(c + 1) * np * 4],
-            &mut self.s.as_mut_slice()[c * ss..(c + 1) * ss],
-        )
+        Q8RowMut {
+            qs: &mut self.qs.as_i8_mut()[c * np * 64..(c + 1) * np * 64],
+            dv: &mut self.dv.as_mut_slice()[c * np * 8..(c + 1) * np * 8],
+            s4: &mut self.s4.as_mut_slice()[c * np * 4..(c + 1) * np * 4],
+            s: &mut self.s.as_mut_slice()[c * ss..(c + 1) * ss],
+            qsum: &mut self.qsum[c * ss..(c + 1) * ss],
+        }
     }
 }
 
-/// Stores the scale `d` and sum `s` of block `b` into a row's `dv`, `s4` and `s`.
-#[inline(always)]
-pub(crate) fn store_block_scales(
-    dv: &mut [f32],
-    s4: &mut [f32],
-    s: &mut [f32],
-    b: usize,
-    d: f32,
-    sum: f32,
-) {
-    let (k, h) = (b / 2, b % 2);
-    dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(d);
-    s4[k * 4 + h * 2] = 0.0;
-    s4[k * 4 + h * 2 + 1] = sum;
-    s[b] = sum;
+/// Mutable views of one row of [`Q8Acts`].
+pub(crate) struct Q8RowMut<'a> {
+    /// The int8 values, pair-interleaved.
+    pub qs: &'a mut [i8],
+    /// Scales, per pair `[d0 ×4, d1 ×4]`.
+    pub dv: &'a mut [f32],
+    /// Per pair `[0, s0, 0, s1]`.
+    pub s4: &'a mut [f32],
+    /// `s = d·Σq` per block.
+    pub s: &'a mut [f32],
+    /// `Σq` per block.
+    pub qsum: &'a mut [i32],
+}
+
+impl Q8RowMut<'_> {
+    /// Stores the scale `d` and integer sum `isum` of block `b`.
+    #[inline(always)]
+    pub fn store_block(&mut self, b: usize, d: f32, isum: i32) {
+        let (k, h) = (b / 2, b % 2);
+        let sum = d * isum as f32;
+        self.dv[k * 8 + h * 4..k * 8 + h * 4 + 4].fill(d);
+        self.s4[k * 4 + h * 2] = 0.0;
+        self.s4[k * 4 + h * 2 + 1] = sum;
+        if b < self.s.len() {
+            self.s[b] = sum;
+            self.qsum[b] = isum;
+        }
+    }
+
+    /// Zeroes the block sums past the real blocks `nb`.
+    pub fn pad_sums(&mut self, nb: usize) {
+        self.s[nb..].fill(0.0);
+        self.qsum[nb..].fill(0);
+    }
 }
 
 /// Portable quantization of one row `x` (length `nb·32`) into row `c` of `a`.
 pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8Acts, c: usize) {
     let nb = a.nb;
     let np = a.npairs;
-    let (qs, dv, s4, s) = a.row_mut(c);
+    let mut row = a.row_mut(c);
     for b in 0..np * 2 {
         let (d, sum) = if b < nb {
             let xb = &x[b * QK..(b + 1) * QK];
@@ -461,19 +506,19 @@ pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8Acts, c: usize) {
             let mut sum = 0i32;
             for (e, &v) in xb.iter().enumerate() {
                 let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
-                qs[pair_offset(b, e)] = q;
+                row.qs[pair_offset(b, e)] = q;
                 sum += q as i32;
             }
             (d, sum)
         } else {
             for e in 0..QK {
-                qs[pair_offset(b, e)] = 0;
+                row.qs[pair_offset(b, e)] = 0;
             }
             (0.0, 0)
         };
-        store_block_scales(dv, s4, s, b, d, d * sum as f32);
+        row.store_block(b, d, sum);
     }
-    s[np * 2..].fill(0.0);
+    row.pad_sums(nb);
 }
 
 /// Weight rows of a 32-block format unpacked into the pair-interleaved layout of [`Q8Acts`]

@@ -47,12 +47,11 @@ pub(crate) fn hmax(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
     let nb = a.nb;
-    let np = a.npairs;
     assert!(x.len() >= n * cols && cols == nb * QK);
     let sign = _mm256_set1_ps(-0.0);
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for c in 0..n {
-        let (qs, dv, s4, s) = a.row_mut(c);
+        let mut row = a.row_mut(c);
         let xr = &x[c * cols..(c + 1) * cols];
         for b in 0..nb {
             let xb = &xr[b * QK..(b + 1) * QK];
@@ -89,25 +88,28 @@ pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
             let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
             let p = _mm256_permutevar8x32_epi32(p, perm);
             let base = (b / 2) * 64 + (b % 2) * 16;
-            assert!(base + 48 <= qs.len());
+            assert!(base + 48 <= row.qs.len());
             // SAFETY: `base + 48 <= qs.len()` (asserted), so both 16-byte stores are in bounds.
             unsafe {
-                _mm_storeu_si128(qs.as_mut_ptr().add(base).cast(), _mm256_castsi256_si128(p));
                 _mm_storeu_si128(
-                    qs.as_mut_ptr().add(base + 32).cast(),
+                    row.qs.as_mut_ptr().add(base).cast(),
+                    _mm256_castsi256_si128(p),
+                );
+                _mm_storeu_si128(
+                    row.qs.as_mut_ptr().add(base + 32).cast(),
                     _mm256_extracti128_si256(p, 1),
                 );
             }
-            crate::kernels::quant::store_block_scales(dv, s4, s, b, d, d * isum as f32);
+            row.store_block(b, d, isum);
         }
         if nb % 2 == 1 {
             let b = nb;
             let base = (b / 2) * 64 + 16;
-            qs[base..base + 16].fill(0);
-            qs[base + 32..base + 48].fill(0);
-            crate::kernels::quant::store_block_scales(dv, s4, s, b, 0.0, 0.0);
+            row.qs[base..base + 16].fill(0);
+            row.qs[base + 32..base + 48].fill(0);
+            row.store_block(b, 0.0, 0);
         }
-        s[np * 2..].fill(0.0);
+        row.pad_sums(nb);
     }
 }
 

@@ -7,12 +7,15 @@ use super::buf::AlignedF32;
 use super::dispatch::Level;
 use super::matmul::{Acts, OutPtr};
 use super::ops::RopeLayout;
+use super::packed::PackedMatrix;
 use super::quant::{self, Packed32, Q8Acts, Q8KActs, QMatrix};
 
 pub(crate) mod portable;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 
@@ -105,6 +108,32 @@ pub(crate) fn gemm_q32(
     }
     let _ = level;
     portable::gemm_q32(p, a, c0, c1, out, ldo, roff)
+}
+
+/// Panels `p0..p1` of a packed matrix times activation rows `c0..c1` into
+/// `out[c·ldo + 16·panel + i]`; returns false (and does nothing) unless `level` is the
+/// packing's level and has packed kernels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed(
+    level: Level,
+    w: &PackedMatrix,
+    p0: usize,
+    p1: usize,
+    a: &Q8Acts,
+    c0: usize,
+    c1: usize,
+    out: OutPtr,
+    ldo: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Vnni && w.level() == level {
+        // SAFETY: `level` was validated by `dispatch`, so AVX-512 F/BW/VL, VNNI, AVX2, FMA
+        // and F16C are available.
+        unsafe { avx512::gemm_packed(w, p0, p1, a, c0, c1, out, ldo) };
+        return true;
+    }
+    let _ = (level, w, p0, p1, a, c0, c1, out, ldo);
+    false
 }
 
 /// Rows `r0..r1` of a K-quant matrix times Q8_K activation row `c`.

@@ -10,7 +10,7 @@ use std::arch::asm;
 
 use crate::kernels::buf::AlignedF32;
 use crate::kernels::matmul::{Acts, OutPtr};
-use crate::kernels::quant::{Packed32, Q8Acts, QK, QMatrix, QType, f16_at, store_block_scales};
+use crate::kernels::quant::{Packed32, Q8Acts, QK, QMatrix, QType, f16_at};
 
 /// `acc + Σ a·b` over each group of 4 int8 lanes (`sdot`).
 ///
@@ -61,10 +61,9 @@ unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> in
 #[target_feature(enable = "neon")]
 pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
     let nb = a.nb;
-    let np = a.npairs;
     assert!(x.len() >= n * cols && cols == nb * QK);
     for c in 0..n {
-        let (qs, dv, s4, s) = a.row_mut(c);
+        let mut row = a.row_mut(c);
         let xr = &x[c * cols..(c + 1) * cols];
         for b in 0..nb {
             let xb = &xr[b * QK..(b + 1) * QK];
@@ -89,21 +88,21 @@ pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
             let lo = vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1]));
             let hi = vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3]));
             let base = (b / 2) * 64 + (b % 2) * 16;
-            assert!(base + 48 <= qs.len());
+            assert!(base + 48 <= row.qs.len());
             // SAFETY: `base + 48 <= qs.len()` (asserted).
             unsafe {
-                vst1q_s8(qs.as_mut_ptr().add(base), lo);
-                vst1q_s8(qs.as_mut_ptr().add(base + 32), hi);
+                vst1q_s8(row.qs.as_mut_ptr().add(base), lo);
+                vst1q_s8(row.qs.as_mut_ptr().add(base + 32), hi);
             }
-            store_block_scales(dv, s4, s, b, d, d * isum as f32);
+            row.store_block(b, d, isum);
         }
         if nb % 2 == 1 {
             let base = (nb / 2) * 64 + 16;
-            qs[base..base + 16].fill(0);
-            qs[base + 32..base + 48].fill(0);
-            store_block_scales(dv, s4, s, nb, 0.0, 0.0);
+            row.qs[base..base + 16].fill(0);
+            row.qs[base + 32..base + 48].fill(0);
+            row.store_block(nb, 0.0, 0);
         }
-        s[np * 2..].fill(0.0);
+        row.pad_sums(nb);
     }
 }
 
