@@ -551,6 +551,27 @@ impl GgufFile {
             .unwrap_or_default()
     }
 
+    /// Drops the pages wholly inside `offset..offset + len` from this process's resident set
+    /// (a model whose weights were copied elsewhere at load no longer reads them; the page
+    /// cache keeps them, and a later read maps them back in).
+    pub fn release(&self, offset: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset.saturating_add(len).min(self.map.len()) / PAGE) * PAGE;
+        if end > start {
+            // SAFETY: the mapping is a private, read-only map of a file this process never
+            // writes through it, so MADV_DONTNEED only drops resident pages: a later access
+            // faults the same bytes back in from the file, and slices into the map stay valid.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     /// A tensor by name, or an error naming it.
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.header

@@ -7,11 +7,12 @@
 //! and pooling stay in f32. A batch's sequences are packed back to back without padding: every matmul sees exactly the real
 //! tokens, and attention runs per sequence ([`ops::packed_attention`]).
 
-use crate::kernels::{self, Pool, QMatrix, QType, ops};
+use crate::kernels::{self, Level, PackedMatrix, Pool, QMatrix, QType, ops};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use half::f16;
 use std::path::Path;
+use std::sync::Mutex;
 
 use super::EmbedError;
 
@@ -29,13 +30,19 @@ struct Linear {
     rows: usize,
     cols: usize,
     blocks: Vec<u8>,
+    /// The blocks repacked for the CPU's kernel level, where it has packed kernels.
+    packed: Option<PackedMatrix>,
     bias: Vec<f32>,
 }
 
 impl Linear {
     /// The weight as a kernel matrix.
     fn matrix(&self) -> Result<QMatrix<'_>, EmbedError> {
-        QMatrix::new(self.ty, self.rows, self.cols, &self.blocks).map_err(kernel_err)
+        let m = QMatrix::new(self.ty, self.rows, self.cols, &self.blocks).map_err(kernel_err)?;
+        match &self.packed {
+            Some(p) => m.with_packed(p).map_err(kernel_err),
+            None => Ok(m),
+        }
     }
 }
 
@@ -74,6 +81,43 @@ pub(super) struct CpuBert {
     token_type: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
+    /// Activation buffers of finished calls, reused by the next ones: a batch's buffers are
+    /// megabytes, and freshly mapped memory costs a page fault and a zeroed page per 4 KiB
+    /// (a fifth of the time of a batch of 32 when every call allocated anew).
+    spare: Mutex<Vec<Buffers>>,
+}
+
+/// The activations of one forward pass.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    tmp: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    xs: Vec<f32>,
+    mid: Vec<f32>,
+}
+
+impl Buffers {
+    /// Sizes every buffer for `n` tokens (contents zeroed; capacity kept).
+    fn reset(&mut self, n: usize, hidden: usize, ffn: usize) {
+        for b in [
+            &mut self.x,
+            &mut self.tmp,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.ctx,
+            &mut self.xs,
+        ] {
+            b.clear();
+            b.resize(n * hidden, 0.0);
+        }
+        self.mid.clear();
+        self.mid.resize(n * ffn, 0.0);
+    }
 }
 
 fn kernel_err(e: kernels::KernelError) -> EmbedError {
@@ -141,8 +185,9 @@ struct Raw {
 }
 
 impl Raw {
-    /// Quantizes the weights (or keeps them f32 for the layers in [`KEEP_F32`]).
-    fn build(self) -> Linear {
+    /// Quantizes the weights (or keeps them f32 for the layers in [`KEEP_F32`]) and repacks
+    /// them for `level` where it has packed kernels.
+    fn build(self, level: Level) -> Result<Linear, EmbedError> {
         let Raw {
             name,
             w,
@@ -155,13 +200,19 @@ impl Raw {
         } else {
             (QType::Q8_0, quantize_q8_0(&w))
         };
-        Linear {
+        let packed = PackedMatrix::new(
+            &QMatrix::new(ty, rows, cols, &blocks).map_err(kernel_err)?,
+            level,
+        )
+        .map_err(kernel_err)?;
+        Ok(Linear {
             ty,
             rows,
             cols,
             blocks,
+            packed,
             bias,
-        }
+        })
     }
 }
 
@@ -255,6 +306,7 @@ impl CpuBert {
             }
         }
         let r = Reader { st, prefix };
+        let level = kernels::level();
         let (h, f) = (s.hidden, s.ffn);
         let emb_norm = r.norm("embeddings.LayerNorm", h)?;
         let mut layers: Vec<Layer> = Vec::with_capacity(s.layers);
@@ -269,15 +321,17 @@ impl CpuBert {
             let qkv_in = smooth(&mut [&mut q, &mut k, &mut v], prev);
             let up_in = smooth(&mut [&mut up], &attn_norm);
             layers.push(Layer {
-                q: q.build(),
-                k: k.build(),
-                v: v.build(),
+                q: q.build(level)?,
+                k: k.build(level)?,
+                v: v.build(level)?,
                 qkv_in,
-                attn_out: r.raw(&format!("{p}.attention.output.dense"), h, h)?.build(),
+                attn_out: r
+                    .raw(&format!("{p}.attention.output.dense"), h, h)?
+                    .build(level)?,
                 attn_norm,
-                up: up.build(),
+                up: up.build(level)?,
                 up_in,
-                down: r.raw(&format!("{p}.output.dense"), h, f)?.build(),
+                down: r.raw(&format!("{p}.output.dense"), h, f)?.build(level)?,
                 out_norm: r.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
@@ -299,6 +353,7 @@ impl CpuBert {
             )?,
             emb_norm,
             layers,
+            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -313,8 +368,40 @@ impl CpuBert {
                 self.max_positions
             )));
         }
-        let mut x = vec![0f32; n * h];
-        let mut tmp = vec![0f32; n * h];
+        let mut buf = self
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buf.reset(n, h, self.ffn);
+        let result = self.forward(seqs, &lens, &mut buf);
+        self.spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buf);
+        result
+    }
+
+    /// The encoder and pooling of [`CpuBert::embed`] on buffers sized for `lens`.
+    fn forward(
+        &self,
+        seqs: &[(&[u32], &[u32])],
+        lens: &[usize],
+        buf: &mut Buffers,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let h = self.hidden;
+        let n: usize = lens.iter().sum();
+        let Buffers {
+            x,
+            tmp,
+            q,
+            k,
+            v,
+            ctx,
+            xs,
+            mid,
+        } = buf;
         {
             let mut rows = tmp.chunks_exact_mut(h);
             for (ids, types) in seqs {
@@ -338,42 +425,38 @@ impl CpuBert {
         let norm = |src: &[f32], nm: &Norm, dst: &mut [f32]| {
             ops::layer_norm(src, &nm.gamma, &nm.beta, self.eps, dst).map_err(kernel_err)
         };
-        norm(&tmp, &self.emb_norm, &mut x)?;
-        let mut q = vec![0f32; n * h];
-        let mut k = vec![0f32; n * h];
-        let mut v = vec![0f32; n * h];
-        let mut ctx = vec![0f32; n * h];
-        let mut xs = vec![0f32; n * h];
-        let mut mid = vec![0f32; n * self.ffn];
+        norm(tmp, &self.emb_norm, x)?;
         let hd = h / self.heads;
         let scale = 1.0 / (hd as f32).sqrt();
         for l in &self.layers {
             let ws = [&l.q.matrix()?, &l.k.matrix()?, &l.v.matrix()?];
-            scale_rows(&x, &l.qkv_in, &mut xs);
-            kernels::matmul_many(&self.pool, &ws, &xs, n, &mut [&mut q, &mut k, &mut v])
-                .map_err(kernel_err)?;
-            add_bias(&mut q, &l.q.bias);
-            add_bias(&mut k, &l.k.bias);
-            add_bias(&mut v, &l.v.bias);
-            ops::packed_attention(
-                &self.pool, &q, &k, &v, &lens, self.heads, hd, scale, &mut ctx,
+            scale_rows(x, &l.qkv_in, xs);
+            kernels::matmul_many(
+                &self.pool,
+                &ws,
+                xs,
+                n,
+                &mut [&mut q[..], &mut k[..], &mut v[..]],
             )
             .map_err(kernel_err)?;
-            kernels::matmul(&self.pool, &l.attn_out.matrix()?, &ctx, n, &mut tmp)
+            add_bias(q, &l.q.bias);
+            add_bias(k, &l.k.bias);
+            add_bias(v, &l.v.bias);
+            ops::packed_attention(&self.pool, q, k, v, lens, self.heads, hd, scale, ctx)
                 .map_err(kernel_err)?;
-            add_bias_residual(&mut tmp, &l.attn_out.bias, &x);
-            norm(&tmp, &l.attn_norm, &mut x)?;
-            scale_rows(&x, &l.up_in, &mut xs);
-            kernels::matmul(&self.pool, &l.up.matrix()?, &xs, n, &mut mid).map_err(kernel_err)?;
-            self.bias_gelu(&mut mid, &l.up.bias);
-            kernels::matmul(&self.pool, &l.down.matrix()?, &mid, n, &mut tmp)
-                .map_err(kernel_err)?;
-            add_bias_residual(&mut tmp, &l.down.bias, &x);
-            norm(&tmp, &l.out_norm, &mut x)?;
+            kernels::matmul(&self.pool, &l.attn_out.matrix()?, ctx, n, tmp).map_err(kernel_err)?;
+            add_bias_residual(tmp, &l.attn_out.bias, x);
+            norm(tmp, &l.attn_norm, x)?;
+            scale_rows(x, &l.up_in, xs);
+            kernels::matmul(&self.pool, &l.up.matrix()?, xs, n, mid).map_err(kernel_err)?;
+            self.bias_gelu(mid, &l.up.bias);
+            kernels::matmul(&self.pool, &l.down.matrix()?, mid, n, tmp).map_err(kernel_err)?;
+            add_bias_residual(tmp, &l.down.bias, x);
+            norm(tmp, &l.out_norm, x)?;
         }
         let mut out = Vec::with_capacity(seqs.len());
         let mut rows = x.chunks_exact(h);
-        for &len in &lens {
+        for &len in lens {
             let mut mean = vec![0f32; h];
             for row in rows.by_ref().take(len) {
                 for (m, &val) in mean.iter_mut().zip(row) {

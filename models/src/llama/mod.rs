@@ -9,7 +9,7 @@ mod cpu;
 mod gpu;
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
-use crate::kernels::{self, Pool, QMatrix, QType};
+use crate::kernels::{self, Level, PackedMatrix, Pool, QMatrix, QType};
 use candle_core::{Device, Tensor};
 use std::cell::RefCell;
 use std::path::Path;
@@ -156,6 +156,8 @@ pub(crate) struct Weight {
     offset: usize,
     len: usize,
     owned: Option<Arc<Vec<u8>>>,
+    /// The blocks repacked at load for the CPU kernel level, where it has packed kernels.
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 fn native(ty: GgmlType) -> Option<QType> {
@@ -194,7 +196,14 @@ fn candle_dtype(ty: GgmlType) -> candle_core::quantized::GgmlDType {
 }
 
 impl Weight {
-    fn load(f: &GgufFile, t: &TensorInfo, expect: (usize, usize)) -> Result<Weight, ModelError> {
+    /// Reads tensor `t` of shape `expect`; with a CPU kernel `level` that has packed kernels
+    /// for its type, repacks it (and releases the file's pages of it).
+    fn load(
+        f: &GgufFile,
+        t: &TensorInfo,
+        expect: (usize, usize),
+        level: Option<Level>,
+    ) -> Result<Weight, ModelError> {
         let (rows, cols) = match t.dims.as_slice() {
             [c, r] => (*r as usize, *c as usize),
             [c] => (1, *c as usize),
@@ -213,7 +222,14 @@ impl Weight {
         }
         match native(t.ty) {
             Some(ty) => {
-                QMatrix::new(ty, rows, cols, f.tensor_data(t))?;
+                let m = QMatrix::new(ty, rows, cols, f.tensor_data(t))?;
+                let packed = match level {
+                    Some(level) => PackedMatrix::new(&m, level)?.map(Arc::new),
+                    None => None,
+                };
+                if packed.is_some() {
+                    f.release(t.offset as usize, t.size as usize);
+                }
                 Ok(Weight {
                     ty,
                     rows,
@@ -221,6 +237,7 @@ impl Weight {
                     offset: t.offset as usize,
                     len: t.size as usize,
                     owned: None,
+                    packed,
                 })
             }
             None => {
@@ -240,6 +257,7 @@ impl Weight {
                     offset: 0,
                     len: bytes.len(),
                     owned: Some(Arc::new(bytes)),
+                    packed: None,
                 })
             }
         }
@@ -250,7 +268,11 @@ impl Weight {
             Some(b) => b.as_slice(),
             None => f.raw(self.offset, self.len),
         };
-        Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
+        let m = QMatrix::new(self.ty, self.rows, self.cols, data)?;
+        Ok(match &self.packed {
+            Some(p) => m.with_packed(p)?,
+            None => m,
+        })
     }
 }
 
@@ -384,10 +406,15 @@ impl Llama {
         let (d, kvd) = (c.hidden, c.kv_heads * c.head_dim);
         let total = c.layers + 2 + usize::from(matches!(backend, Backend::Gpu(_)));
         progress(0, total);
+        // On the CPU, weights the kernel level has packed kernels for are repacked once here.
+        let level = match backend {
+            Backend::Cpu(_) => Some(kernels::level()),
+            Backend::Gpu(_) => None,
+        };
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let t = |n: &str| file.tensor(&format!("blk.{i}.{n}"));
-            let w = |n: &str, shape| Weight::load(&file, t(n)?, shape);
+            let w = |n: &str, shape| Weight::load(&file, t(n)?, shape, level);
             let qkv_bias = if file
                 .header
                 .tensors
@@ -415,9 +442,14 @@ impl Llama {
             });
             progress(i + 1, total);
         }
-        let token_embd = Weight::load(&file, file.tensor("token_embd.weight")?, (c.vocab, d))?;
+        let token_embd = Weight::load(
+            &file,
+            file.tensor("token_embd.weight")?,
+            (c.vocab, d),
+            level,
+        )?;
         let output = match file.header.tensors.get("output.weight") {
-            Some(t) => Weight::load(&file, t, (c.vocab, d))?,
+            Some(t) => Weight::load(&file, t, (c.vocab, d), level)?,
             None => token_embd.clone(),
         };
         let output_norm = f32_vector(&file, "output_norm.weight", d)?;
