@@ -280,7 +280,14 @@ pub fn bench(
     records: Option<Vec<usize>>,
     as_json: bool,
 ) -> Result<()> {
-    let report = match area {
+    // With `--json` stdout carries the one report object: everything else this process and
+    // the programs it starts print (pip, cargo, apt-get, the measured programs) goes to stderr.
+    let json_out = if as_json {
+        Some(stdout_for_report()?)
+    } else {
+        None
+    };
+    let (report, table): (Value, fn(&Value)) = match area {
         "boot" => {
             let runs = runs.unwrap_or(5);
             if runs < 5 {
@@ -293,48 +300,51 @@ pub fn bench(
                     bench_boot_arch(a, runs).with_context(|| format!("boot benchmark for {a}"))?,
                 );
             }
-            json!({"area": "boot", "peer": "the same Debian kernel booting a hello-world init", "arches": per_arch})
+            (
+                json!({"area": "boot", "peer": "the same Debian kernel booting a hello-world init", "arches": per_arch}),
+                print_table,
+            )
         }
         "inference" => {
             if arch.is_some_and(|a| Some(a) != Arch::host()) {
                 bail!("the inference benchmark runs on this machine's architecture only");
             }
-            let report = inference::run(runs.unwrap_or(3))?;
-            if as_json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                inference::print_table(&report);
-            }
-            return Ok(());
+            (inference::run(runs.unwrap_or(3))?, inference::print_table)
         }
-        "memory" => {
-            let report = memory::run(records)?;
-            if as_json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                inference::print_table(&report);
-            }
-            return Ok(());
-        }
-        "agents" => {
-            let report = agents::run()?;
-            if as_json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                inference::print_table(&report);
-            }
-            return Ok(());
-        }
+        "memory" => (memory::run(records)?, inference::print_table),
+        "agents" => (agents::run()?, inference::print_table),
         other => {
             bail!("unknown benchmark area {other:?}; available: boot, inference, memory, agents")
         }
     };
-    if as_json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_table(&report);
+    match json_out {
+        Some(mut out) => {
+            use std::io::Write;
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            out.flush()?;
+        }
+        None => table(&report),
     }
     Ok(())
+}
+
+/// Moves this process's stdout to stderr and returns the original stdout, for the report.
+fn stdout_for_report() -> Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    std::io::stdout().flush()?;
+    // SAFETY: dup of a descriptor this process owns; the new descriptor is owned by the File.
+    let saved = unsafe { libc::dup(std::io::stdout().as_raw_fd()) };
+    if saved < 0 {
+        bail!("dup(stdout): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `saved` is a fresh descriptor owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(saved) };
+    // SAFETY: dup2 onto stdout, which stays open; both descriptors are this process's.
+    if unsafe { libc::dup2(std::io::stderr().as_raw_fd(), std::io::stdout().as_raw_fd()) } < 0 {
+        bail!("dup2(stderr, stdout): {}", std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 fn print_table(report: &Value) {

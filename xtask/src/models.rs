@@ -79,6 +79,9 @@ fn download_wheel(req: &str, expected: &str) -> Result<PathBuf> {
             ])
             .arg(&dir)
             .arg(req)
+            // Progress is for the person watching: on stderr, so that the benchmarks' `--json`
+            // leaves stdout with the one JSON object.
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .context("running pip (install python3-pip)")?;
         if !st.success() {
