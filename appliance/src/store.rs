@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "cairn.redb";
 
@@ -184,16 +184,14 @@ impl Store {
                 )));
             }
             // Forward migrations run here in order: 0 -> 1 creates the settings table,
-            // 1 -> 2 the memory tables, 2 -> 3 moves keyword postings into blocks.
+            // 1 -> 2 the memory tables, 2 -> 3 moved keyword postings into blocks, 3 -> 4 moves
+            // them into segments (a schema 2 store goes straight to segments).
             if found < 1 {
                 txn.open_table(SETTINGS)?;
             }
-            if found < 3 {
-                crate::memory::create_tables(&txn)?;
-            }
-            if found == 2 {
-                crate::memory::migrate_postings_to_blocks(&txn)
-                    .map_err(|e| StoreError::Other(format!("migrating memory postings: {e}")))?;
+            if found < 4 {
+                crate::memory::migrate(&txn, found)
+                    .map_err(|e| StoreError::Other(format!("migrating memory: {e}")))?;
             }
             meta.insert("schema_version", SCHEMA_VERSION)?;
         }

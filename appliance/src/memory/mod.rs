@@ -56,10 +56,10 @@ pub const DEFAULT_QUOTA: u64 = 100_000;
 /// graph; bounds the vectors the indexer links again after a power cut (in the background:
 /// memory opens at once). Larger windows write each busy node fewer times.
 pub const CHECKPOINT_EVERY: usize = 16384;
-/// Records with postings in `POSTINGS_NEW` after which the next write merges them into
-/// `POSTING_BLOCKS`. Searches read unmerged postings from memory (`pending`), so this only
-/// bounds that view's size and the work of one merge; a larger batch rewrites each term's
-/// last block once for more records.
+/// Records with unmerged keyword postings after which the next write merges them into a new
+/// segment (`postings.rs`). Searches read unmerged postings from memory (`pending`), so this
+/// bounds that view's size, the texts read again when memory opens, and how many level-0
+/// segments a namespace gathers.
 pub const MERGE_POSTINGS_EVERY: usize = 4096;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
@@ -696,14 +696,34 @@ impl Memory {
             self.staged.lock().map_err(|_| poisoned())?.clear();
             let mut txn = self.db.begin_write()?;
             self.flush_access(&txn)?;
-            let (v, entry) = f(&txn)?;
+            // A merge writes the committed unmerged postings first; this write's own changes
+            // to them come after, staged for the view.
+            let merge = self.merge_now.swap(false, Ordering::Relaxed)
+                || self.pending.records() >= MERGE_POSTINGS_EVERY;
+            let merged = if merge {
+                match self.merge_postings(&txn) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        self.merge_now.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
+            let (v, entry) = match f(&txn) {
+                Ok(done) => done,
+                Err(e) => {
+                    if merge {
+                        self.merge_now.store(true, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            };
             let checkpoint = self.checkpoint_now.swap(false, Ordering::Relaxed)
                 || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
             let staged = std::mem::take(&mut *self.staged.lock().map_err(|_| poisoned())?);
-            let merge = self.merge_now.swap(false, Ordering::Relaxed)
-                || self.pending.records() + staged.len() >= MERGE_POSTINGS_EVERY;
             let mut taken = None;
-            let mut merged = None;
             let mut journal = self.journal.lock().map_err(|_| poisoned())?;
             // Journaled: a single remember, unless the journal is due for a durable commit or
             // this write merges or checkpoints anyway (large; they commit durably).
@@ -714,9 +734,6 @@ impl Memory {
             let done = (|| {
                 if checkpoint {
                     taken = Some(self.checkpoint(&txn)?);
-                }
-                if merge {
-                    merged = Some(merge_postings(&txn, self.pending.next_epoch()?)?);
                 }
                 match (logged, journal.as_mut()) {
                     (Some(e), Some(j)) => {
@@ -795,26 +812,20 @@ impl Memory {
                 .index
                 .graphs()
                 .is_ok_and(|g| g.values().any(Hnsw::has_dirty));
-        let postings = self.pending.records() > 0;
         let journaled = self
             .journal
             .lock()
             .map_err(|_| poisoned())?
             .as_ref()
             .is_some_and(|j| !j.is_empty());
-        if !graph
-            && !postings
-            && !journaled
-            && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true)
-        {
+        if !graph && !journaled && self.access_log.lock().map(|l| l.is_empty()).unwrap_or(true) {
             return Ok(());
         }
         if graph {
             self.checkpoint_now.store(true, Ordering::Relaxed);
         }
-        if postings {
-            self.merge_now.store(true, Ordering::Relaxed);
-        }
+        // Unmerged postings need no flush: those not in POSTINGS_NEW are read again from the
+        // records' texts when memory opens, and merges wait for MERGE_POSTINGS_EVERY records.
         self.write(&[], |_| Ok(()))
     }
 
@@ -1209,9 +1220,10 @@ impl Memory {
             .filter_map(|(r, v)| v.map(|v| (r.id, v)))
             .collect();
         self.check_vectors(txn, &given)?;
+        let through = self.postings_through(txn)?;
         let mut records = txn.open_table(tables::RECORDS)?;
         let mut by_ns = txn.open_table(tables::BY_NAMESPACE)?;
-        let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+        let mut new = None;
         let mut vectors = txn.open_table(tables::VECTORS)?;
         let mut dedup = None;
         let mut working = None;
@@ -1219,11 +1231,18 @@ impl Memory {
             let ns = r.namespace.as_str();
             records.insert(r.id, encode(r).as_slice())?;
             by_ns.insert((ns, r.id), r.tier.code())?;
-            // New postings go to the record's one row of POSTINGS_NEW (merged later); a
-            // record's postings are in exactly one of the two tables.
+            // A new record's postings stay unmerged in memory (its text has them, for a
+            // reload) until the next merge writes them to a segment.
             let (counts, len) = text::term_counts(&r.text);
             if !counts.is_empty() {
-                new.insert((ns, r.id), tables::encode_terms(len, &counts).as_slice())?;
+                if r.id < through {
+                    // Not a fresh id (never the case today): make the postings durable.
+                    let t = match &mut new {
+                        Some(t) => t,
+                        None => new.insert(txn.open_table(tables::POSTINGS_NEW)?),
+                    };
+                    t.insert((ns, r.id), tables::encode_terms(len, &counts).as_slice())?;
+                }
                 self.stage(pending::Change::Add {
                     ns: ns.to_string(),
                     id: r.id,
@@ -1336,11 +1355,15 @@ impl Memory {
         if counts.is_empty() {
             return Ok(u64::from(len));
         }
-        // New postings go to the record's one row of POSTINGS_NEW (merged later); a record's
-        // postings are in exactly one of the two tables.
-        let mut new = txn.open_table(tables::POSTINGS_NEW)?;
+        // A record's postings are in exactly one place: unmerged in memory (from
+        // POSTINGS_THROUGH on: its text holds them durably), unmerged in POSTINGS_NEW (an older
+        // record's new text), or in a segment.
+        let unmerged_tail = id >= self.postings_through(txn)?;
         if add {
-            new.insert((ns, id), tables::encode_terms(len, &counts).as_slice())?;
+            if !unmerged_tail {
+                txn.open_table(tables::POSTINGS_NEW)?
+                    .insert((ns, id), tables::encode_terms(len, &counts).as_slice())?;
+            }
             self.stage(pending::Change::Add {
                 ns: ns.to_string(),
                 id,
@@ -1349,7 +1372,12 @@ impl Memory {
             })?;
             return Ok(u64::from(len));
         }
-        if new.remove((ns, id))?.is_some() {
+        if unmerged_tail
+            || txn
+                .open_table(tables::POSTINGS_NEW)?
+                .remove((ns, id))?
+                .is_some()
+        {
             self.stage(pending::Change::Remove {
                 ns: ns.to_string(),
                 id,
@@ -1357,12 +1385,41 @@ impl Memory {
             })?;
             return Ok(u64::from(len));
         }
-        drop(new);
-        let mut p = txn.open_table(tables::POSTING_BLOCKS)?;
         for term in counts.keys() {
-            postings::remove(&mut p, term, ns, id)?;
+            postings::remove(txn, ns, term, id)?;
         }
         Ok(u64::from(len))
+    }
+
+    /// Writes every unmerged posting (the view's: this transaction's own changes come after)
+    /// as a new segment per namespace, empties `POSTINGS_NEW`, and moves `POSTINGS_THROUGH` to
+    /// the next record id; returns what the view applies after the commit.
+    fn merge_postings(&self, txn: &WriteTransaction) -> Result<pending::Merged, MemoryError> {
+        for (ns, terms) in self.pending.collect()? {
+            postings::add_segment(txn, &ns, terms.iter().map(|(t, l)| (&**t, l.as_slice())))?;
+        }
+        txn.open_table(tables::POSTINGS_NEW)?.retain(|_, _| false)?;
+        let mut meta = txn.open_table(tables::META)?;
+        let through = meta.get("next_id")?.map_or(1, |v| v.value());
+        let epoch = self.pending.next_epoch()?;
+        meta.insert(tables::POSTINGS_THROUGH, through)?;
+        meta.insert(pending::EPOCH, epoch)?;
+        Ok(pending::Merged { epoch, through })
+    }
+
+    /// Merges every unmerged keyword posting now (tests).
+    #[cfg(test)]
+    pub(crate) fn merge_postings_now(&self) -> Result<(), MemoryError> {
+        self.merge_now.store(true, Ordering::Relaxed);
+        self.write(&[], |_| Ok(()))
+    }
+
+    /// `META[POSTINGS_THROUGH]` in `txn`.
+    fn postings_through(&self, txn: &WriteTransaction) -> Result<u64, MemoryError> {
+        Ok(txn
+            .open_table(tables::META)?
+            .get(tables::POSTINGS_THROUGH)?
+            .map_or(1, |v| v.value()))
     }
 
     /// Notes a change to the unmerged postings, applied when the running write commits.
@@ -1677,6 +1734,7 @@ impl Memory {
                 )));
             }
             txn.open_table(tables::NAMESPACES)?.remove(ns)?;
+            postings::drop_namespace(txn, ns)?;
             Ok(())
         })
     }
@@ -1756,48 +1814,6 @@ fn next_ids(txn: &WriteTransaction, n: u64) -> Result<u64, MemoryError> {
     Ok(id)
 }
 
-/// Moves every row of `POSTINGS_NEW` into `POSTING_BLOCKS` (term by term) and records
-/// `epoch` as the merges done; returns it.
-fn merge_postings(txn: &WriteTransaction, epoch: u64) -> Result<u64, MemoryError> {
-    let mut new = txn.open_table(tables::POSTINGS_NEW)?;
-    let mut rows: Vec<(String, String, u64, u64)> = Vec::new();
-    for row in new.iter()? {
-        let (k, v) = row?;
-        let (ns, id) = k.value();
-        let (len, terms) = tables::decode_terms(v.value()).ok_or_else(|| pending::corrupt(id))?;
-        for (t, tf) in terms {
-            rows.push((
-                t.to_string(),
-                ns.to_string(),
-                id,
-                (u64::from(tf) << 32) | u64::from(len),
-            ));
-        }
-    }
-    new.retain(|_, _| false)?;
-    rows.sort_unstable();
-    let mut blocks = txn.open_table(tables::POSTING_BLOCKS)?;
-    let mut list = Vec::new();
-    for (i, (t, ns, id, packed)) in rows.iter().enumerate() {
-        list.push((*id, *packed));
-        let last = rows
-            .get(i + 1)
-            .is_none_or(|(nt, nns, _, _)| (nt, nns) != (t, ns));
-        if last {
-            postings::add(&mut blocks, t, ns, &list)?;
-            list.clear();
-        }
-    }
-    txn.open_table(tables::META)?
-        .insert(pending::EPOCH, epoch)?;
-    Ok(epoch)
-}
-
-/// Schema 2 → 3 (called by the store's migration): keyword postings move into blocks.
-pub(crate) fn migrate_postings_to_blocks(txn: &WriteTransaction) -> Result<(), MemoryError> {
-    postings::migrate_rows_to_blocks(txn)
-}
-
 /// A journal write that failed (a full disk answers 507, as a failed commit does).
 fn journal_error(e: std::io::Error) -> MemoryError {
     MemoryError::Store(crate::store::classify(
@@ -1810,9 +1826,15 @@ fn poisoned() -> MemoryError {
     MemoryError::Store(StoreError::Other("memory lock poisoned".into()))
 }
 
-/// Creates the memory tables (schema migration 1 → 2, called by the store).
-pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
-    tables::create(txn)
+/// Brings the memory tables of a store at schema version `found` to the current one (called
+/// by the store's migration): creates what is missing and moves schema 2 and 3 keyword
+/// postings into segments.
+pub(crate) fn migrate(txn: &WriteTransaction, found: u64) -> Result<(), MemoryError> {
+    tables::create(txn)?;
+    if found == 2 || found == 3 {
+        postings::migrate_to_segments(txn, found)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
-//! The keyword postings not merged into `POSTING_BLOCKS` yet, in memory by term.
+//! The keyword postings not merged into a segment yet, in memory by term.
 //!
-//! `POSTINGS_NEW` holds them durably, one row per record, so a write touches one B-tree page
-//! for its postings; this view holds the same postings by term so that a keyword search reads
-//! them with one lookup per query term instead of decoding every unmerged row. That lets
-//! merges into `POSTING_BLOCKS` run in large batches (which touch each leaf once per batch) without
-//! slowing recall down.
+//! They are those of every record from `META[POSTINGS_THROUGH]` on (read again from the
+//! records' texts when memory opens: a new record writes nothing to the keyword index on disk)
+//! and those of `POSTINGS_NEW` (records below it whose text changed since the last merge).
+//! This view holds them by term so that a keyword search reads them with one lookup per query
+//! term, and a merge writes them out as one segment per namespace (`postings.rs`).
 //!
 //! Consistency with a reader's snapshot: a write changes the view only after its commit
-//! (never for a transaction that fails). A merge empties `POSTINGS_NEW` and bumps
+//! (never for a transaction that fails). A merge writes the view's postings to segments,
+//! empties `POSTINGS_NEW`, moves `POSTINGS_THROUGH` to the next record id and bumps
 //! `META["postings_epoch"]` in its transaction, then empties the view and bumps the view's
 //! epoch; [`Pending::snapshot`] takes a read transaction and the view's postings only when
 //! both epochs agree, so a search never counts a merged posting twice or misses it. Between a
@@ -19,7 +20,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// `META` key: merges of `POSTINGS_NEW` into `POSTING_BLOCKS` committed so far.
+/// `META` key: merges of the unmerged postings into segments committed so far.
 pub const EPOCH: &str = "postings_epoch";
 
 /// A posting: namespace, record id, term frequency << 32 | document length.
@@ -29,10 +30,25 @@ type Entry = (Arc<str>, u64, u64);
 /// packed frequency and length).
 pub type Hit = (usize, u64, u64);
 
+/// A posting: record id, term frequency << 32 | document length.
+pub type Posting = (u64, u64);
+
+/// Terms and their postings, sorted by term.
+pub type TermLists = Vec<(Box<str>, Vec<Posting>)>;
+
+/// What a merge committed: the new epoch and `POSTINGS_THROUGH`.
+#[derive(Debug, Clone, Copy)]
+pub struct Merged {
+    /// `META[EPOCH]`.
+    pub epoch: u64,
+    /// `META[POSTINGS_THROUGH]`.
+    pub through: u64,
+}
+
 /// One write's change to the view, applied after its commit.
 #[derive(Debug)]
 pub enum Change {
-    /// A record's postings went to `POSTINGS_NEW`.
+    /// A record's postings became unmerged (a new record, or a new text).
     Add {
         /// Namespace.
         ns: String,
@@ -43,7 +59,7 @@ pub enum Change {
         /// Terms and their frequencies.
         terms: Vec<(String, u32)>,
     },
-    /// A record's row of `POSTINGS_NEW` was removed.
+    /// A record's unmerged postings went (deleted, or its text changed).
     Remove {
         /// Namespace.
         ns: String,
@@ -58,6 +74,8 @@ pub enum Change {
 struct Inner {
     /// Merges reflected here (equals `META[EPOCH]` once every commit is applied).
     epoch: u64,
+    /// `META[POSTINGS_THROUGH]` as of that merge.
+    through: u64,
     by_term: HashMap<Box<str>, Vec<Entry>>,
     /// Interned namespace names.
     names: HashMap<Box<str>, Arc<str>>,
@@ -71,10 +89,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Loads the view from `POSTINGS_NEW` and the epoch from `META`.
+    /// Loads the view: `POSTINGS_NEW`, and the texts of the records from
+    /// `META[POSTINGS_THROUGH]` on; the epoch from `META`.
     pub fn load(txn: &ReadTransaction) -> Result<Pending, MemoryError> {
+        let meta = txn.open_table(tables::META)?;
+        let through = meta.get(tables::POSTINGS_THROUGH)?.map_or(1, |v| v.value());
         let mut inner = Inner {
             epoch: read_epoch(txn)?,
+            through,
             ..Inner::default()
         };
         for row in txn.open_table(tables::POSTINGS_NEW)?.iter()? {
@@ -84,9 +106,51 @@ impl Pending {
             let terms = terms.into_iter().map(|(t, tf)| (t.to_string(), tf));
             inner.add(ns, id, len, terms);
         }
+        for row in txn.open_table(tables::RECORDS)?.range(through..)? {
+            let (k, v) = row?;
+            let r = super::decode_record(v.value())?;
+            let (counts, len) = super::text::term_counts(&r.text);
+            if !counts.is_empty() {
+                inner.add(&r.namespace, k.value(), len, counts.into_iter());
+            }
+        }
         Ok(Pending {
             inner: RwLock::new(inner),
         })
+    }
+
+    /// `META[POSTINGS_THROUGH]` as of the last merge applied here.
+    #[cfg(test)]
+    pub fn through(&self) -> u64 {
+        self.inner.read().map_or(0, |i| i.through)
+    }
+
+    /// Every unmerged posting, by namespace then term (both sorted), each list sorted by id.
+    pub fn collect(&self) -> Result<Vec<(Arc<str>, TermLists)>, MemoryError> {
+        let inner = self.inner.read().map_err(|_| poisoned())?;
+        let mut by_ns: std::collections::BTreeMap<Arc<str>, TermLists> =
+            std::collections::BTreeMap::new();
+        for (term, entries) in &inner.by_term {
+            let mut per: HashMap<&Arc<str>, Vec<Posting>> = HashMap::new();
+            for (ns, id, packed) in entries {
+                per.entry(ns).or_default().push((*id, *packed));
+            }
+            for (ns, mut list) in per {
+                list.sort_unstable_by_key(|p| p.0);
+                list.dedup_by_key(|p| p.0);
+                by_ns
+                    .entry(ns.clone())
+                    .or_default()
+                    .push((term.clone(), list));
+            }
+        }
+        Ok(by_ns
+            .into_iter()
+            .map(|(ns, mut terms)| {
+                terms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                (ns, terms)
+            })
+            .collect())
     }
 
     /// Records with unmerged postings.
@@ -94,16 +158,17 @@ impl Pending {
         self.inner.read().map_or(0, |i| i.records)
     }
 
-    /// Applies a committed write's changes; `merged`: the write also merged every unmerged
-    /// posting (its own included) into `POSTING_BLOCKS` and set `META[EPOCH]` to `merged`.
-    pub fn apply(&self, changes: Vec<Change>, merged: Option<u64>) {
+    /// Applies a committed write's changes; `merged`: the write first merged every unmerged
+    /// posting into segments and set `META[EPOCH]` and `META[POSTINGS_THROUGH]` to these
+    /// values (its own changes came after the merge).
+    pub fn apply(&self, changes: Vec<Change>, merged: Option<Merged>) {
         // A poisoned lock is taken over: the view's state is only ever changed whole below.
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(epoch) = merged {
+        if let Some(m) = merged {
             inner.by_term.clear();
             inner.records = 0;
-            inner.epoch = epoch;
-            return;
+            inner.epoch = m.epoch;
+            inner.through = m.through;
         }
         for c in changes {
             match c {
@@ -249,9 +314,17 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         assert!(p.snapshot(&db, &terms, &both).is_err());
-        p.apply(vec![add("a", 3, &["x"])], Some(p.next_epoch().unwrap()));
+        let merged = Merged {
+            epoch: p.next_epoch().unwrap(),
+            through: 10,
+        };
+        p.apply(vec![add("a", 11, &["y"])], Some(merged));
         let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
-        assert!(got.is_empty(), "merged postings left the view: {got:?}");
-        assert_eq!(p.records(), 0);
+        assert_eq!(
+            got,
+            [(1, 11, (1 << 32) | 1)],
+            "merged postings left the view, the write's own came after"
+        );
+        assert_eq!((p.records(), p.through()), (1, 10));
     }
 }

@@ -1,28 +1,41 @@
-//! The merged keyword postings: per term and namespace, blocks of up to [`BLOCK`] postings in
-//! record-id order, one row of `POSTING_BLOCKS` each, keyed by the block's first id.
+//! The merged keyword postings, in immutable segments (log-structured, as FTS5 and Lucene
+//! keep theirs).
 //!
-//! A merge of a batch of records rewrites one block per distinct term (usually the last,
-//! partly filled one) instead of inserting one row per posting, and a search decodes a few
-//! blocks per term instead of walking a row per posting. Invariants, kept by every function
-//! here: a (term, namespace)'s blocks hold disjoint, ascending id ranges; no block is empty;
-//! a block's key is its first id.
+//! Unmerged postings live in memory (`pending.rs`). A merge writes all of them as one new
+//! segment per namespace: rows of `SEG_BLOCKS` keyed (namespace, segment, term, first record
+//! id), each a block of up to [`BLOCK`] postings in id order. Segment ids only grow, so a
+//! segment's rows are one contiguous key range written in order: a merge appends pages instead
+//! of rewriting each term's last block wherever it sits in the table. `SEGMENTS` lists every
+//! segment of a namespace with its level: a merge's output is level 0, and when a namespace
+//! has [`FANOUT`] segments of one level they are compacted into one segment of the next level
+//! (a streaming k-way merge, term by term), so a namespace holds a few segments per level and
+//! each posting is rewritten about once per level.
+//!
+//! Invariants, kept by every function here: a posting (term, namespace, id) is in at most one
+//! segment (and then not in the unmerged view); within a segment a term's blocks hold
+//! disjoint, ascending id ranges; no block is empty; a block's key is its first id. A term's
+//! postings are the union of its blocks over the namespace's segments.
 //!
 //! Block encoding, per posting: LEB128 id delta (the first from the key, so 0), LEB128 term
 //! frequency, LEB128 document length.
 
 use super::{MemoryError, tables};
 use crate::store::StoreError;
-use redb::{ReadableTable, Table};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 /// Most postings in one block.
 pub const BLOCK: usize = 128;
+/// Segments of one level that are compacted into one segment of the next level.
+pub const FANOUT: usize = 8;
 
 /// A posting: record id, then term frequency << 32 | document length.
 pub type Posting = (u64, u64);
 
-type Blocks<'t> = Table<'t, (&'static str, &'static str, u64), &'static [u8]>;
+/// Key of `SEG_BLOCKS`: namespace, segment, term, first record id of the block.
+type BlockKey = (&'static str, u64, &'static str, u64);
+type Blocks<'t> = Table<'t, BlockKey, &'static [u8]>;
 
-fn put_varint(b: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(b: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         b.push((v as u8) | 0x80);
         v >>= 7;
@@ -74,217 +87,331 @@ pub fn decode(first: u64, mut b: &[u8], out: &mut Vec<Posting>) -> Option<()> {
     (n > 0).then_some(())
 }
 
-fn corrupt(term: &str, ns: &str, first: u64) -> MemoryError {
+fn corrupt(term: &str, ns: &str, seg: u64, first: u64) -> MemoryError {
     MemoryError::Store(StoreError::Other(format!(
-        "corrupt keyword postings of {term:?} in {ns:?} (block {first})"
+        "corrupt keyword postings of {term:?} in {ns:?} (segment {seg}, block {first})"
     )))
 }
 
-/// Appends every posting of `term` in `ns` to `out` (in id order).
-pub fn read(
-    table: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
-    term: &str,
+/// The segments of `ns` as (segment id, level), oldest first.
+pub fn segments(
+    table: &impl ReadableTable<(&'static str, u64), u64>,
     ns: &str,
+) -> Result<Vec<(u64, u64)>, MemoryError> {
+    let mut out = Vec::new();
+    for row in table.range((ns, 0u64)..=(ns, u64::MAX))? {
+        let (k, v) = row?;
+        out.push((k.value().1, v.value()));
+    }
+    Ok(out)
+}
+
+/// Appends every posting of `term` in segments `segs` of `ns` to `out` (segment by segment,
+/// each in id order).
+pub fn read(
+    table: &impl ReadableTable<BlockKey, &'static [u8]>,
+    ns: &str,
+    segs: &[u64],
+    term: &str,
     out: &mut Vec<Posting>,
 ) -> Result<(), MemoryError> {
-    for row in table.range((term, ns, 0u64)..=(term, ns, u64::MAX))? {
-        let (k, v) = row?;
-        let first = k.value().2;
-        decode(first, v.value(), out).ok_or_else(|| corrupt(term, ns, first))?;
+    for &seg in segs {
+        for row in table.range((ns, seg, term, 0u64)..=(ns, seg, term, u64::MAX))? {
+            let (k, v) = row?;
+            let first = k.value().3;
+            decode(first, v.value(), out).ok_or_else(|| corrupt(term, ns, seg, first))?;
+        }
     }
     Ok(())
 }
 
-/// The block of `term` in `ns` that holds `id` or would: the last one starting at or before
-/// it, else the first one (`None` when there is none), decoded.
-fn block_for(
-    table: &Blocks<'_>,
-    term: &str,
+/// Writes `list` (sorted by id, ids unique) as the blocks of `term` in segment `seg` of `ns`.
+fn write_term(
+    table: &mut Blocks<'_>,
     ns: &str,
-    id: u64,
-) -> Result<Option<(u64, Vec<Posting>)>, MemoryError> {
-    let row = match table.range((term, ns, 0u64)..=(term, ns, id))?.next_back() {
-        Some(row) => Some(row?),
-        None => table
-            .range((term, ns, id)..=(term, ns, u64::MAX))?
-            .next()
-            .transpose()?,
-    };
-    let Some((k, v)) = row else {
-        return Ok(None);
-    };
-    let first = k.value().2;
-    let mut list = Vec::new();
-    decode(first, v.value(), &mut list).ok_or_else(|| corrupt(term, ns, first))?;
-    Ok(Some((first, list)))
+    seg: u64,
+    term: &str,
+    list: &[Posting],
+) -> Result<(), MemoryError> {
+    for chunk in list.chunks(BLOCK) {
+        table.insert((ns, seg, term, chunk[0].0), encode(chunk).as_slice())?;
+    }
+    Ok(())
 }
 
-/// Writes `list` (sorted, ids unique) as the blocks replacing the block keyed `old` (if any;
-/// `unchanged`: its first `unchanged` postings are the old block as stored).
-fn write_blocks(
-    table: &mut Blocks<'_>,
-    term: &str,
+/// Takes a new segment id.
+fn next_segment(txn: &WriteTransaction) -> Result<u64, MemoryError> {
+    let mut meta = txn.open_table(tables::META)?;
+    let seg = meta.get(tables::NEXT_SEGMENT)?.map_or(1, |v| v.value());
+    meta.insert(tables::NEXT_SEGMENT, seg + 1)?;
+    Ok(seg)
+}
+
+/// Writes `terms` (sorted by term, each list sorted by id with unique ids) as a new level-0
+/// segment of `ns`, then compacts the namespace's levels that reach [`FANOUT`] segments.
+pub fn add_segment<'a>(
+    txn: &WriteTransaction,
     ns: &str,
-    old: Option<u64>,
-    list: &[Posting],
-    unchanged: usize,
+    terms: impl IntoIterator<Item = (&'a str, &'a [Posting])>,
 ) -> Result<(), MemoryError> {
-    if let Some(old) = old
-        && list.first().is_none_or(|p| p.0 != old)
+    let seg = next_segment(txn)?;
     {
-        table.remove((term, ns, old))?;
+        let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
+        let mut any = false;
+        for (term, list) in terms {
+            if !list.is_empty() {
+                write_term(&mut blocks, ns, seg, term, list)?;
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
     }
-    for (i, chunk) in list.chunks(BLOCK).enumerate() {
-        // A full old block that only gained postings after it is not written again.
-        if i == 0 && unchanged == chunk.len() && old == Some(chunk[0].0) {
+    txn.open_table(tables::SEGMENTS)?.insert((ns, seg), 0)?;
+    compact_levels(txn, ns)
+}
+
+/// Compacts every level of `ns` that holds [`FANOUT`] or more segments into one segment of
+/// the next level, from level 0 up.
+fn compact_levels(txn: &WriteTransaction, ns: &str) -> Result<(), MemoryError> {
+    let mut level = 0;
+    loop {
+        let segs = segments(&txn.open_table(tables::SEGMENTS)?, ns)?;
+        let at: Vec<u64> = segs
+            .iter()
+            .filter(|(_, l)| *l == level)
+            .map(|(s, _)| *s)
+            .collect();
+        if at.len() < FANOUT {
+            if segs.iter().all(|(_, l)| *l <= level) {
+                return Ok(());
+            }
+            level += 1;
             continue;
         }
-        table.insert((term, ns, chunk[0].0), encode(chunk).as_slice())?;
+        let into = next_segment(txn)?;
+        let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
+        compact(&mut blocks, ns, &at, into)?;
+        drop(blocks);
+        let mut table = txn.open_table(tables::SEGMENTS)?;
+        for s in &at {
+            table.remove((ns, *s))?;
+        }
+        table.insert((ns, into), level + 1)?;
     }
-    Ok(())
 }
 
-/// Adds `new` (sorted by id, ids unique; an id already present takes the new value) to the
-/// postings of `term` in `ns`.
-pub fn add(
+/// Merges segments `from` of `ns` into segment `into` and deletes them: term by term, each
+/// term's postings read from every segment that has it (ranges reopened after each term's
+/// write, so nothing but one term's postings is held in memory).
+pub fn compact(
     table: &mut Blocks<'_>,
-    term: &str,
     ns: &str,
-    new: &[Posting],
+    from: &[u64],
+    into: u64,
 ) -> Result<(), MemoryError> {
-    let mut rest = new;
-    while let Some(&(lowest, _)) = rest.first() {
-        let (old, list) = match block_for(table, term, ns, lowest)? {
-            Some((first, list)) => (Some(first), list),
-            None => (None, Vec::new()),
-        };
-        // This block takes every new posting below the next block's first id.
-        let next = match old {
-            Some(first) if first < u64::MAX => table
-                .range((term, ns, first + 1)..=(term, ns, u64::MAX))?
-                .next()
-                .transpose()?
-                .map(|(k, _)| k.value().2),
-            _ => None,
-        };
-        let take = rest.partition_point(|p| next.is_none_or(|n| p.0 < n));
-        let (mine, after) = rest.split_at(take);
-        let appended = list.last().is_none_or(|l| mine[0].0 > l.0);
-        let unchanged = if appended { list.len() } else { 0 };
-        let merged = if appended {
-            let mut m = list;
-            m.extend_from_slice(mine);
-            m
-        } else {
-            let mut m = Vec::with_capacity(list.len() + mine.len());
-            let (mut a, mut b) = (list.as_slice(), mine);
-            while let (Some(x), Some(y)) = (a.first(), b.first()) {
-                if x.0 < y.0 {
-                    m.push(*x);
-                    a = &a[1..];
-                } else {
-                    if x.0 == y.0 {
-                        a = &a[1..];
-                    }
-                    m.push(*y);
-                    b = &b[1..];
-                }
+    // The next term of each segment (None once it has no more).
+    let mut heads: Vec<Option<String>> = Vec::with_capacity(from.len());
+    for &seg in from {
+        let first = table
+            .range((ns, seg, "", 0u64)..(ns, seg + 1, "", 0u64))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value().2.to_string());
+        heads.push(first);
+    }
+    let mut list: Vec<Posting> = Vec::new();
+    while let Some(term) = heads.iter().flatten().min().cloned() {
+        list.clear();
+        for (i, &seg) in from.iter().enumerate() {
+            if heads[i].as_deref() != Some(term.as_str()) {
+                continue;
             }
-            m.extend_from_slice(a);
-            m.extend_from_slice(b);
-            m
-        };
-        write_blocks(table, term, ns, old, &merged, unchanged)?;
-        rest = after;
+            heads[i] = None;
+            for row in table.range((ns, seg, term.as_str(), 0u64)..(ns, seg + 1, "", 0u64))? {
+                let (k, v) = row?;
+                let (_, _, t, first) = k.value();
+                if t != term {
+                    heads[i] = Some(t.to_string());
+                    break;
+                }
+                decode(first, v.value(), &mut list)
+                    .ok_or_else(|| corrupt(&term, ns, seg, first))?;
+            }
+        }
+        list.sort_unstable_by_key(|p| p.0);
+        list.dedup_by_key(|p| p.0);
+        write_term(table, ns, into, &term, &list)?;
+    }
+    for &seg in from {
+        table.retain_in((ns, seg, "", 0u64)..(ns, seg + 1, "", 0u64), |_, _| false)?;
     }
     Ok(())
 }
 
-/// Removes record `id`'s posting of `term` in `ns`; whether it was there.
-pub fn remove(table: &mut Blocks<'_>, term: &str, ns: &str, id: u64) -> Result<bool, MemoryError> {
-    let Some((first, mut list)) = block_for(table, term, ns, id)? else {
-        return Ok(false);
-    };
-    let Ok(pos) = list.binary_search_by_key(&id, |p| p.0) else {
-        return Ok(false);
-    };
-    list.remove(pos);
-    write_blocks(table, term, ns, Some(first), &list, 0)?;
-    Ok(true)
+/// Removes record `id`'s posting of `term` from the segments of `ns` (at most one holds it);
+/// whether one did.
+pub fn remove(txn: &WriteTransaction, ns: &str, term: &str, id: u64) -> Result<bool, MemoryError> {
+    let segs = segments(&txn.open_table(tables::SEGMENTS)?, ns)?;
+    let mut table = txn.open_table(tables::SEG_BLOCKS)?;
+    for &(seg, _) in segs.iter().rev() {
+        let row = table
+            .range((ns, seg, term, 0u64)..=(ns, seg, term, id))?
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| (k.value().3, v.value().to_vec()));
+        let Some((first, bytes)) = row else {
+            continue;
+        };
+        let mut list = Vec::new();
+        decode(first, &bytes, &mut list).ok_or_else(|| corrupt(term, ns, seg, first))?;
+        let Ok(pos) = list.binary_search_by_key(&id, |p| p.0) else {
+            continue;
+        };
+        list.remove(pos);
+        table.remove((ns, seg, term, first))?;
+        if !list.is_empty() {
+            table.insert((ns, seg, term, list[0].0), encode(&list).as_slice())?;
+        }
+        return Ok(true);
+    }
+    Ok(false)
 }
 
-/// Schema 2 → 3: moves the one-row-per-posting table of schema 2 into blocks and deletes it.
-pub fn migrate_rows_to_blocks(txn: &redb::WriteTransaction) -> Result<(), MemoryError> {
-    let mut blocks = txn.open_table(tables::POSTING_BLOCKS)?;
-    {
+/// Deletes every segment of `ns` (the namespace is being deleted).
+pub fn drop_namespace(txn: &WriteTransaction, ns: &str) -> Result<(), MemoryError> {
+    txn.open_table(tables::SEG_BLOCKS)?.retain_in(
+        (ns, 0u64, "", 0u64)..=(ns, u64::MAX, "\u{10FFFF}", u64::MAX),
+        |_, _| false,
+    )?;
+    txn.open_table(tables::SEGMENTS)?
+        .retain_in((ns, 0u64)..=(ns, u64::MAX), |_, _| false)?;
+    Ok(())
+}
+
+/// Schemas 2 and 3 → 4: the postings of the old layout (schema 2: one row per posting;
+/// schema 3: blocks keyed (term, namespace, first id)) become one segment per namespace, and
+/// the old table is deleted.
+pub fn migrate_to_segments(txn: &WriteTransaction, schema: u64) -> Result<(), MemoryError> {
+    use std::collections::BTreeMap;
+    // (namespace, term) → postings, sorted below.
+    let mut all: BTreeMap<(String, String), Vec<Posting>> = BTreeMap::new();
+    if schema == 2 {
         let rows = txn.open_table(tables::POSTINGS_V2)?;
-        let mut group: Option<(String, String)> = None;
-        let mut list: Vec<Posting> = Vec::new();
         for row in rows.iter()? {
             let (k, v) = row?;
             let (term, ns, id) = k.value();
-            if group
-                .as_ref()
-                .is_some_and(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
-            {
-                if let Some((t, n)) = group.take() {
-                    add(&mut blocks, &t, &n, &list)?;
-                }
-                list.clear();
-            }
-            if group.is_none() {
-                group = Some((term.to_string(), ns.to_string()));
-            }
-            list.push((id, v.value()));
+            all.entry((ns.to_string(), term.to_string()))
+                .or_default()
+                .push((id, v.value()));
         }
-        if let Some((t, n)) = group {
-            add(&mut blocks, &t, &n, &list)?;
+        drop(rows);
+        txn.delete_table(tables::POSTINGS_V2)?;
+    } else {
+        let rows = txn.open_table(tables::POSTING_BLOCKS)?;
+        for row in rows.iter()? {
+            let (k, v) = row?;
+            let (term, ns, first) = k.value();
+            let list = all.entry((ns.to_string(), term.to_string())).or_default();
+            decode(first, v.value(), list).ok_or_else(|| corrupt(term, ns, 0, first))?;
         }
+        drop(rows);
+        txn.delete_table(tables::POSTING_BLOCKS)?;
     }
-    drop(blocks);
-    txn.delete_table(tables::POSTINGS_V2)?;
+    // `all` is sorted by namespace, then term: one segment per run of a namespace.
+    let mut group: Vec<(String, Vec<Posting>)> = Vec::new();
+    let mut current: Option<String> = None;
+    for ((ns, term), mut list) in all {
+        list.sort_unstable_by_key(|p| p.0);
+        list.dedup_by_key(|p| p.0);
+        if current.as_ref().is_some_and(|c| *c != ns) {
+            let done = current.take().unwrap_or_default();
+            add_segment(
+                txn,
+                &done,
+                group.iter().map(|(t, l)| (t.as_str(), l.as_slice())),
+            )?;
+            group.clear();
+        }
+        current = Some(ns);
+        group.push((term, list));
+    }
+    if let Some(ns) = current {
+        add_segment(
+            txn,
+            &ns,
+            group.iter().map(|(t, l)| (t.as_str(), l.as_slice())),
+        )?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
 
-    fn with_table(f: impl FnOnce(&mut Blocks<'_>)) {
+    fn db() -> (tempfile::TempDir, redb::Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join("db")).unwrap();
         let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(tables::POSTING_BLOCKS).unwrap();
-            f(&mut t);
-        }
+        tables::create(&txn).unwrap();
         txn.commit().unwrap();
+        (dir, db)
     }
 
-    fn all(t: &Blocks<'_>, term: &str) -> Vec<u64> {
+    fn all(txn: &WriteTransaction, ns: &str, term: &str) -> Vec<u64> {
+        let segs: Vec<u64> = segments(&txn.open_table(tables::SEGMENTS).unwrap(), ns)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.0)
+            .collect();
         let mut out = Vec::new();
-        read(t, term, "ns", &mut out).unwrap();
-        out.into_iter().map(|p| p.0).collect()
+        read(
+            &txn.open_table(tables::SEG_BLOCKS).unwrap(),
+            ns,
+            &segs,
+            term,
+            &mut out,
+        )
+        .unwrap();
+        let mut ids: Vec<u64> = out.into_iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        ids
     }
 
-    /// Checks the invariants: ascending disjoint blocks, none empty or over BLOCK, keyed by
-    /// their first id.
-    fn check(t: &Blocks<'_>) {
-        let mut last: Option<(String, String, u64)> = None;
-        for row in t.iter().unwrap() {
+    /// Checks the invariants: blocks in range, none empty or over BLOCK, keyed by their first
+    /// id, ascending and disjoint within a (segment, term), every row's segment listed, and no
+    /// posting in two segments.
+    fn check(txn: &WriteTransaction) {
+        let segs = txn.open_table(tables::SEGMENTS).unwrap();
+        let mut last: Option<(String, u64, String, u64)> = None;
+        let mut seen = std::collections::HashSet::new();
+        for row in txn.open_table(tables::SEG_BLOCKS).unwrap().iter().unwrap() {
             let (k, v) = row.unwrap();
-            let (term, ns, first) = k.value();
+            let (ns, seg, term, first) = k.value();
+            assert!(
+                segs.get((ns, seg)).unwrap().is_some(),
+                "unlisted segment {seg}"
+            );
             let mut list = Vec::new();
             decode(first, v.value(), &mut list).unwrap();
             assert!(!list.is_empty() && list.len() <= BLOCK);
             assert_eq!(list[0].0, first);
             assert!(list.windows(2).all(|w| w[0].0 < w[1].0));
-            if let Some((lt, ln, lmax)) = &last
-                && (lt.as_str(), ln.as_str()) == (term, ns)
+            if let Some((ln, ls, lt, lmax)) = &last
+                && (ln.as_str(), *ls, lt.as_str()) == (ns, seg, term)
             {
                 assert!(first > *lmax, "blocks overlap");
             }
-            last = Some((term.into(), ns.into(), list.last().unwrap().0));
+            for p in &list {
+                assert!(
+                    seen.insert((ns.to_string(), term.to_string(), p.0)),
+                    "posting in two segments"
+                );
+            }
+            last = Some((ns.into(), seg, term.into(), list.last().unwrap().0));
         }
     }
 
@@ -311,49 +438,78 @@ mod tests {
     }
 
     #[test]
-    fn appends_inserts_and_removes_keep_every_posting_in_order() {
-        with_table(|t| {
-            // Appends in batches, as merges do.
-            let mut want: Vec<u64> = Vec::new();
-            for batch in (1..=1000u64).collect::<Vec<_>>().chunks(97) {
-                let new: Vec<Posting> = batch.iter().map(|&id| (id, 1 << 32 | 4)).collect();
-                add(t, "w", "ns", &new).unwrap();
-                want.extend(batch);
-                check(t);
-            }
-            assert_eq!(all(t, "w"), want);
-            // Postings below, between and above existing ones (an update re-adds an old id).
-            let new: Vec<Posting> = [0u64, 500, 1500, 2000]
+    fn segments_compact_by_level_and_keep_every_posting() {
+        let (_dir, db) = db();
+        let txn = db.begin_write().unwrap();
+        let mut want_w: Vec<u64> = Vec::new();
+        let mut want_v: Vec<u64> = Vec::new();
+        // FANOUT² + 3 merges: two levels compact, the last few segments stay at level 0.
+        let merges = FANOUT * FANOUT + 3;
+        for m in 0..merges as u64 {
+            // Term "w" in every record (blocks split), "v" in some; ids ascend across merges
+            // except one re-added old id per merge (an updated record).
+            let ids: Vec<u64> = (m * 300 + 1..=m * 300 + 300).collect();
+            let mut w: Vec<Posting> = ids.iter().map(|&id| (id, 1 << 32 | 4)).collect();
+            let v: Vec<Posting> = ids
                 .iter()
+                .filter(|&&id| id % 7 == 0)
                 .map(|&id| (id, 2 << 32 | 4))
                 .collect();
-            add(t, "w", "ns", &new).unwrap();
-            check(t);
-            want.extend([0, 1500, 2000]);
-            want.sort();
-            assert_eq!(all(t, "w"), want);
-            let mut got = Vec::new();
-            read(t, "w", "ns", &mut got).unwrap();
-            assert_eq!(got.iter().find(|p| p.0 == 500).unwrap().1 >> 32, 2);
-            // Removes: a block's first id, one inside, every id of a block, absent ids.
-            for id in [0u64, 1, 2, 129, 700, 1500, 2000] {
-                assert!(remove(t, "w", "ns", id).unwrap(), "{id}");
-                want.retain(|&w| w != id);
-                check(t);
+            if m > 0 {
+                // Re-adding id m (from the first merge) takes it out of its old segment first,
+                // as an update does.
+                assert!(remove(&txn, "ns", "w", m).unwrap());
+                w.insert(0, (m, 3 << 32 | 4));
             }
-            for id in 300..=428 {
-                assert!(remove(t, "w", "ns", id).unwrap());
-            }
-            want.retain(|&w| !(300..=428).contains(&w));
-            check(t);
-            assert!(!remove(t, "w", "ns", 1500).unwrap());
-            assert!(!remove(t, "other", "ns", 5).unwrap());
-            assert_eq!(all(t, "w"), want);
-            // Other terms and namespaces are separate lists.
-            add(t, "v", "ns", &[(5, 1)]).unwrap();
-            add(t, "w", "other", &[(5, 1)]).unwrap();
-            assert_eq!(all(t, "v"), [5]);
-            assert_eq!(all(t, "w"), want);
-        });
+            want_w.extend(ids.iter().copied());
+            want_v.extend(v.iter().map(|p| p.0));
+            add_segment(&txn, "ns", [("v", v.as_slice()), ("w", w.as_slice())]).unwrap();
+            check(&txn);
+        }
+        want_w.sort_unstable();
+        want_v.sort_unstable();
+        assert_eq!(all(&txn, "ns", "w"), want_w);
+        assert_eq!(all(&txn, "ns", "v"), want_v);
+        let segs = segments(&txn.open_table(tables::SEGMENTS).unwrap(), "ns").unwrap();
+        let count = |l: u64| segs.iter().filter(|s| s.1 == l).count();
+        assert_eq!((count(0), count(1), count(2)), (3, 0, 1), "{segs:?}");
+        // The re-added ids carry their newest value.
+        let mut got = Vec::new();
+        let ids: Vec<u64> = segs.iter().map(|s| s.0).collect();
+        read(
+            &txn.open_table(tables::SEG_BLOCKS).unwrap(),
+            "ns",
+            &ids,
+            "w",
+            &mut got,
+        )
+        .unwrap();
+        assert_eq!(got.iter().find(|p| p.0 == 5).unwrap().1 >> 32, 3);
+        // Removes: present, absent, unknown terms; every id of a block.
+        for id in [1u64, 2, 300, 301, 5000, 9999] {
+            assert!(remove(&txn, "ns", "w", id).unwrap(), "{id}");
+            want_w.retain(|&w| w != id);
+        }
+        for id in 600..=900 {
+            remove(&txn, "ns", "w", id).unwrap();
+        }
+        want_w.retain(|&w| !(600..=900).contains(&w));
+        assert!(!remove(&txn, "ns", "w", 1).unwrap());
+        assert!(!remove(&txn, "ns", "nope", 5).unwrap());
+        check(&txn);
+        assert_eq!(all(&txn, "ns", "w"), want_w);
+        // Other namespaces are separate; dropping one leaves the others.
+        add_segment(&txn, "other", [("w", [(5u64, 1u64)].as_slice())]).unwrap();
+        assert_eq!(all(&txn, "other", "w"), [5]);
+        drop_namespace(&txn, "ns").unwrap();
+        assert!(all(&txn, "ns", "w").is_empty());
+        assert_eq!(all(&txn, "other", "w"), [5]);
+        check(&txn);
+        txn.commit().unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(tables::SEG_BLOCKS).unwrap().len().unwrap(),
+            1
+        );
     }
 }

@@ -264,7 +264,16 @@ impl Memory {
             } else {
                 total as f64 / docs as f64
             };
-            let blocks = txn.open_table(tables::POSTING_BLOCKS)?;
+            let blocks = txn.open_table(tables::SEG_BLOCKS)?;
+            let seg_table = txn.open_table(tables::SEGMENTS)?;
+            let mut segs: Vec<(&str, Vec<u64>)> = Vec::with_capacity(namespaces.len());
+            for ns in &namespaces {
+                let ids = super::postings::segments(&seg_table, ns)?
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect();
+                segs.push((ns.as_str(), ids));
+            }
             let mut unmerged_by_term: Vec<Vec<(u64, u64)>> = vec![Vec::new(); terms.len()];
             for (i, id, packed) in unmerged {
                 unmerged_by_term[i].push((id, packed));
@@ -272,8 +281,8 @@ impl Memory {
             let mut scores: HashMap<u64, f64> = HashMap::new();
             for (term, unmerged) in terms.iter().zip(unmerged_by_term) {
                 let mut list = Vec::new();
-                for ns in &namespaces {
-                    super::postings::read(&blocks, term, ns, &mut list)?;
+                for (ns, ids) in &segs {
+                    super::postings::read(&blocks, ns, ids, term, &mut list)?;
                 }
                 list.extend(unmerged);
                 let df = list.len() as f64;

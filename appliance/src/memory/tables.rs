@@ -13,16 +13,24 @@ pub const VECTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_vecto
 /// (namespace, record id) → HNSW node: tier code, level count, then per level a u16 count
 /// and that many u64 neighbour ids (little-endian).
 pub const GRAPH: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mem_graph");
-/// (term, namespace, first record id) → a block of keyword postings (see `postings.rs`).
+/// (namespace, segment, term, first record id) → a block of merged keyword postings (see
+/// `postings.rs`).
+pub const SEG_BLOCKS: TableDefinition<(&str, u64, &str, u64), &[u8]> =
+    TableDefinition::new("mem_seg_blocks");
+/// (namespace, segment) → the segment's level (see `postings.rs`).
+pub const SEGMENTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("mem_segments");
+/// Schema 3's merged postings, (term, namespace, first record id) → a block: moved into
+/// segments and deleted by the migration to schema 4.
 pub const POSTING_BLOCKS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("mem_posting_blocks");
 /// Schema 2's postings, one row per (term, namespace, record id) → term frequency << 32 |
-/// document length: moved into `POSTING_BLOCKS` and deleted by the migration to schema 3.
+/// document length: moved into segments and deleted by the migration to schema 4.
 pub const POSTINGS_V2: TableDefinition<(&str, &str, u64), u64> =
     TableDefinition::new("mem_postings");
-/// (namespace, record id) → the keyword postings of a record written since the last merge
-/// (see [`encode_terms`]): a single write touches one page here instead of one block per
-/// term; merged into `POSTING_BLOCKS` in batches. Part of the keyword index.
+/// (namespace, record id) → the keyword postings (see [`encode_terms`]) of a record whose id
+/// is below `META[POSTINGS_THROUGH]` and whose text changed since the last merge; merged into
+/// a segment by the next merge. (A record from `POSTINGS_THROUGH` on needs no row: its
+/// unmerged postings are read again from its text when memory opens.)
 pub const POSTINGS_NEW: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("mem_postings_new");
 /// (namespace, record id) → tier code: every record of a namespace in id (= time) order.
@@ -40,16 +48,23 @@ pub const WORKING: MultimapTableDefinition<(&str, &str), u64> =
 /// Consolidation summary id → consolidation (JSON: namespace, sources, method, purged).
 pub const CONSOLIDATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("mem_consolidations");
 /// Counters: `next_id`, `dims` (vector dimensions, 0 until the first vector), `graph_through`
-/// (records with smaller ids have their graph node in `GRAPH`).
+/// (records with smaller ids have their graph node in `GRAPH`), [`POSTINGS_THROUGH`],
+/// [`NEXT_SEGMENT`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("mem_meta");
+/// `META` key: every record with a smaller id has its keyword postings in a segment or in
+/// `POSTINGS_NEW`; records from this id on have theirs only in memory until the next merge.
+pub const POSTINGS_THROUGH: &str = "postings_through";
+/// `META` key: the next keyword segment id.
+pub const NEXT_SEGMENT: &str = "next_segment";
 
-/// Creates every memory table in a write transaction (schema migration 1 → 2; a schema 2
-/// store gains `POSTING_BLOCKS` here too).
+/// Creates every memory table that is missing, in a write transaction (the schema
+/// migrations to 2 and to 4), and starts the keyword index after the records that exist.
 pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(RECORDS)?;
     txn.open_table(VECTORS)?;
     txn.open_table(GRAPH)?;
-    txn.open_table(POSTING_BLOCKS)?;
+    txn.open_table(SEG_BLOCKS)?;
+    txn.open_table(SEGMENTS)?;
     txn.open_table(POSTINGS_NEW)?;
     txn.open_table(BY_NAMESPACE)?;
     txn.open_table(DEDUP)?;
@@ -59,6 +74,11 @@ pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
     let mut meta = txn.open_table(META)?;
     if meta.get("next_id")?.is_none() {
         meta.insert("next_id", 1)?;
+    }
+    if meta.get(POSTINGS_THROUGH)?.is_none() {
+        // Records that exist have their postings in the old layout, migrated with them.
+        let next = meta.get("next_id")?.map_or(1, |v| v.value());
+        meta.insert(POSTINGS_THROUGH, next)?;
     }
     let mut ns = txn.open_table(NAMESPACES)?;
     if ns.get("shared")?.is_none() {

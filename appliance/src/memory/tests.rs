@@ -853,61 +853,192 @@ fn wrong_embeddings_are_refused_without_a_partial_write() {
 }
 
 #[test]
-fn schema_2_postings_migrate_to_blocks_with_the_same_answers() {
+fn schema_2_and_3_postings_migrate_to_segments_with_the_same_answers() {
     // A store written with keyword postings merged, then turned back into what schema 2
-    // stored: one row per posting in `mem_postings`, no blocks.
+    // (one row per posting in `mem_postings`) or schema 3 (blocks keyed by term in
+    // `mem_posting_blocks`) stored, with one more record left unmerged in `mem_postings_new`.
+    for schema in [2u64, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Access::admin();
+        let (kept, before) = {
+            let m = open(dir.path(), false);
+            let kept = remember_episodic(&m, &FACTS[..4]);
+            m.merge_postings_now().unwrap();
+            let mut kept5 = remember_episodic(&m, &FACTS[4..]);
+            m.flush().unwrap();
+            let before: Vec<Vec<u64>> = FACTS
+                .iter()
+                .map(|f| ids(&m.recall(&a, &query(f)).unwrap()))
+                .collect();
+            let mut kept = kept;
+            kept.append(&mut kept5);
+            (kept, before)
+        };
+        {
+            let db = redb::Database::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut rows = Vec::new();
+                for row in txn.open_table(tables::SEG_BLOCKS).unwrap().iter().unwrap() {
+                    let (k, v) = row.unwrap();
+                    let (ns, _, t, first) = k.value();
+                    let mut list = Vec::new();
+                    postings::decode(first, v.value(), &mut list).unwrap();
+                    rows.push((t.to_string(), ns.to_string(), first, list));
+                }
+                assert!(rows.len() > 10, "the first records' postings were merged");
+                if schema == 2 {
+                    let mut old = txn.open_table(tables::POSTINGS_V2).unwrap();
+                    for (t, ns, _, list) in &rows {
+                        for (id, packed) in list {
+                            old.insert((t.as_str(), ns.as_str(), *id), *packed).unwrap();
+                        }
+                    }
+                } else {
+                    let mut old = txn.open_table(tables::POSTING_BLOCKS).unwrap();
+                    for (t, ns, first, list) in &rows {
+                        old.insert(
+                            (t.as_str(), ns.as_str(), *first),
+                            postings::encode(list).as_slice(),
+                        )
+                        .unwrap();
+                    }
+                }
+                // The unmerged last record had its postings in `mem_postings_new`.
+                let r = crate::memory::decode_record(
+                    txn.open_table(tables::RECORDS)
+                        .unwrap()
+                        .get(kept[4])
+                        .unwrap()
+                        .unwrap()
+                        .value(),
+                )
+                .unwrap();
+                let (counts, len) = crate::memory::text::term_counts(&r.text);
+                txn.open_table(tables::POSTINGS_NEW)
+                    .unwrap()
+                    .insert(
+                        ("shared", kept[4]),
+                        tables::encode_terms(len, &counts).as_slice(),
+                    )
+                    .unwrap();
+                let mut meta = txn.open_table(tables::META).unwrap();
+                meta.remove(tables::POSTINGS_THROUGH).unwrap();
+                meta.remove(tables::NEXT_SEGMENT).unwrap();
+                txn.open_table(crate::store::META)
+                    .unwrap()
+                    .insert("schema_version", schema)
+                    .unwrap();
+            }
+            txn.delete_table(tables::SEG_BLOCKS).unwrap();
+            txn.delete_table(tables::SEGMENTS).unwrap();
+            txn.commit().unwrap();
+        }
+        let m = open(dir.path(), false);
+        for (f, want) in FACTS.iter().zip(&before) {
+            assert_eq!(
+                &ids(&m.recall(&a, &query(f)).unwrap()),
+                want,
+                "schema {schema}: {f}"
+            );
+        }
+        // The old tables are gone and deletes reach the migrated postings.
+        {
+            let txn = m.db.begin_read().unwrap();
+            assert!(txn.open_table(tables::POSTINGS_V2).is_err());
+            assert!(txn.open_table(tables::POSTING_BLOCKS).is_err());
+        }
+        m.delete(&a, kept[3]).unwrap();
+        m.delete(&a, kept[4]).unwrap();
+        for q in ["greenhouse humidity sensors", "diesel generator monday"] {
+            let r = m.recall(&a, &query(q)).unwrap();
+            assert!(r.results.is_empty(), "schema {schema}: {q}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn merged_and_unmerged_postings_answer_alike_across_reopens_and_edits() {
+    // Records in every state: in compacted segments, in a level-0 segment, unmerged in
+    // memory (read again from the texts on reopen), and old records edited after their merge
+    // (unmerged in `mem_postings_new`).
     let dir = tempfile::tempdir().unwrap();
     let a = Access::admin();
-    let (kept, before) = {
+    let texts: Vec<String> = (0..(postings::FANOUT + 2) * 3)
+        .map(|i| format!("alpha{} beta{} gamma{} shared word", i % 7, i % 5, i))
+        .collect();
+    let mut ids_all = Vec::new();
+    {
         let m = open(dir.path(), false);
-        let kept = remember_episodic(&m, FACTS);
-        m.flush().unwrap();
-        let before: Vec<Vec<u64>> = FACTS
-            .iter()
-            .map(|f| ids(&m.recall(&a, &query(f)).unwrap()))
-            .collect();
-        (kept, before)
-    };
-    {
-        let db = redb::Database::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut rows = Vec::new();
-            for row in txn
-                .open_table(tables::POSTING_BLOCKS)
-                .unwrap()
-                .iter()
-                .unwrap()
-            {
-                let (k, v) = row.unwrap();
-                let (t, ns, first) = k.value();
-                let mut list = Vec::new();
-                postings::decode(first, v.value(), &mut list).unwrap();
-                rows.extend(list.into_iter().map(|p| (t.to_string(), ns.to_string(), p)));
+        for (i, t) in texts.iter().enumerate() {
+            ids_all.push(remember_episodic(&m, &[t.as_str()])[0]);
+            if i % 3 == 2 {
+                m.merge_postings_now().unwrap();
             }
-            assert!(rows.len() > 20, "the records' postings were merged");
-            let mut old = txn.open_table(tables::POSTINGS_V2).unwrap();
-            for (t, ns, (id, packed)) in rows {
-                old.insert((t.as_str(), ns.as_str(), id), packed).unwrap();
-            }
-            txn.open_table(crate::store::META)
-                .unwrap()
-                .insert("schema_version", 2)
-                .unwrap();
         }
-        txn.delete_table(tables::POSTING_BLOCKS).unwrap();
-        txn.commit().unwrap();
+        // Two merged records get new texts; one unmerged record is deleted.
+        m.update(
+            &a,
+            ids_all[0],
+            RecordUpdate {
+                text: Some("zeta rewritten first".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.update(
+            &a,
+            ids_all[4],
+            RecordUpdate {
+                text: Some("zeta rewritten fifth".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.delete(&a, *ids_all.last().unwrap()).unwrap();
+        let segs = {
+            let txn = m.db.begin_read().unwrap();
+            postings::segments(&txn.open_table(tables::SEGMENTS).unwrap(), "shared").unwrap()
+        };
+        assert!(
+            segs.iter().any(|s| s.1 == 1) && segs.iter().any(|s| s.1 == 0),
+            "compacted and level-0 segments: {segs:?}"
+        );
     }
+    let expect = |m: &Memory| {
+        let hits = |q: &str| {
+            let mut v = ids(&m
+                .recall(
+                    &a,
+                    &Query {
+                        query: q.into(),
+                        k: Some(100),
+                        ..Default::default()
+                    },
+                )
+                .unwrap());
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(hits("zeta"), [ids_all[0], ids_all[4]]);
+        assert_eq!(
+            hits("gamma0"),
+            Vec::<u64>::new(),
+            "the old text's terms are gone"
+        );
+        let mut alpha3: Vec<u64> = (0..texts.len())
+            .filter(|&i| i % 7 == 3 && i != texts.len() - 1)
+            .map(|i| ids_all[i])
+            .collect();
+        alpha3.sort_unstable();
+        assert_eq!(hits("alpha3"), alpha3);
+        assert_eq!(hits("word").len(), texts.len() - 3);
+    };
     let m = open(dir.path(), false);
-    for (f, want) in FACTS.iter().zip(&before) {
-        assert_eq!(&ids(&m.recall(&a, &query(f)).unwrap()), want, "{f}");
-    }
-    // The old table is gone and deletes reach the migrated blocks.
-    {
-        let txn = m.db.begin_read().unwrap();
-        assert!(txn.open_table(tables::POSTINGS_V2).is_err());
-    }
-    m.delete(&a, kept[4]).unwrap();
-    let r = m.recall(&a, &query("diesel generator monday")).unwrap();
-    assert!(r.results.is_empty(), "{r:?}");
+    expect(&m);
+    // A merge of everything left answers the same, and so does a reopen after it.
+    m.merge_postings_now().unwrap();
+    expect(&m);
+    drop(m);
+    expect(&open(dir.path(), false));
 }
