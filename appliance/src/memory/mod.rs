@@ -60,7 +60,7 @@ pub const CHECKPOINT_EVERY: usize = 16384;
 /// segment (`postings.rs`). Searches read unmerged postings from memory (`pending`), so this
 /// bounds that view's size, the texts read again when memory opens, and how many level-0
 /// segments a namespace gathers.
-pub const MERGE_POSTINGS_EVERY: usize = 4096;
+pub const MERGE_POSTINGS_EVERY: usize = 8192;
 /// `META` key: every record with a smaller id has its current graph node in `GRAPH` (records
 /// from this id on that `GRAPH` lacks are added from their vectors when the graph is loaded).
 const GRAPH_THROUGH: &str = "graph_through";
@@ -264,6 +264,8 @@ pub struct Memory {
     journal: Mutex<Option<journal::Journal>>,
     embedder: Option<Arc<dyn Embed>>,
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
+    /// `META["dims"]` once a committed vector has set it (0 until then).
+    dims_committed: AtomicUsize,
 }
 
 impl std::fmt::Debug for Memory {
@@ -360,6 +362,7 @@ impl Memory {
             journal: Mutex::new(None),
             embedder,
             access_log: Mutex::new(HashMap::new()),
+            dims_committed: AtomicUsize::new(0),
         };
         // A store from before graph checkpoints persisted every node with its record: all
         // of it is checkpointed.
@@ -460,9 +463,16 @@ impl Memory {
         if let Some(e) = &self.embedder {
             return Ok(e.dims());
         }
+        // Set by the first committed vector and never changed after: read once.
+        let known = self.dims_committed.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(tables::META)?;
-        Ok(t.get("dims")?.map_or(0, |v| v.value()) as usize)
+        let dims = t.get("dims")?.map_or(0, |v| v.value()) as usize;
+        self.dims_committed.store(dims, Ordering::Relaxed);
+        Ok(dims)
     }
 
     /// Loads the graphs of every namespace (or of one) from the last commit: the checkpointed
@@ -1247,7 +1257,7 @@ impl Memory {
                     ns: ns.to_string(),
                     id: r.id,
                     len,
-                    terms: counts.into_iter().collect(),
+                    terms: counts,
                 })?;
             }
             info.records += 1;
@@ -1368,7 +1378,7 @@ impl Memory {
                 ns: ns.to_string(),
                 id,
                 len,
-                terms: counts.into_iter().collect(),
+                terms: counts,
             })?;
             return Ok(u64::from(len));
         }
@@ -1381,11 +1391,11 @@ impl Memory {
             self.stage(pending::Change::Remove {
                 ns: ns.to_string(),
                 id,
-                terms: counts.into_keys().collect(),
+                terms: counts.into_iter().map(|(t, _)| t).collect(),
             })?;
             return Ok(u64::from(len));
         }
-        for term in counts.keys() {
+        for (term, _) in &counts {
             postings::remove(txn, ns, term, id)?;
         }
         Ok(u64::from(len))

@@ -17,7 +17,7 @@
 
 use super::{MemoryError, poisoned, tables};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, RwLock};
 
 /// `META` key: merges of the unmerged postings into segments committed so far.
@@ -76,9 +76,9 @@ struct Inner {
     epoch: u64,
     /// `META[POSTINGS_THROUGH]` as of that merge.
     through: u64,
-    by_term: HashMap<Box<str>, Vec<Entry>>,
+    by_term: FxHashMap<Box<str>, Vec<Entry>>,
     /// Interned namespace names.
-    names: HashMap<Box<str>, Arc<str>>,
+    names: FxHashMap<Box<str>, Arc<str>>,
     records: usize,
 }
 
@@ -130,13 +130,32 @@ impl Pending {
         let inner = self.inner.read().map_err(|_| poisoned())?;
         let mut by_ns: std::collections::BTreeMap<Arc<str>, TermLists> =
             std::collections::BTreeMap::new();
+        let mut tagged: Vec<&Entry> = Vec::new();
         for (term, entries) in &inner.by_term {
-            let mut per: HashMap<&Arc<str>, Vec<Posting>> = HashMap::new();
-            for (ns, id, packed) in entries {
-                per.entry(ns).or_default().push((*id, *packed));
-            }
-            for (ns, mut list) in per {
-                list.sort_unstable_by_key(|p| p.0);
+            let Some(first) = entries.first() else {
+                continue;
+            };
+            // Usually one namespace: no grouping needed.
+            let groups: Vec<(&Arc<str>, Vec<Posting>)> =
+                if entries.iter().all(|e| Arc::ptr_eq(&e.0, &first.0)) {
+                    vec![(&first.0, entries.iter().map(|e| (e.1, e.2)).collect())]
+                } else {
+                    tagged.clear();
+                    tagged.extend(entries.iter());
+                    tagged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    let mut g: Vec<(&Arc<str>, Vec<Posting>)> = Vec::new();
+                    for e in &tagged {
+                        match g.last_mut() {
+                            Some((ns, list)) if Arc::ptr_eq(ns, &e.0) => list.push((e.1, e.2)),
+                            _ => g.push((&e.0, vec![(e.1, e.2)])),
+                        }
+                    }
+                    g
+                };
+            for (ns, mut list) in groups {
+                if !list.is_sorted_by_key(|p| p.0) {
+                    list.sort_by_key(|p| p.0);
+                }
                 list.dedup_by_key(|p| p.0);
                 by_ns
                     .entry(ns.clone())
@@ -229,11 +248,13 @@ impl Inner {
             }
         };
         for (t, tf) in terms {
-            self.by_term.entry(t.into_boxed_str()).or_default().push((
-                ns.clone(),
-                id,
-                (u64::from(tf) << 32) | u64::from(len),
-            ));
+            let e = (ns.clone(), id, (u64::from(tf) << 32) | u64::from(len));
+            match self.by_term.get_mut(t.as_str()) {
+                Some(list) => list.push(e),
+                None => {
+                    self.by_term.insert(t.into_boxed_str(), vec![e]);
+                }
+            }
         }
         self.records += 1;
     }

@@ -90,8 +90,8 @@ pub fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
 
 /// Encodes a record's postings: document length (u32), then per term its frequency (u32),
 /// its length in bytes (u8) and the term.
-pub fn encode_terms(len: u32, counts: &std::collections::BTreeMap<String, u32>) -> Vec<u8> {
-    let mut b = Vec::with_capacity(4 + counts.keys().map(|t| 5 + t.len()).sum::<usize>());
+pub fn encode_terms(len: u32, counts: &[(String, u32)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + counts.iter().map(|(t, _)| 5 + t.len()).sum::<usize>());
     b.extend_from_slice(&len.to_le_bytes());
     for (t, tf) in counts {
         b.extend_from_slice(&tf.to_le_bytes());
@@ -156,9 +156,7 @@ mod tests {
 
     #[test]
     fn terms_round_trip_and_truncation() {
-        let mut c = std::collections::BTreeMap::new();
-        c.insert("router".to_string(), 3);
-        c.insert("naïve".to_string(), 1);
+        let c = vec![("naïve".to_string(), 1), ("router".to_string(), 3)];
         let b = encode_terms(9, &c);
         let (len, terms) = decode_terms(&b).unwrap();
         assert_eq!(len, 9);

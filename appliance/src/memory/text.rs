@@ -6,8 +6,6 @@
 //! than [`MAX_TERM_BYTES`] are cut at a character boundary. No stemming: "agents" and "agent"
 //! are different terms (the vector half of hybrid retrieval covers morphology).
 
-use std::collections::BTreeMap;
-
 /// Version of this analysis; stored with the index so a change re-indexes on migration.
 pub const ANALYZER_VERSION: u64 = 1;
 /// Longest term kept, in bytes.
@@ -144,7 +142,9 @@ const STOP_WORDS: &[&str] = &[
 ];
 
 fn is_stop_word(t: &str) -> bool {
-    STOP_WORDS.binary_search(&t).is_ok()
+    static SET: std::sync::LazyLock<rustc_hash::FxHashSet<&'static str>> =
+        std::sync::LazyLock::new(|| STOP_WORDS.iter().copied().collect());
+    SET.contains(t)
 }
 
 /// The terms of `text` in order of appearance (with repeats).
@@ -152,6 +152,21 @@ pub fn terms(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for word in text.split(|c: char| !c.is_alphanumeric()) {
         if word.is_empty() {
+            continue;
+        }
+        // Common case, ASCII words: lower-cased on the stack, so stop-words and single
+        // letters are dropped without allocating.
+        if word.is_ascii() && word.len() <= MAX_TERM_BYTES {
+            let mut buf = [0u8; MAX_TERM_BYTES];
+            let low = &mut buf[..word.len()];
+            low.copy_from_slice(word.as_bytes());
+            low.make_ascii_lowercase();
+            let t = std::str::from_utf8(low).unwrap_or_default();
+            let single = t.len() == 1;
+            if (single && !t.as_bytes()[0].is_ascii_digit()) || is_stop_word(t) {
+                continue;
+            }
+            out.push(t.to_string());
             continue;
         }
         let mut t = word.to_lowercase();
@@ -171,13 +186,18 @@ pub fn terms(text: &str) -> Vec<String> {
     out
 }
 
-/// Term frequencies of `text` and its length in terms (BM25's document length).
-pub fn term_counts(text: &str) -> (BTreeMap<String, u32>, u32) {
-    let all = terms(text);
+/// Term frequencies of `text` (sorted by term) and its length in terms (BM25's document
+/// length).
+pub fn term_counts(text: &str) -> (Vec<(String, u32)>, u32) {
+    let mut all = terms(text);
     let len = all.len() as u32;
-    let mut counts = BTreeMap::new();
+    all.sort_unstable();
+    let mut counts: Vec<(String, u32)> = Vec::with_capacity(all.len());
     for t in all {
-        *counts.entry(t).or_insert(0u32) += 1;
+        match counts.last_mut() {
+            Some((last, n)) if *last == t => *n += 1,
+            _ => counts.push((t, 1)),
+        }
     }
     (counts, len)
 }
@@ -231,7 +251,7 @@ mod tests {
     fn counts_and_normal_form() {
         let (c, len) = term_counts("Router router ROUTER policy");
         assert_eq!(len, 4);
-        assert_eq!(c["router"], 3);
+        assert_eq!(c, [("policy".to_string(), 1), ("router".to_string(), 3)]);
         assert_eq!(normalized("  Hello,   World! "), "hello world");
     }
 }

@@ -21,18 +21,32 @@ impl QVec {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(format!("component {i} is not a finite number"));
         }
-        let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        if norm == 0.0 {
+        // Eight partial sums in f64 (vectorizable, and exact enough for any f32 input).
+        let mut sq = [0f64; 8];
+        let mut max = 0f32;
+        let mut chunks = v.chunks_exact(8);
+        for c in chunks.by_ref() {
+            for (s, &x) in sq.iter_mut().zip(c) {
+                *s += f64::from(x) * f64::from(x);
+            }
+            max = c.iter().fold(max, |m, x| m.max(x.abs()));
+        }
+        for &x in chunks.remainder() {
+            sq[0] += f64::from(x) * f64::from(x);
+            max = max.max(x.abs());
+        }
+        let norm = sq.iter().sum::<f64>().sqrt();
+        if norm == 0.0 || !norm.is_finite() {
             return Err("the vector is all zeros".into());
         }
-        let max = v.iter().fold(0f64, |m, x| m.max((*x as f64).abs())) / norm;
-        let scale = (max / 127.0) as f32;
+        let scale = (f64::from(max) / norm / 127.0) as f32;
+        // q = round(x / norm / scale) = round(x · 127 / max), half away from zero.
+        let k = 127.0 / max;
         let q = v
             .iter()
-            .map(|x| {
-                ((*x as f64 / norm) / scale as f64)
-                    .round()
-                    .clamp(-127.0, 127.0) as i8
+            .map(|&x| {
+                let r = x * k;
+                (r + 0.5f32.copysign(r)).clamp(-127.0, 127.0) as i8
             })
             .collect();
         Ok(QVec { scale, q })
@@ -55,9 +69,11 @@ impl QVec {
 
     /// Stored form: the scale (little-endian f32) then the components.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(4 + self.q.len());
-        b.extend_from_slice(&self.scale.to_le_bytes());
-        b.extend(self.q.iter().map(|x| *x as u8));
+        let mut b = vec![0u8; 4 + self.q.len()];
+        b[..4].copy_from_slice(&self.scale.to_le_bytes());
+        for (o, &x) in b[4..].iter_mut().zip(&self.q) {
+            *o = x as u8;
+        }
         b
     }
 
