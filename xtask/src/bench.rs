@@ -311,7 +311,10 @@ pub fn bench(
             }
             (inference::run(runs.unwrap_or(3))?, inference::print_table)
         }
-        "memory" => (memory::run(records)?, inference::print_table),
+        "memory" => (
+            memory::run(records, runs.unwrap_or(3))?,
+            inference::print_table,
+        ),
         "agents" => (agents::run()?, inference::print_table),
         other => {
             bail!("unknown benchmark area {other:?}; available: boot, inference, memory, agents")

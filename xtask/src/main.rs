@@ -107,7 +107,8 @@ enum Cmd {
         area: String,
         #[arg(long, value_parser = parse_arch)]
         arch: Option<Arch>,
-        /// Repetitions per configuration (boot: at least 5, default 5; inference: default 3).
+        /// Repetitions per configuration (boot: at least 5, default 5; inference and memory:
+        /// default 3, interleaved with the peer, medians).
         #[arg(long)]
         runs: Option<usize>,
         /// memory: record counts to measure, comma-separated (default 10000,100000).

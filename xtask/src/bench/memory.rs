@@ -60,8 +60,27 @@ fn build_example(name: &str) -> Result<std::path::PathBuf> {
         .join(name))
 }
 
-/// Runs the memory benchmark and returns its report.
-pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
+/// The median of each numeric field over the rounds' reports (other fields from the first).
+fn medians(rounds: &[Value]) -> Result<Value> {
+    let first = rounds.first().context("no rounds")?;
+    let mut out = first.clone();
+    if let Some(obj) = out.as_object_mut() {
+        for (k, v) in obj.iter_mut() {
+            if v.is_number() {
+                let mut xs: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|r| r[k.as_str()].as_f64())
+                    .collect();
+                *v = json!(super::median(&mut xs));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the memory benchmark, `runs` rounds per size, and returns its report.
+pub fn run(sizes: Option<Vec<usize>>, runs: usize) -> Result<Value> {
+    let runs = runs.max(1);
     let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
     let example = build_example("bench_memory")?;
     eprintln!("bench memory: numpy venv for the SQLite baseline");
@@ -90,25 +109,32 @@ pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
         }
     }
     for n in sizes {
-        eprintln!("bench memory: {n} records: Cairn");
-        let mut cmd = Command::new(&example);
-        cmd.arg("--dataset").arg(&dataset).arg("--work").arg(&work);
-        cmd.args(["--records", &n.to_string(), "--json"]);
-        let ours = parse_json(
-            "bench_memory",
-            &run_measured(&format!("bench_memory-{n}"), &mut cmd)?.stdout,
-        )?;
-        eprintln!("bench memory: {n} records: SQLite");
-        let mut cmd = Command::new(&python);
-        cmd.arg(repo_file("xtask/scripts/sqlite_memory_bench.py"))
-            .arg("--dataset")
-            .arg(&dataset)
-            .args(["--records", &n.to_string(), "--work"])
-            .arg(bench_dir().join("memory-sqlite"));
-        let peer = parse_json(
-            "sqlite_memory_bench",
-            &run_measured(&format!("sqlite_memory-{n}"), &mut cmd)?.stdout,
-        )?;
+        // Rounds alternate Cairn and SQLite so both see the same load on the machine; each
+        // figure is the median over the rounds.
+        let (mut ours_rounds, mut peer_rounds) = (Vec::new(), Vec::new());
+        for r in 1..=runs {
+            eprintln!("bench memory: {n} records, round {r}/{runs}: Cairn");
+            let mut cmd = Command::new(&example);
+            cmd.arg("--dataset").arg(&dataset).arg("--work").arg(&work);
+            cmd.args(["--records", &n.to_string(), "--json"]);
+            ours_rounds.push(parse_json(
+                "bench_memory",
+                &run_measured(&format!("bench_memory-{n}-r{r}"), &mut cmd)?.stdout,
+            )?);
+            eprintln!("bench memory: {n} records, round {r}/{runs}: SQLite");
+            let mut cmd = Command::new(&python);
+            cmd.arg(repo_file("xtask/scripts/sqlite_memory_bench.py"))
+                .arg("--dataset")
+                .arg(&dataset)
+                .args(["--records", &n.to_string(), "--work"])
+                .arg(bench_dir().join("memory-sqlite"));
+            peer_rounds.push(parse_json(
+                "sqlite_memory_bench",
+                &run_measured(&format!("sqlite_memory-{n}-r{r}"), &mut cmd)?.stdout,
+            )?);
+        }
+        let ours = medians(&ours_rounds)?;
+        let peer = medians(&peer_rounds)?;
         let get = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {v}"));
         let k = if n >= 1000 {
             format!("{}k", n / 1000)
@@ -169,14 +195,17 @@ pub fn run(sizes: Option<Vec<usize>>) -> Result<Value> {
             false,
             json!(null),
         ));
-        detail.insert(k, json!({"cairn": ours, "sqlite": peer}));
+        detail.insert(
+            k,
+            json!({"cairn": ours, "sqlite": peer, "rounds": {"cairn": ours_rounds, "sqlite": peer_rounds}}),
+        );
     }
     with_embedding(&dataset, &mut figures, &mut detail)?;
     Ok(json!({
         "area": "memory",
         "peer": "SQLite (FTS5 + brute-force numpy vectors), same dataset and fusion",
         "machine": {"cpu": cpu_model(), "cores": cores()},
-        "runs": 1,
+        "runs": runs,
         "figures": figures,
         "detail": detail,
     }))
