@@ -5,6 +5,9 @@
 //! indexer; the indexer moves the inbox into the graphs and links unlinked nodes, taking the
 //! graphs' write lock for at most [`SLICE`] at a time so recalls interleave. Searches scan unlinked nodes
 //! exactly, so nothing depends on how far the indexer lags: only the cost of a search does.
+//! Writes come first: while a write transaction runs, the indexer waits before its next slice
+//! (at most [`MAX_DEFER`]), so a bulk load has the machine to itself and linking catches up
+//! between writes and after them.
 //! The indexer counts its changes in the shared counter the writer uses to decide when to
 //! checkpoint the graphs.
 
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// Longest the indexer holds the graphs' write lock at once.
 const SLICE: Duration = Duration::from_millis(2);
+/// Longest the indexer waits for running writes before its next slice.
+const MAX_DEFER: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct State {
@@ -47,12 +52,16 @@ pub struct Indexer {
 
 impl Indexer {
     /// Starts the indexer over `index`; links made are added to `changes`.
-    pub fn start(index: Arc<VectorIndex>, changes: Arc<AtomicUsize>) -> std::io::Result<Indexer> {
+    pub fn start(
+        index: Arc<VectorIndex>,
+        changes: Arc<AtomicUsize>,
+        writers: Arc<AtomicUsize>,
+    ) -> std::io::Result<Indexer> {
         let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let s = state.clone();
         let thread = std::thread::Builder::new()
             .name("memory-indexer".into())
-            .spawn(move || run(&index, &changes, &s))?;
+            .spawn(move || run(&index, &changes, &writers, &s))?;
         let ix = Indexer {
             state,
             thread: Some(thread),
@@ -115,7 +124,12 @@ impl Drop for Indexer {
     }
 }
 
-fn run(index: &VectorIndex, changes: &AtomicUsize, state: &(Mutex<State>, Condvar)) {
+fn run(
+    index: &VectorIndex,
+    changes: &AtomicUsize,
+    writers: &AtomicUsize,
+    state: &(Mutex<State>, Condvar),
+) {
     let (m, cv) = state;
     loop {
         {
@@ -134,6 +148,13 @@ fn run(index: &VectorIndex, changes: &AtomicUsize, state: &(Mutex<State>, Condva
             s.work = false;
         }
         loop {
+            // Writes come first: while one is running, linking waits (searches scan unlinked
+            // vectors exactly meanwhile), so a bulk load does not share the machine with it;
+            // never more than MAX_DEFER at a time, so linking goes on under any write load.
+            let waiting = Instant::now();
+            while writers.load(Ordering::Acquire) > 0 && waiting.elapsed() < MAX_DEFER {
+                std::thread::sleep(Duration::from_micros(500));
+            }
             let Ok(linked) = index.link_some(SLICE) else {
                 return;
             };

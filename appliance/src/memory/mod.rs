@@ -67,6 +67,22 @@ const GRAPH_THROUGH: &str = "graph_through";
 /// `mem_meta` key: the sequence number of the last journal entry a commit included.
 const JOURNAL_SEQ: &str = "journal_seq";
 
+/// Counts a running write transaction for as long as it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a AtomicUsize) -> Busy<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a checkpoint took from the graphs: put back if its transaction fails.
 #[derive(Default)]
 struct Checkpoint {
@@ -266,6 +282,8 @@ pub struct Memory {
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
     /// `META["dims"]` once a committed vector has set it (0 until then).
     dims_committed: AtomicUsize,
+    /// Write transactions running (the indexer waits while there is one).
+    writing: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -363,6 +381,7 @@ impl Memory {
             embedder,
             access_log: Mutex::new(HashMap::new()),
             dims_committed: AtomicUsize::new(0),
+            writing: Arc::new(AtomicUsize::new(0)),
         };
         // A store from before graph checkpoints persisted every node with its record: all
         // of it is checkpointed.
@@ -390,7 +409,7 @@ impl Memory {
         }
         m.index.set_all(graphs).map_err(|_| poisoned())?;
         m.indexer = Some(
-            indexer::Indexer::start(m.index.clone(), m.graph_changes.clone())
+            indexer::Indexer::start(m.index.clone(), m.graph_changes.clone(), m.writing.clone())
                 .map_err(|e| StoreError::Other(format!("starting the memory indexer: {e}")))?,
         );
         m.open_journal()?;
@@ -702,6 +721,7 @@ impl Memory {
         // Postings, vector and graph links roughly triple a record; B-tree pages copy-on-write.
         crate::store::ensure_space(&self.path, 4 * payload + (64 << 10))?;
         let _w = self.writer.lock().map_err(|_| poisoned())?;
+        let _busy = Busy::enter(&self.writing);
         let result = (|| {
             self.staged.lock().map_err(|_| poisoned())?.clear();
             let mut txn = self.db.begin_write()?;
