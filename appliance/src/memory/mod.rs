@@ -282,6 +282,8 @@ pub struct Memory {
     access_log: Mutex<HashMap<u64, (u64, u64)>>,
     /// `META["dims"]` once a committed vector has set it (0 until then).
     dims_committed: AtomicUsize,
+    /// After a failed merge of the keyword postings: not before this instant again.
+    merge_retry: Mutex<Option<std::time::Instant>>,
     /// Write transactions running (the indexer waits while there is one).
     writing: Arc<AtomicUsize>,
 }
@@ -381,6 +383,7 @@ impl Memory {
             embedder,
             access_log: Mutex::new(HashMap::new()),
             dims_committed: AtomicUsize::new(0),
+            merge_retry: Mutex::new(None),
             writing: Arc::new(AtomicUsize::new(0)),
         };
         // A store from before graph checkpoints persisted every node with its record: all
@@ -711,7 +714,9 @@ impl Memory {
     /// [`Memory::write_sized`] for a write that may be acknowledged through the journal: when
     /// `f` also returns the write's [`journal::Entry`], the entry is appended and synced and
     /// the transaction commits without a sync (see `journal.rs`); any other write commits
-    /// durably and so makes every journaled write before it durable too.
+    /// durably and so makes every journaled write before it durable too. When enough keyword
+    /// postings are unmerged, a merge follows in a transaction of its own (its failure is
+    /// logged, never the write's).
     fn write_logged<T>(
         &self,
         payload: u64,
@@ -722,43 +727,88 @@ impl Memory {
         crate::store::ensure_space(&self.path, 4 * payload + (64 << 10))?;
         let _w = self.writer.lock().map_err(|_| poisoned())?;
         let _busy = Busy::enter(&self.writing);
+        let result = self.transact(touched, false, f);
+        if result.is_ok() {
+            self.merge_if_due();
+        }
+        result
+    }
+
+    /// Merges the unmerged keyword postings into a segment when they reach
+    /// [`MERGE_POSTINGS_EVERY`] records (or a merge was asked for), in its own durable
+    /// transaction (the writer lock is held). Skipped while the disk cannot take it, and for
+    /// a minute after a failure: the postings stay in the view meanwhile, and their records'
+    /// texts keep them durable.
+    fn merge_if_due(&self) {
+        let asked = self.merge_now.swap(false, Ordering::Relaxed);
+        let records = self.pending.records();
+        if !asked && records < MERGE_POSTINGS_EVERY {
+            return;
+        }
+        if !asked
+            && self
+                .merge_retry
+                .lock()
+                .is_ok_and(|r| r.is_some_and(|t| std::time::Instant::now() < t))
+        {
+            return;
+        }
+        // A segment takes roughly 4 bytes a posting and a record has about a dozen: room for
+        // the segment, the pages it copies and the reserve.
+        let need = (records as u64).saturating_mul(256) + (1 << 20);
+        if crate::store::ensure_space(&self.path, need).is_err() {
+            tracing::debug!("memory: too little space to merge keyword postings now");
+            return;
+        }
+        let failed = self.transact(&[], true, |_| Ok(((), None))).err();
+        if let Some(e) = &failed {
+            tracing::warn!(
+                "memory: merging {records} records' keyword postings failed ({e}); they stay \
+                 unmerged in memory, and the merge is tried again in a minute"
+            );
+        }
+        if let Ok(mut retry) = self.merge_retry.lock() {
+            *retry = failed.map(|_| std::time::Instant::now() + std::time::Duration::from_secs(60));
+        }
+    }
+
+    /// One write transaction (the writer lock is held): with `merge`, the unmerged postings are
+    /// written as a segment first; then `f` runs; see [`Memory::write_logged`] for how it
+    /// commits. Every transaction that changes the unmerged postings moves `META[EPOCH]` on,
+    /// and the view follows after the commit, so a search's snapshot pairs a view and a read
+    /// transaction of the same epoch.
+    fn transact<T>(
+        &self,
+        touched: &[&str],
+        merge: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, Option<journal::Entry>), MemoryError>,
+    ) -> Result<T, MemoryError> {
         let result = (|| {
             self.staged.lock().map_err(|_| poisoned())?.clear();
             let mut txn = self.db.begin_write()?;
             self.flush_access(&txn)?;
-            // A merge writes the committed unmerged postings first; this write's own changes
-            // to them come after, staged for the view.
-            let merge = self.merge_now.swap(false, Ordering::Relaxed)
-                || self.pending.records() >= MERGE_POSTINGS_EVERY;
-            let merged = if merge {
-                match self.merge_postings(&txn) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        self.merge_now.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                }
+            let through = if merge {
+                Some(self.merge_postings(&txn)?)
             } else {
                 None
             };
-            let (v, entry) = match f(&txn) {
-                Ok(done) => done,
-                Err(e) => {
-                    if merge {
-                        self.merge_now.store(true, Ordering::Relaxed);
-                    }
-                    return Err(e);
-                }
-            };
+            let (v, entry) = f(&txn)?;
             let checkpoint = self.checkpoint_now.swap(false, Ordering::Relaxed)
                 || self.graph_changes.load(Ordering::Relaxed) >= CHECKPOINT_EVERY;
             let staged = std::mem::take(&mut *self.staged.lock().map_err(|_| poisoned())?);
+            let epoch = if through.is_some() || !staged.is_empty() {
+                let e = self.pending.next_epoch()?;
+                txn.open_table(tables::META)?.insert(pending::EPOCH, e)?;
+                Some(e)
+            } else {
+                None
+            };
             let mut taken = None;
             let mut journal = self.journal.lock().map_err(|_| poisoned())?;
             // Journaled: a single remember, unless the journal is due for a durable commit or
-            // this write merges or checkpoints anyway (large; they commit durably).
+            // this write checkpoints anyway (large; it commits durably).
             let logged = match (entry, journal.as_ref()) {
-                (Some(e), Some(j)) if !j.full() && !checkpoint && !merge => Some(e),
+                (Some(e), Some(j)) if !j.full() && !checkpoint => Some(e),
                 _ => None,
             };
             let done = (|| {
@@ -797,12 +847,9 @@ impl Memory {
                 if checkpoint {
                     self.checkpoint_now.store(true, Ordering::Relaxed);
                 }
-                if merge {
-                    self.merge_now.store(true, Ordering::Relaxed);
-                }
                 return Err(e);
             }
-            self.pending.apply(staged, merged);
+            self.pending.apply(staged, through, epoch);
             Ok(v)
         })();
         if result.is_err() {
@@ -1423,25 +1470,35 @@ impl Memory {
 
     /// Writes every unmerged posting (the view's: this transaction's own changes come after)
     /// as a new segment per namespace, empties `POSTINGS_NEW`, and moves `POSTINGS_THROUGH` to
-    /// the next record id; returns what the view applies after the commit.
-    fn merge_postings(&self, txn: &WriteTransaction) -> Result<pending::Merged, MemoryError> {
+    /// the next record id, which it returns. Compactions the new segments make due run only
+    /// while the disk has room for them.
+    fn merge_postings(&self, txn: &WriteTransaction) -> Result<u64, MemoryError> {
+        let room = |bytes: u64| crate::store::ensure_space(&self.path, bytes).is_ok();
         for (ns, terms) in self.pending.collect()? {
-            postings::add_segment(txn, &ns, terms.iter().map(|(t, l)| (&**t, l.as_slice())))?;
+            postings::add_segment(
+                txn,
+                &ns,
+                terms.iter().map(|(t, l)| (&**t, l.as_slice())),
+                &room,
+            )?;
         }
         txn.open_table(tables::POSTINGS_NEW)?.retain(|_, _| false)?;
         let mut meta = txn.open_table(tables::META)?;
         let through = meta.get("next_id")?.map_or(1, |v| v.value());
-        let epoch = self.pending.next_epoch()?;
         meta.insert(tables::POSTINGS_THROUGH, through)?;
-        meta.insert(pending::EPOCH, epoch)?;
-        Ok(pending::Merged { epoch, through })
+        Ok(through)
     }
 
     /// Merges every unmerged keyword posting now (tests).
     #[cfg(test)]
     pub(crate) fn merge_postings_now(&self) -> Result<(), MemoryError> {
         self.merge_now.store(true, Ordering::Relaxed);
-        self.write(&[], |_| Ok(()))
+        let _w = self.writer.lock().map_err(|_| poisoned())?;
+        self.merge_if_due();
+        match self.merge_retry.lock().map_err(|_| poisoned())?.is_some() {
+            true => Err(StoreError::Other("the merge failed".into()).into()),
+            false => Ok(()),
+        }
     }
 
     /// `META[POSTINGS_THROUGH]` in `txn`.

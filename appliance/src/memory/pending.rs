@@ -7,13 +7,13 @@
 //! term, and a merge writes them out as one segment per namespace (`postings.rs`).
 //!
 //! Consistency with a reader's snapshot: a write changes the view only after its commit
-//! (never for a transaction that fails). A merge writes the view's postings to segments,
-//! empties `POSTINGS_NEW`, moves `POSTINGS_THROUGH` to the next record id and bumps
-//! `META["postings_epoch"]` in its transaction, then empties the view and bumps the view's
-//! epoch; [`Pending::snapshot`] takes a read transaction and the view's postings only when
-//! both epochs agree, so a search never counts a merged posting twice or misses it. Between a
-//! plain write's commit and its view update a concurrent search may miss that new record's
-//! keywords (never a merged record's): it raced the write.
+//! (never for a transaction that fails). Every write transaction that changes the unmerged
+//! postings (a merge, which writes the view's postings to segments, empties `POSTINGS_NEW`
+//! and moves `POSTINGS_THROUGH` to the next record id; or a record added, changed or
+//! deleted) sets `META["postings_epoch"]` to the view's epoch + 1; after the commit the view
+//! takes the changes and that epoch. [`Pending::snapshot`] takes a read transaction and the
+//! view's postings only when both epochs agree, so a search never counts a posting twice,
+//! misses one, or sees a record's old and new terms mixed.
 
 use super::{MemoryError, poisoned, tables};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
@@ -35,15 +35,6 @@ pub type Posting = (u64, u64);
 
 /// Terms and their postings, sorted by term.
 pub type TermLists = Vec<(Box<str>, Vec<Posting>)>;
-
-/// What a merge committed: the new epoch and `POSTINGS_THROUGH`.
-#[derive(Debug, Clone, Copy)]
-pub struct Merged {
-    /// `META[EPOCH]`.
-    pub epoch: u64,
-    /// `META[POSTINGS_THROUGH]`.
-    pub through: u64,
-}
 
 /// One write's change to the view, applied after its commit.
 #[derive(Debug)]
@@ -108,7 +99,18 @@ impl Pending {
         }
         for row in txn.open_table(tables::RECORDS)?.range(through..)? {
             let (k, v) = row?;
-            let r = super::decode_record(v.value())?;
+            // One unreadable record loses its keywords, not the memory (a read of it answers
+            // the error itself).
+            let r = match super::decode_record(v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        "memory: record {} is not indexed by keyword: {e}",
+                        k.value()
+                    );
+                    continue;
+                }
+            };
             let (counts, len) = super::text::term_counts(&r.text);
             if !counts.is_empty() {
                 inner.add(&r.namespace, k.value(), len, counts.into_iter());
@@ -177,17 +179,19 @@ impl Pending {
         self.inner.read().map_or(0, |i| i.records)
     }
 
-    /// Applies a committed write's changes; `merged`: the write first merged every unmerged
-    /// posting into segments and set `META[EPOCH]` and `META[POSTINGS_THROUGH]` to these
-    /// values (its own changes came after the merge).
-    pub fn apply(&self, changes: Vec<Change>, merged: Option<Merged>) {
+    /// Applies a committed write: `merged`, the write first merged every unmerged posting
+    /// into segments and set `META[POSTINGS_THROUGH]` to this value; then its own `changes`;
+    /// `epoch`, the `META[EPOCH]` it committed (when it changed anything here).
+    pub fn apply(&self, changes: Vec<Change>, merged: Option<u64>, epoch: Option<u64>) {
         // A poisoned lock is taken over: the view's state is only ever changed whole below.
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = merged {
+        if let Some(through) = merged {
             inner.by_term.clear();
             inner.records = 0;
-            inner.epoch = m.epoch;
-            inner.through = m.through;
+            inner.through = through;
+        }
+        if let Some(e) = epoch {
+            inner.epoch = e;
         }
         for c in changes {
             match c {
@@ -197,7 +201,7 @@ impl Pending {
         }
     }
 
-    /// The epoch the next merge commits.
+    /// The epoch the next write that changes the view commits.
     pub fn next_epoch(&self) -> Result<u64, MemoryError> {
         Ok(self.inner.read().map_err(|_| poisoned())?.epoch + 1)
     }
@@ -307,7 +311,12 @@ mod tests {
         tables::create(&txn).unwrap();
         txn.commit().unwrap();
         let p = Pending::load(&db.begin_read().unwrap()).unwrap();
-        p.apply(vec![add("a", 1, &["x", "y"]), add("b", 2, &["x"])], None);
+        // Writes that changed nothing on disk here keep the epoch (the test's META stays 0).
+        p.apply(
+            vec![add("a", 1, &["x", "y"]), add("b", 2, &["x"])],
+            None,
+            None,
+        );
         let terms = vec!["x".to_string(), "y".to_string()];
         let (_, got) = p.snapshot(&db, &terms, &["a".to_string()]).unwrap();
         assert_eq!(got, [(0, 1, (1 << 32) | 2), (1, 1, (1 << 32) | 2)]);
@@ -321,13 +330,14 @@ mod tests {
                 terms: vec!["x".into(), "y".into()],
             }],
             None,
+            None,
         );
         let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
         assert_eq!(got, [(0, 2, (1 << 32) | 1)]);
         assert_eq!(p.records(), 1);
-        // A merge committed elsewhere (META's epoch ahead of the view) is waited for: here it
-        // never lands in the view, so the snapshot gives up with an error instead of
-        // returning postings the snapshot already holds merged.
+        // A write committed elsewhere (META's epoch ahead of the view) is waited for: here it
+        // never lands in the view, so the snapshot gives up with an error instead of pairing
+        // the old view with the new data.
         let txn = db.begin_write().unwrap();
         txn.open_table(tables::META)
             .unwrap()
@@ -335,11 +345,8 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         assert!(p.snapshot(&db, &terms, &both).is_err());
-        let merged = Merged {
-            epoch: p.next_epoch().unwrap(),
-            through: 10,
-        };
-        p.apply(vec![add("a", 11, &["y"])], Some(merged));
+        let epoch = p.next_epoch().unwrap();
+        p.apply(vec![add("a", 11, &["y"])], Some(10), Some(epoch));
         let (_, got) = p.snapshot(&db, &terms, &both).unwrap();
         assert_eq!(
             got,

@@ -93,15 +93,37 @@ fn corrupt(term: &str, ns: &str, seg: u64, first: u64) -> MemoryError {
     )))
 }
 
-/// The segments of `ns` as (segment id, level), oldest first.
+/// A segment of a namespace: id, level and number of postings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Segment id.
+    pub id: u64,
+    /// Level: 0 for a merge's output, one more for each compaction.
+    pub level: u64,
+    /// Postings it holds (when written; removals are not counted).
+    pub postings: u64,
+}
+
+/// Bytes a compaction of segments holding `postings` postings may need on disk: the new
+/// segment (~4 bytes a posting plus keys) and the pages copied on the way.
+fn compaction_bytes(postings: u64) -> u64 {
+    postings.saturating_mul(16).saturating_add(1 << 20)
+}
+
+/// The segments of `ns`, oldest first.
 pub fn segments(
-    table: &impl ReadableTable<(&'static str, u64), u64>,
+    table: &impl ReadableTable<(&'static str, u64), (u64, u64)>,
     ns: &str,
-) -> Result<Vec<(u64, u64)>, MemoryError> {
+) -> Result<Vec<Segment>, MemoryError> {
     let mut out = Vec::new();
     for row in table.range((ns, 0u64)..=(ns, u64::MAX))? {
         let (k, v) = row?;
-        out.push((k.value().1, v.value()));
+        let (level, postings) = v.value();
+        out.push(Segment {
+            id: k.value().1,
+            level,
+            postings,
+        });
     }
     Ok(out)
 }
@@ -148,69 +170,81 @@ fn next_segment(txn: &WriteTransaction) -> Result<u64, MemoryError> {
 }
 
 /// Writes `terms` (sorted by term, each list sorted by id with unique ids) as a new level-0
-/// segment of `ns`, then compacts the namespace's levels that reach [`FANOUT`] segments.
+/// segment of `ns`, then compacts the namespace's levels that reach [`FANOUT`] segments, each
+/// only when `room(bytes)` says the disk can take it (otherwise the level waits for the next
+/// merge: searches read any number of segments).
 pub fn add_segment<'a>(
     txn: &WriteTransaction,
     ns: &str,
     terms: impl IntoIterator<Item = (&'a str, &'a [Posting])>,
+    room: &dyn Fn(u64) -> bool,
 ) -> Result<(), MemoryError> {
     let seg = next_segment(txn)?;
+    let mut postings = 0u64;
     {
         let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
-        let mut any = false;
         for (term, list) in terms {
             if !list.is_empty() {
                 write_term(&mut blocks, ns, seg, term, list)?;
-                any = true;
+                postings += list.len() as u64;
             }
         }
-        if !any {
-            return Ok(());
-        }
     }
-    txn.open_table(tables::SEGMENTS)?.insert((ns, seg), 0)?;
-    compact_levels(txn, ns)
+    if postings == 0 {
+        return Ok(());
+    }
+    txn.open_table(tables::SEGMENTS)?
+        .insert((ns, seg), (0, postings))?;
+    compact_levels(txn, ns, room)
 }
 
 /// Compacts every level of `ns` that holds [`FANOUT`] or more segments into one segment of
-/// the next level, from level 0 up.
-fn compact_levels(txn: &WriteTransaction, ns: &str) -> Result<(), MemoryError> {
+/// the next level, from level 0 up, while `room` allows.
+fn compact_levels(
+    txn: &WriteTransaction,
+    ns: &str,
+    room: &dyn Fn(u64) -> bool,
+) -> Result<(), MemoryError> {
     let mut level = 0;
     loop {
         let segs = segments(&txn.open_table(tables::SEGMENTS)?, ns)?;
-        let at: Vec<u64> = segs
-            .iter()
-            .filter(|(_, l)| *l == level)
-            .map(|(s, _)| *s)
-            .collect();
+        let at: Vec<Segment> = segs.iter().filter(|s| s.level == level).copied().collect();
         if at.len() < FANOUT {
-            if segs.iter().all(|(_, l)| *l <= level) {
+            if segs.iter().all(|s| s.level <= level) {
                 return Ok(());
             }
             level += 1;
             continue;
         }
+        let postings: u64 = at.iter().map(|s| s.postings).sum();
+        if !room(compaction_bytes(postings)) {
+            tracing::debug!("memory: too little space to compact {ns:?}'s keyword segments now");
+            return Ok(());
+        }
         let into = next_segment(txn)?;
+        let ids: Vec<u64> = at.iter().map(|s| s.id).collect();
         let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
-        compact(&mut blocks, ns, &at, into)?;
+        let written = compact(&mut blocks, ns, &ids, into)?;
         drop(blocks);
         let mut table = txn.open_table(tables::SEGMENTS)?;
-        for s in &at {
+        for s in &ids {
             table.remove((ns, *s))?;
         }
-        table.insert((ns, into), level + 1)?;
+        table.insert((ns, into), (level + 1, written))?;
     }
 }
 
 /// Merges segments `from` of `ns` into segment `into` and deletes them: term by term, each
 /// term's postings read from every segment that has it (ranges reopened after each term's
-/// write, so nothing but one term's postings is held in memory).
+/// write, so nothing but one term's postings is held in memory). Returns the postings
+/// written.
 pub fn compact(
     table: &mut Blocks<'_>,
     ns: &str,
     from: &[u64],
     into: u64,
-) -> Result<(), MemoryError> {
+) -> Result<u64, MemoryError> {
+    let mut written = 0u64;
     // The next term of each segment (None once it has no more).
     let mut heads: Vec<Option<String>> = Vec::with_capacity(from.len());
     for &seg in from {
@@ -243,11 +277,12 @@ pub fn compact(
         list.sort_unstable_by_key(|p| p.0);
         list.dedup_by_key(|p| p.0);
         write_term(table, ns, into, &term, &list)?;
+        written += list.len() as u64;
     }
     for &seg in from {
         table.retain_in((ns, seg, "", 0u64)..(ns, seg + 1, "", 0u64), |_, _| false)?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Removes record `id`'s posting of `term` from the segments of `ns` (at most one holds it);
@@ -255,7 +290,7 @@ pub fn compact(
 pub fn remove(txn: &WriteTransaction, ns: &str, term: &str, id: u64) -> Result<bool, MemoryError> {
     let segs = segments(&txn.open_table(tables::SEGMENTS)?, ns)?;
     let mut table = txn.open_table(tables::SEG_BLOCKS)?;
-    for &(seg, _) in segs.iter().rev() {
+    for seg in segs.iter().rev().map(|s| s.id) {
         let row = table
             .range((ns, seg, term, 0u64)..=(ns, seg, term, id))?
             .next_back()
@@ -292,57 +327,85 @@ pub fn drop_namespace(txn: &WriteTransaction, ns: &str) -> Result<(), MemoryErro
 
 /// Schemas 2 and 3 → 4: the postings of the old layout (schema 2: one row per posting;
 /// schema 3: blocks keyed (term, namespace, first id)) become one segment per namespace, and
-/// the old table is deleted.
+/// the old table is deleted. The old rows come in (term, namespace) order and are written as
+/// they are read, one term's postings at a time. Each namespace's segment gets the level a
+/// series of merges and compactions would have given it, so that it is not rewritten by the
+/// next few merges.
 pub fn migrate_to_segments(txn: &WriteTransaction, schema: u64) -> Result<(), MemoryError> {
     use std::collections::BTreeMap;
-    // (namespace, term) → postings, sorted below.
-    let mut all: BTreeMap<(String, String), Vec<Posting>> = BTreeMap::new();
+    // Namespace → (segment id, postings written).
+    let mut segs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut run: Option<(String, String)> = None;
+    let mut list: Vec<Posting> = Vec::new();
+    let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
+    let mut flush = |run: &Option<(String, String)>,
+                     list: &mut Vec<Posting>,
+                     blocks: &mut Blocks<'_>|
+     -> Result<(), MemoryError> {
+        let Some((term, ns)) = run else {
+            return Ok(());
+        };
+        list.sort_unstable_by_key(|p| p.0);
+        list.dedup_by_key(|p| p.0);
+        if !list.is_empty() {
+            let entry = match segs.get_mut(ns.as_str()) {
+                Some(e) => e,
+                None => segs.entry(ns.clone()).or_insert((next_segment(txn)?, 0)),
+            };
+            write_term(blocks, ns, entry.0, term, list)?;
+            entry.1 += list.len() as u64;
+        }
+        list.clear();
+        Ok(())
+    };
     if schema == 2 {
         let rows = txn.open_table(tables::POSTINGS_V2)?;
         for row in rows.iter()? {
             let (k, v) = row?;
             let (term, ns, id) = k.value();
-            all.entry((ns.to_string(), term.to_string()))
-                .or_default()
-                .push((id, v.value()));
+            if run
+                .as_ref()
+                .is_none_or(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
+            {
+                flush(&run, &mut list, &mut blocks)?;
+                run = Some((term.to_string(), ns.to_string()));
+            }
+            list.push((id, v.value()));
         }
+        flush(&run, &mut list, &mut blocks)?;
         drop(rows);
+        drop(blocks);
         txn.delete_table(tables::POSTINGS_V2)?;
     } else {
         let rows = txn.open_table(tables::POSTING_BLOCKS)?;
         for row in rows.iter()? {
             let (k, v) = row?;
             let (term, ns, first) = k.value();
-            let list = all.entry((ns.to_string(), term.to_string())).or_default();
-            decode(first, v.value(), list).ok_or_else(|| corrupt(term, ns, 0, first))?;
+            if run
+                .as_ref()
+                .is_none_or(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
+            {
+                flush(&run, &mut list, &mut blocks)?;
+                run = Some((term.to_string(), ns.to_string()));
+            }
+            decode(first, v.value(), &mut list).ok_or_else(|| corrupt(term, ns, 0, first))?;
         }
+        flush(&run, &mut list, &mut blocks)?;
         drop(rows);
+        drop(blocks);
         txn.delete_table(tables::POSTING_BLOCKS)?;
     }
-    // `all` is sorted by namespace, then term: one segment per run of a namespace.
-    let mut group: Vec<(String, Vec<Posting>)> = Vec::new();
-    let mut current: Option<String> = None;
-    for ((ns, term), mut list) in all {
-        list.sort_unstable_by_key(|p| p.0);
-        list.dedup_by_key(|p| p.0);
-        if current.as_ref().is_some_and(|c| *c != ns) {
-            let done = current.take().unwrap_or_default();
-            add_segment(
-                txn,
-                &done,
-                group.iter().map(|(t, l)| (t.as_str(), l.as_slice())),
-            )?;
-            group.clear();
+    let mut table = txn.open_table(tables::SEGMENTS)?;
+    for (ns, (seg, postings)) in &segs {
+        // About a dozen postings a record: the level whose segments hold this many.
+        let records = postings / 12;
+        let mut level = 0u64;
+        let mut span = super::MERGE_POSTINGS_EVERY as u64;
+        while records > span && level < 8 {
+            span = span.saturating_mul(FANOUT as u64);
+            level += 1;
         }
-        current = Some(ns);
-        group.push((term, list));
-    }
-    if let Some(ns) = current {
-        add_segment(
-            txn,
-            &ns,
-            group.iter().map(|(t, l)| (t.as_str(), l.as_slice())),
-        )?;
+        table.insert((ns.as_str(), *seg), (level, *postings))?;
     }
     Ok(())
 }
@@ -365,7 +428,7 @@ mod tests {
         let segs: Vec<u64> = segments(&txn.open_table(tables::SEGMENTS).unwrap(), ns)
             .unwrap()
             .into_iter()
-            .map(|s| s.0)
+            .map(|s| s.id)
             .collect();
         let mut out = Vec::new();
         read(
@@ -416,6 +479,40 @@ mod tests {
     }
 
     #[test]
+    fn compaction_waits_for_room_and_reads_are_the_same_meanwhile() {
+        let (_dir, db) = db();
+        let txn = db.begin_write().unwrap();
+        let mut want = Vec::new();
+        for m in 0..FANOUT as u64 + 2 {
+            let list: Vec<Posting> = (m * 10 + 1..=m * 10 + 10)
+                .map(|id| (id, 1 << 32 | 3))
+                .collect();
+            want.extend(list.iter().map(|p| p.0));
+            add_segment(&txn, "ns", [("w", list.as_slice())], &|_| false).unwrap();
+        }
+        let levels = |txn: &WriteTransaction| -> Vec<u64> {
+            segments(&txn.open_table(tables::SEGMENTS).unwrap(), "ns")
+                .unwrap()
+                .iter()
+                .map(|s| s.level)
+                .collect()
+        };
+        assert_eq!(
+            levels(&txn),
+            vec![0; FANOUT + 2],
+            "no room: nothing compacted"
+        );
+        assert_eq!(all(&txn, "ns", "w"), want);
+        // The next merge with room compacts what is due.
+        add_segment(&txn, "ns", [("w", [(1000u64, 1u64)].as_slice())], &|_| true).unwrap();
+        want.push(1000);
+        assert_eq!(levels(&txn), [1], "{:?}", levels(&txn));
+        assert_eq!(all(&txn, "ns", "w"), want);
+        check(&txn);
+        txn.commit().unwrap();
+    }
+
+    #[test]
     fn encoding_round_trips_and_refuses_garbage() {
         let list = vec![(7, (3 << 32) | 12), (9, (1 << 32) | 300), (1 << 40, 5)];
         let b = encode(&list);
@@ -463,7 +560,13 @@ mod tests {
             }
             want_w.extend(ids.iter().copied());
             want_v.extend(v.iter().map(|p| p.0));
-            add_segment(&txn, "ns", [("v", v.as_slice()), ("w", w.as_slice())]).unwrap();
+            add_segment(
+                &txn,
+                "ns",
+                [("v", v.as_slice()), ("w", w.as_slice())],
+                &|_| true,
+            )
+            .unwrap();
             check(&txn);
         }
         want_w.sort_unstable();
@@ -471,11 +574,11 @@ mod tests {
         assert_eq!(all(&txn, "ns", "w"), want_w);
         assert_eq!(all(&txn, "ns", "v"), want_v);
         let segs = segments(&txn.open_table(tables::SEGMENTS).unwrap(), "ns").unwrap();
-        let count = |l: u64| segs.iter().filter(|s| s.1 == l).count();
+        let count = |l: u64| segs.iter().filter(|s| s.level == l).count();
         assert_eq!((count(0), count(1), count(2)), (3, 0, 1), "{segs:?}");
         // The re-added ids carry their newest value.
         let mut got = Vec::new();
-        let ids: Vec<u64> = segs.iter().map(|s| s.0).collect();
+        let ids: Vec<u64> = segs.iter().map(|s| s.id).collect();
         read(
             &txn.open_table(tables::SEG_BLOCKS).unwrap(),
             "ns",
@@ -498,8 +601,12 @@ mod tests {
         assert!(!remove(&txn, "ns", "nope", 5).unwrap());
         check(&txn);
         assert_eq!(all(&txn, "ns", "w"), want_w);
+        // Segment sizes are kept: the compacted level-2 segment holds every posting of the
+        // first 64 merges that is still there (removals are not counted).
+        let total: u64 = segs.iter().map(|s| s.postings).sum();
+        assert!(total as usize >= want_w.len() + want_v.len(), "{segs:?}");
         // Other namespaces are separate; dropping one leaves the others.
-        add_segment(&txn, "other", [("w", [(5u64, 1u64)].as_slice())]).unwrap();
+        add_segment(&txn, "other", [("w", [(5u64, 1u64)].as_slice())], &|_| true).unwrap();
         assert_eq!(all(&txn, "other", "w"), [5]);
         drop_namespace(&txn, "ns").unwrap();
         assert!(all(&txn, "ns", "w").is_empty());

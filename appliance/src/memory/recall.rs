@@ -270,7 +270,7 @@ impl Memory {
             for ns in &namespaces {
                 let ids = super::postings::segments(&seg_table, ns)?
                     .into_iter()
-                    .map(|(s, _)| s)
+                    .map(|s| s.id)
                     .collect();
                 segs.push((ns.as_str(), ids));
             }

@@ -17,8 +17,9 @@ pub const GRAPH: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mem
 /// `postings.rs`).
 pub const SEG_BLOCKS: TableDefinition<(&str, u64, &str, u64), &[u8]> =
     TableDefinition::new("mem_seg_blocks");
-/// (namespace, segment) → the segment's level (see `postings.rs`).
-pub const SEGMENTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("mem_segments");
+/// (namespace, segment) → the segment's level and its number of postings (see
+/// `postings.rs`).
+pub const SEGMENTS: TableDefinition<(&str, u64), (u64, u64)> = TableDefinition::new("mem_segments");
 /// Schema 3's merged postings, (term, namespace, first record id) → a block: moved into
 /// segments and deleted by the migration to schema 4.
 pub const POSTING_BLOCKS: TableDefinition<(&str, &str, u64), &[u8]> =

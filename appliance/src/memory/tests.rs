@@ -1001,7 +1001,7 @@ fn merged_and_unmerged_postings_answer_alike_across_reopens_and_edits() {
             postings::segments(&txn.open_table(tables::SEGMENTS).unwrap(), "shared").unwrap()
         };
         assert!(
-            segs.iter().any(|s| s.1 == 1) && segs.iter().any(|s| s.1 == 0),
+            segs.iter().any(|s| s.level == 1) && segs.iter().any(|s| s.level == 0),
             "compacted and level-0 segments: {segs:?}"
         );
     }
@@ -1041,4 +1041,48 @@ fn merged_and_unmerged_postings_answer_alike_across_reopens_and_edits() {
     expect(&m);
     drop(m);
     expect(&open(dir.path(), false));
+}
+
+#[test]
+fn a_failing_merge_fails_no_write_and_keeps_the_postings_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Access::admin();
+    let m = open(dir.path(), false);
+    // One segment short of a compaction.
+    for i in 0..postings::FANOUT - 1 {
+        remember_episodic(&m, &[format!("segment{i} common keyword").as_str()]);
+        m.merge_postings_now().unwrap();
+    }
+    // A block of the first segment is damaged on disk.
+    {
+        let txn = m.db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(tables::SEG_BLOCKS).unwrap();
+            let (ns, seg, term, first) = {
+                let (k, _) = t.first().unwrap().unwrap();
+                let (ns, seg, term, first) = k.value();
+                (ns.to_string(), seg, term.to_string(), first)
+            };
+            t.insert(
+                (ns.as_str(), seg, term.as_str(), first),
+                [0xffu8; 11].as_slice(),
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    // The merge that compacts the level reads the damage and fails; the writes before and
+    // after it succeed, and their keywords are found from the unmerged view.
+    let before = remember_episodic(&m, &["fresh record before the merge"])[0];
+    assert!(m.merge_postings_now().is_err());
+    let after = remember_episodic(&m, &["fresh record after the merge"])[0];
+    let mut got = ids(&m.recall(&a, &query("fresh record")).unwrap());
+    got.sort_unstable();
+    assert_eq!(got, [before, after]);
+    // So are they after a reopen (read again from the records' texts).
+    drop(m);
+    let m = open(dir.path(), false);
+    let mut got = ids(&m.recall(&a, &query("fresh record")).unwrap());
+    got.sort_unstable();
+    assert_eq!(got, [before, after]);
 }

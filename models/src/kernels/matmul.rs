@@ -199,7 +199,7 @@ struct Plan {
     ntc: usize,
 }
 
-fn plan(pool: &Pool, ws: &[&QMatrix<'_>], n: usize) -> Plan {
+fn plan(pool: &Pool, level: Level, ws: &[&QMatrix<'_>], n: usize) -> Plan {
     let threads = pool.threads();
     let total_rows: usize = ws.iter().map(|w| w.rows()).sum();
     let cols = ws[0].cols();
@@ -231,8 +231,8 @@ fn plan(pool: &Pool, ws: &[&QMatrix<'_>], n: usize) -> Plan {
         tchunk,
         ntc,
     };
-    let level = dispatch::level();
     for (i, w) in ws.iter().enumerate() {
+        // The same `level` as the tasks': packed weights need whole-panel row chunks.
         let rc = if packed_for(w, level).is_some() {
             packed_chunk(w, n, base_chunk, ntc, total_rows, threads)
         } else {
@@ -283,7 +283,7 @@ fn run_group(
     acts: &Acts,
     n: usize,
 ) {
-    let p = plan(pool, ws, n);
+    let p = plan(pool, level, ws, n);
     let mut optrs = [OutPtr {
         ptr: std::ptr::null_mut(),
         len: 0,

@@ -442,13 +442,16 @@ impl Llama {
             });
             progress(i + 1, total);
         }
+        // The token embeddings are only read a row at a time unless they are tied as the
+        // output head: packed only then.
+        let output_tensor = file.header.tensors.get("output.weight");
         let token_embd = Weight::load(
             &file,
             file.tensor("token_embd.weight")?,
             (c.vocab, d),
-            level,
+            if output_tensor.is_some() { None } else { level },
         )?;
-        let output = match file.header.tensors.get("output.weight") {
+        let output = match output_tensor {
             Some(t) => Weight::load(&file, t, (c.vocab, d), level)?,
             None => token_embd.clone(),
         };

@@ -228,6 +228,10 @@ pub(crate) fn gemm_packed(
     assert!(p0 <= p1 && p1 <= w.panels() && c0 <= c1 && c1 <= a.n && a.nb == nb);
     assert!(w.qs().len() >= w.panels() * nb * qb && w.sc().len() >= w.panels() * nb * sb);
     assert!(a.qsum.len() >= a.n * a.sstride && a.s.as_slice().len() >= a.n * a.sstride);
+    assert!(a.npairs == nb.div_ceil(2) && a.sstride >= nb);
+    assert!(
+        a.qs.as_slice().len() >= a.n * a.npairs * 64 && a.dv.as_slice().len() >= a.n * a.npairs * 8
+    );
     assert!(c1 == c0 || p1 == p0 || (c1 - 1) * ldo + w.rows().min(p1 * PANEL) <= out.len);
     let ntok = c1 - c0;
     // Decode: more panels share each broadcast activation; prompt: more tokens share each
