@@ -127,6 +127,23 @@ pub fn test(opts: &TestOptions) -> Result<()> {
                 "warnings",
             ]),
         )?;
+        // The Metal backend only builds for Apple targets: type-check it there (no Apple
+        // toolchain or SDK is needed to check the Rust; the appliance itself links C code, so
+        // only cairn-models, where the backend lives, is checked).
+        deps::ensure_rust_target("aarch64-apple-darwin")?;
+        step(
+            "cargo check --features metal (aarch64-apple-darwin)",
+            cargo().args([
+                "check",
+                "--locked",
+                "-p",
+                "cairn-models",
+                "--features",
+                "metal",
+                "--target",
+                "aarch64-apple-darwin",
+            ]),
+        )?;
     }
     // The agent tests build the SDK's example agents as components.
     deps::ensure_rust_target("wasm32-wasip2")?;

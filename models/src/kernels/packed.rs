@@ -163,11 +163,13 @@ impl PackedMatrix {
     }
 
     /// The packed weights.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn qs(&self) -> &[u8] {
         self.qs.as_slice()
     }
 
     /// The packed f16 scales (and mins) as raw bytes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn sc(&self) -> &[u8] {
         self.sc.as_slice()
     }
