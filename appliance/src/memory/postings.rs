@@ -332,47 +332,16 @@ pub fn drop_namespace(txn: &WriteTransaction, ns: &str) -> Result<(), MemoryErro
 /// series of merges and compactions would have given it, so that it is not rewritten by the
 /// next few merges.
 pub fn migrate_to_segments(txn: &WriteTransaction, schema: u64) -> Result<(), MemoryError> {
-    use std::collections::BTreeMap;
-    // Namespace → (segment id, postings written).
-    let mut segs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut run: Option<(String, String)> = None;
-    let mut list: Vec<Posting> = Vec::new();
+    let mut runs = Runs::default();
     let mut blocks = txn.open_table(tables::SEG_BLOCKS)?;
-    let mut flush = |run: &Option<(String, String)>,
-                     list: &mut Vec<Posting>,
-                     blocks: &mut Blocks<'_>|
-     -> Result<(), MemoryError> {
-        let Some((term, ns)) = run else {
-            return Ok(());
-        };
-        list.sort_unstable_by_key(|p| p.0);
-        list.dedup_by_key(|p| p.0);
-        if !list.is_empty() {
-            let entry = match segs.get_mut(ns.as_str()) {
-                Some(e) => e,
-                None => segs.entry(ns.clone()).or_insert((next_segment(txn)?, 0)),
-            };
-            write_term(blocks, ns, entry.0, term, list)?;
-            entry.1 += list.len() as u64;
-        }
-        list.clear();
-        Ok(())
-    };
     if schema == 2 {
         let rows = txn.open_table(tables::POSTINGS_V2)?;
         for row in rows.iter()? {
             let (k, v) = row?;
             let (term, ns, id) = k.value();
-            if run
-                .as_ref()
-                .is_none_or(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
-            {
-                flush(&run, &mut list, &mut blocks)?;
-                run = Some((term.to_string(), ns.to_string()));
-            }
-            list.push((id, v.value()));
+            runs.at(txn, &mut blocks, term, ns)?.push((id, v.value()));
         }
-        flush(&run, &mut list, &mut blocks)?;
+        runs.flush(txn, &mut blocks)?;
         drop(rows);
         drop(blocks);
         txn.delete_table(tables::POSTINGS_V2)?;
@@ -381,22 +350,16 @@ pub fn migrate_to_segments(txn: &WriteTransaction, schema: u64) -> Result<(), Me
         for row in rows.iter()? {
             let (k, v) = row?;
             let (term, ns, first) = k.value();
-            if run
-                .as_ref()
-                .is_none_or(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
-            {
-                flush(&run, &mut list, &mut blocks)?;
-                run = Some((term.to_string(), ns.to_string()));
-            }
-            decode(first, v.value(), &mut list).ok_or_else(|| corrupt(term, ns, 0, first))?;
+            let list = runs.at(txn, &mut blocks, term, ns)?;
+            decode(first, v.value(), list).ok_or_else(|| corrupt(term, ns, 0, first))?;
         }
-        flush(&run, &mut list, &mut blocks)?;
+        runs.flush(txn, &mut blocks)?;
         drop(rows);
         drop(blocks);
         txn.delete_table(tables::POSTING_BLOCKS)?;
     }
     let mut table = txn.open_table(tables::SEGMENTS)?;
-    for (ns, (seg, postings)) in &segs {
+    for (ns, (seg, postings)) in &runs.segs {
         // About a dozen postings a record: the level whose segments hold this many.
         let records = postings / 12;
         let mut level = 0u64;
@@ -408,6 +371,63 @@ pub fn migrate_to_segments(txn: &WriteTransaction, schema: u64) -> Result<(), Me
         table.insert((ns.as_str(), *seg), (level, *postings))?;
     }
     Ok(())
+}
+
+/// The migration's state: the old rows' current (term, namespace) run and its postings, and
+/// each namespace's new segment.
+#[derive(Default)]
+struct Runs {
+    /// Namespace → (segment id, postings written).
+    segs: std::collections::BTreeMap<String, (u64, u64)>,
+    run: Option<(String, String)>,
+    list: Vec<Posting>,
+}
+
+impl Runs {
+    /// The postings list of (`term`, `ns`), writing out the previous run when it changes.
+    fn at(
+        &mut self,
+        txn: &WriteTransaction,
+        blocks: &mut Blocks<'_>,
+        term: &str,
+        ns: &str,
+    ) -> Result<&mut Vec<Posting>, MemoryError> {
+        if self
+            .run
+            .as_ref()
+            .is_none_or(|(t, n)| (t.as_str(), n.as_str()) != (term, ns))
+        {
+            self.flush(txn, blocks)?;
+            self.run = Some((term.to_string(), ns.to_string()));
+        }
+        Ok(&mut self.list)
+    }
+
+    /// Writes the current run's postings to its namespace's segment.
+    fn flush(
+        &mut self,
+        txn: &WriteTransaction,
+        blocks: &mut Blocks<'_>,
+    ) -> Result<(), MemoryError> {
+        let Some((term, ns)) = &self.run else {
+            return Ok(());
+        };
+        self.list.sort_unstable_by_key(|p| p.0);
+        self.list.dedup_by_key(|p| p.0);
+        if !self.list.is_empty() {
+            let entry = match self.segs.get_mut(ns.as_str()) {
+                Some(e) => e,
+                None => self
+                    .segs
+                    .entry(ns.clone())
+                    .or_insert((next_segment(txn)?, 0)),
+            };
+            write_term(blocks, ns, entry.0, term, &self.list)?;
+            entry.1 += self.list.len() as u64;
+        }
+        self.list.clear();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
