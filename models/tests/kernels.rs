@@ -254,6 +254,9 @@ fn matmul_larger_shapes() {
         (QType::Q8_0, 41, 576, 1),
         (QType::Q8_0, 41, 576, 19),
         (QType::Q4_0, 29, 544, 9),
+        // A prompt whose activations are quantized in parts by the 3-thread pool, with an odd
+        // number of blocks per row (the pad block of each part's rows).
+        (QType::Q4_0, 29, 544, 23),
     ] {
         run_case(ty, rows, cols, n, rows as u64 * 31 + n as u64);
     }
@@ -433,6 +436,23 @@ fn pool_runs_every_task_once() {
             })
         });
         assert_eq!(total.load(Ordering::Relaxed), 12);
+    }
+}
+
+#[test]
+fn pool_chunks_cover_the_slice_once() {
+    for threads in [1, 2, 3] {
+        let pool = Pool::new(threads);
+        for (len, chunk) in [(0, 4), (1, 0), (10, 3), (10, 10), (10, 64), (1000, 7)] {
+            let mut v = vec![0usize; len];
+            pool.for_chunks_mut(&mut v, chunk, |i, piece| {
+                for (j, x) in piece.iter_mut().enumerate() {
+                    *x += i * chunk.max(1) + j + 1;
+                }
+            });
+            let want: Vec<usize> = (1..=len).collect();
+            assert_eq!(v, want, "{threads} threads, len {len}, chunk {chunk}");
+        }
     }
 }
 

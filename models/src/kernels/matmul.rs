@@ -1,9 +1,9 @@
 //! Quantized matrix multiplication: `out[n × rows] = x[n × cols] · Wᵀ`.
 //!
 //! The activations `x` are quantized once per call (int8 per 32-block for Q4_0/Q4_1/Q8_0,
-//! Q8_K for the K formats, kept as f32 for F16/F32 weights) on the calling thread and shared
-//! by every task. Work is split into tasks of (weight, chunk of output rows, chunk of tokens)
-//! handed to the [`Pool`].
+//! split across the pool for prompts; Q8_K for the K formats; kept as f32 for F16/F32
+//! weights) and shared by every task. Work is split into tasks of (weight, chunk of output
+//! rows, chunk of tokens) handed to the [`Pool`].
 //!
 //! - `n ≤ 2` (decode): matrix-vector kernels stream the raw GGUF blocks once per token.
 //! - `n > 2` (prompt): each task first unpacks its chunk of weight rows into a small,
@@ -12,6 +12,7 @@
 //!   tokens of the chunk and every activation block for all rows of a tile.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::KernelError;
 use super::arch;
@@ -19,7 +20,7 @@ use super::buf::AlignedF32;
 use super::dispatch::{self, Level};
 use super::packed::{PANEL, PackedMatrix, qs_block, sc_block};
 use super::pool::Pool;
-use super::quant::{Family, Packed32, Q8Acts, Q8KActs, QK, QMatrix, QType};
+use super::quant::{Family, Packed32, Q8Acts, Q8KActs, Q8RowsMut, QK, QMatrix, QType};
 
 /// Up to this many tokens the matrix-vector path is used.
 const GEMV_MAX_N: usize = 2;
@@ -161,7 +162,7 @@ pub fn matmul_many(
         }
         if need[Family::Q32 as usize] {
             acts.q8.reset(n, cols);
-            arch::quantize_q8(level, x, n, cols, &mut acts.q8);
+            quantize_q8(pool, level, x, cols, &mut acts.q8);
         }
         if need[Family::K as usize] {
             acts.q8k.reset(n, cols);
@@ -183,6 +184,37 @@ pub fn matmul_many(
         }
     });
     Ok(())
+}
+
+/// Quantizes the rows of `x` into `a` (already reset), split across the pool for prompts:
+/// on one thread this is a sixth of a 2-thread prompt's serial time.
+fn quantize_q8(pool: &Pool, level: Level, x: &[f32], cols: usize, a: &mut Q8Acts) {
+    /// Fewer rows per part than this are not worth a dispatch.
+    const MIN_ROWS: usize = 8;
+    const MAX_PARTS: usize = 16;
+    let n = a.n;
+    let parts = pool.threads().min(n / MIN_ROWS).clamp(1, MAX_PARTS);
+    let mut rows = a.rows_mut();
+    if parts == 1 {
+        return arch::quantize_q8(level, x, n, cols, &mut rows);
+    }
+    let slots: [Mutex<Option<(usize, Q8RowsMut<'_>)>>; MAX_PARTS] =
+        std::array::from_fn(|_| Mutex::new(None));
+    let mut start = 0;
+    for (p, slot) in slots.iter().take(parts).enumerate() {
+        let take = (n - start) / (parts - p);
+        let (head, tail) = rows.split_at(take);
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((start, head));
+        rows = tail;
+        start += take;
+    }
+    pool.for_each(parts, |p| {
+        let part = slots[p].lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((start, mut run)) = part {
+            let xs = &x[start * cols..(start + run.n) * cols];
+            arch::quantize_q8(level, xs, run.n, cols, &mut run);
+        }
+    });
 }
 
 /// How one group of weights is cut into tasks.

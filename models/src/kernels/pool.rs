@@ -207,7 +207,35 @@ impl Pool {
     pub fn for_each(&self, n_tasks: usize, f: impl Fn(usize) + Sync) {
         self.run(n_tasks, &f)
     }
+
+    /// Runs `f(i, piece)` for the `i`-th `chunk`-long piece of `out` (the last may be
+    /// shorter) across the pool; a `chunk` of 0 is taken as 1.
+    pub fn for_chunks_mut<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let chunk = chunk.max(1);
+        let (len, base) = (out.len(), SendPtr(out.as_mut_ptr()));
+        self.for_each(len.div_ceil(chunk), |i| {
+            let start = i * chunk;
+            let end = (start + chunk).min(len);
+            let base = &base;
+            // SAFETY: `start..end` is in bounds of `out`, task indices are distinct so the
+            // pieces are disjoint, and `out` stays mutably borrowed until every task is done.
+            let piece = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+            f(i, piece)
+        });
+    }
 }
+
+/// A pointer to the start of a slice whose disjoint pieces go to different tasks.
+struct SendPtr<T>(*mut T);
+
+// SAFETY: only used by `for_chunks_mut`, whose tasks each touch a disjoint piece of a slice of
+// `T: Send` while the caller holds its unique borrow.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 fn run_tasks(shared: &Shared, f: &Task<'_>) {
     let n = shared.n_tasks.load(Ordering::Relaxed);

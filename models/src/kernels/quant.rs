@@ -442,17 +442,76 @@ impl Q8Acts {
         &self.qs.as_i8()[c * self.npairs * 64..(c + 1) * self.npairs * 64]
     }
 
-    /// Mutable views of row `c`.
+    /// Mutable views of all rows, which can be split into runs for parallel quantization.
+    pub fn rows_mut(&mut self) -> Q8RowsMut<'_> {
+        let (n, np, ss) = (self.n, self.npairs, self.sstride);
+        Q8RowsMut {
+            n,
+            nb: self.nb,
+            npairs: np,
+            sstride: ss,
+            qs: &mut self.qs.as_i8_mut()[..n * np * 64],
+            dv: &mut self.dv.as_mut_slice()[..n * np * 8],
+            s4: &mut self.s4.as_mut_slice()[..n * np * 4],
+            s: &mut self.s.as_mut_slice()[..n * ss],
+            qsum: &mut self.qsum[..n * ss],
+        }
+    }
+}
+
+/// Mutable views of a run of consecutive rows of [`Q8Acts`] (row 0 is the run's first).
+pub(crate) struct Q8RowsMut<'a> {
+    /// Rows in the run.
+    pub n: usize,
+    /// Real 32-blocks per row.
+    pub nb: usize,
+    npairs: usize,
+    sstride: usize,
+    qs: &'a mut [i8],
+    dv: &'a mut [f32],
+    s4: &'a mut [f32],
+    s: &'a mut [f32],
+    qsum: &'a mut [i32],
+}
+
+impl<'a> Q8RowsMut<'a> {
+    /// Mutable views of row `c` of the run.
     pub fn row_mut(&mut self, c: usize) -> Q8RowMut<'_> {
         let np = self.npairs;
         let ss = self.sstride;
         Q8RowMut {
-            qs: &mut self.qs.as_i8_mut()[c * np * 64..(c + 1) * np * 64],
-            dv: &mut self.dv.as_mut_slice()[c * np * 8..(c + 1) * np * 8],
-            s4: &mut self.s4.as_mut_slice()[c * np * 4..(c + 1) * np * 4],
-            s: &mut self.s.as_mut_slice()[c * ss..(c + 1) * ss],
+            qs: &mut self.qs[c * np * 64..(c + 1) * np * 64],
+            dv: &mut self.dv[c * np * 8..(c + 1) * np * 8],
+            s4: &mut self.s4[c * np * 4..(c + 1) * np * 4],
+            s: &mut self.s[c * ss..(c + 1) * ss],
             qsum: &mut self.qsum[c * ss..(c + 1) * ss],
         }
+    }
+
+    /// The first `k` rows (at most all of them) and the rest, as two runs.
+    pub fn split_at(self, k: usize) -> (Q8RowsMut<'a>, Q8RowsMut<'a>) {
+        let k = k.min(self.n);
+        let (np, ss) = (self.npairs, self.sstride);
+        let (qs0, qs1) = self.qs.split_at_mut(k * np * 64);
+        let (dv0, dv1) = self.dv.split_at_mut(k * np * 8);
+        let (s40, s41) = self.s4.split_at_mut(k * np * 4);
+        let (s0, s1) = self.s.split_at_mut(k * ss);
+        let (q0, q1) = self.qsum.split_at_mut(k * ss);
+        let run = |n, qs, dv, s4, s, qsum| Q8RowsMut {
+            n,
+            nb: self.nb,
+            npairs: np,
+            sstride: ss,
+            qs,
+            dv,
+            s4,
+            s,
+            qsum,
+        };
+        (
+            run(k, qs0, dv0, s40, s0, q0),
+            run(self.n - k, qs1, dv1, s41, s1, q1),
+        )
     }
 }
 
@@ -493,7 +552,7 @@ impl Q8RowMut<'_> {
 }
 
 /// Portable quantization of one row `x` (length `nb·32`) into row `c` of `a`.
-pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8Acts, c: usize) {
+pub(crate) fn quantize_q8_row_portable(x: &[f32], a: &mut Q8RowsMut<'_>, c: usize) {
     let nb = a.nb;
     let np = a.npairs;
     let mut row = a.row_mut(c);

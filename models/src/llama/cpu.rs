@@ -3,7 +3,7 @@
 //! (contiguous, any offset) and returns a new storage.
 
 use crate::kernels::{self, Pool, QMatrix};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp2, Layout, Result, Shape};
 use std::cell::RefCell;
 
 /// The contiguous f32 slice behind a tensor, or an error for other layouts and types.
@@ -73,6 +73,42 @@ impl CustomOp1 for Linear<'_> {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(total)))
+    }
+}
+
+/// The residual connection, in place: `x += y`. On the calling thread: candle's own binary
+/// ops wake its thread pool, whose spinning workers take cores from the kernels' pool.
+pub(super) struct Residual;
+
+impl InplaceOp2 for Residual {
+    fn name(&self) -> &'static str {
+        "cairn-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let y = f32_slice(s2, l2, self.name())?;
+        let CpuStorage::F32(all) = s1 else {
+            candle_core::bail!("cairn-residual: expects f32 input");
+        };
+        let Some((start, end)) = l1.contiguous_offsets() else {
+            candle_core::bail!("cairn-residual: expects a contiguous input");
+        };
+        let x = all.get_mut(start..end).ok_or_else(|| {
+            candle_core::Error::Msg("cairn-residual: storage shorter than its layout".into())
+        })?;
+        if x.len() != y.len() {
+            candle_core::bail!("cairn-residual: {} values plus {}", x.len(), y.len());
+        }
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+        Ok(())
     }
 }
 
@@ -151,11 +187,12 @@ impl CustomOp1 for Rope<'_> {
 }
 
 /// silu(gate) · up, where the input is the concatenated `[n × ff][n × ff]` of gate and up.
-pub(super) struct SiluMul {
+pub(super) struct SiluMul<'a> {
+    pub pool: &'a Pool,
     pub ff: usize,
 }
 
-impl CustomOp1 for SiluMul {
+impl CustomOp1 for SiluMul<'_> {
     fn name(&self) -> &'static str {
         "cairn-silu-mul"
     }
@@ -168,7 +205,19 @@ impl CustomOp1 for SiluMul {
         let n = x.len() / (2 * self.ff);
         let (gate, up) = x.split_at(n * self.ff);
         let mut out = vec![0f32; n * self.ff];
-        kernels::ops::silu_mul(gate, up, &mut out).map_err(|e| kernel_err(self.name(), e))?;
+        // Rows split across the pool: on one thread this is a tenth of a prompt's serial time.
+        let rows = n.div_ceil(self.pool.threads()).max(1);
+        let failed = std::sync::OnceLock::new();
+        self.pool.for_chunks_mut(&mut out, rows * self.ff, |i, o| {
+            let at = i * rows * self.ff;
+            let (g, u) = (&gate[at..at + o.len()], &up[at..at + o.len()]);
+            if let Err(e) = kernels::ops::silu_mul(g, u, o) {
+                let _ = failed.set(e);
+            }
+        });
+        if let Some(e) = failed.into_inner() {
+            return Err(kernel_err(self.name(), e));
+        }
         Ok((CpuStorage::F32(out), Shape::from((n, self.ff))))
     }
 }

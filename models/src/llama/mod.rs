@@ -588,7 +588,7 @@ impl Llama {
         for (row, t) in x.chunks_exact_mut(d).zip(tokens) {
             embd.dequantize_row(*t as usize, row)?;
         }
-        let mut x = Tensor::from_vec(x, (n, d), &Device::Cpu)?;
+        let x = Tensor::from_vec(x, (n, d), &Device::Cpu)?;
         for (i, b) in self.blocks.iter().enumerate() {
             let h = x.apply_op1_no_bwd(&cpu::RmsNorm {
                 weight: &b.attn_norm,
@@ -640,7 +640,7 @@ impl Llama {
                 weights: vec![b.o.matrix(f)?],
                 biases: vec![None],
             })?;
-            x = (x + o.reshape((n, d))?)?;
+            x.inplace_op2(&o, &cpu::Residual)?;
             let h = x.apply_op1_no_bwd(&cpu::RmsNorm {
                 weight: &b.ffn_norm,
                 eps: c.rms_eps,
@@ -650,13 +650,13 @@ impl Llama {
                 weights: vec![b.gate.matrix(f)?, b.up.matrix(f)?],
                 biases: vec![None, None],
             })?;
-            let act = gu.apply_op1_no_bwd(&cpu::SiluMul { ff: c.ff })?;
+            let act = gu.apply_op1_no_bwd(&cpu::SiluMul { pool, ff: c.ff })?;
             let down = act.apply_op1_no_bwd(&cpu::Linear {
                 pool,
                 weights: vec![b.down.matrix(f)?],
                 biases: vec![None],
             })?;
-            x = (x + down.reshape((n, d))?)?;
+            x.inplace_op2(&down, &cpu::Residual)?;
         }
         // Only the last position's logits are needed to continue.
         let last = x.narrow(0, n - 1, 1)?;

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::kernels::buf::AlignedF32;
 use crate::kernels::matmul::{Acts, OutPtr};
-use crate::kernels::quant::{Packed32, Q8Acts, QK, QMatrix, QType};
+use crate::kernels::quant::{Packed32, Q8Acts, Q8RowsMut, QK, QMatrix, QType};
 
 /// Horizontal sum of 8 floats.
 #[inline]
@@ -45,7 +45,7 @@ pub(crate) fn hmax(v: __m256) -> f32 {
 
 /// Quantizes `n` rows of `x` into `a` (already reset for `n × cols`).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
+pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8RowsMut<'_>) {
     let nb = a.nb;
     assert!(x.len() >= n * cols && cols == nb * QK);
     let sign = _mm256_set1_ps(-0.0);

@@ -8,7 +8,7 @@ use super::dispatch::Level;
 use super::matmul::{Acts, OutPtr};
 use super::ops::RopeLayout;
 use super::packed::PackedMatrix;
-use super::quant::{self, Packed32, Q8Acts, Q8KActs, QMatrix};
+use super::quant::{self, Packed32, Q8Acts, Q8KActs, Q8RowsMut, QMatrix};
 
 pub(crate) mod portable;
 
@@ -20,7 +20,7 @@ pub(crate) mod avx512;
 pub(crate) mod neon;
 
 /// Quantizes `n` rows of `x` (`n × cols`) into `a` (already reset).
-pub(crate) fn quantize_q8(level: Level, x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
+pub(crate) fn quantize_q8(level: Level, x: &[f32], n: usize, cols: usize, a: &mut Q8RowsMut<'_>) {
     #[cfg(target_arch = "x86_64")]
     if level.has_avx2() {
         // SAFETY: `level` was validated by `dispatch`, so AVX2, FMA and F16C are available.

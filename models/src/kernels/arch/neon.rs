@@ -10,7 +10,7 @@ use std::arch::asm;
 
 use crate::kernels::buf::AlignedF32;
 use crate::kernels::matmul::{Acts, OutPtr};
-use crate::kernels::quant::{Packed32, Q8Acts, QK, QMatrix, QType, f16_at};
+use crate::kernels::quant::{Packed32, Q8Acts, Q8RowsMut, QK, QMatrix, QType, f16_at};
 
 /// `acc + Σ a·b` over each group of 4 int8 lanes (`sdot`).
 ///
@@ -59,7 +59,7 @@ unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> in
 
 /// Quantizes `n` rows of `x` into `a` (already reset for `n × cols`).
 #[target_feature(enable = "neon")]
-pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
+pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8RowsMut<'_>) {
     let nb = a.nb;
     assert!(x.len() >= n * cols && cols == nb * QK);
     for c in 0..n {

@@ -4,11 +4,11 @@
 use crate::kernels::buf::AlignedF32;
 use crate::kernels::matmul::{Acts, OutPtr};
 use crate::kernels::quant::{
-    self, Packed32, Q8Acts, Q8KActs, QK, QK_K, QMatrix, QType, f16_at, kquant_block,
+    self, Packed32, Q8Acts, Q8KActs, Q8RowsMut, QK, QK_K, QMatrix, QType, f16_at, kquant_block,
 };
 
 /// Quantizes `n` rows of `x` into `a` (already reset).
-pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8Acts) {
+pub(crate) fn quantize_q8(x: &[f32], n: usize, cols: usize, a: &mut Q8RowsMut<'_>) {
     for c in 0..n {
         quant::quantize_q8_row_portable(&x[c * cols..(c + 1) * cols], a, c);
     }
