@@ -1000,6 +1000,11 @@ function eventStream() {
   const note = h('p', { class: 'muted' });
   let since = 0;
   let events = [];
+  // Bumped by every filter change: an answer to a request made before it is dropped, so no
+  // event of the old filter lands in the new list.
+  let gen = 0;
+  // The running request of the current generation: the 2 s poll does not start a second one.
+  let inflight = null;
   const f = form({
     submit: 'Filter', label: 'Filter events',
     fields: [
@@ -1008,9 +1013,23 @@ function eventStream() {
       { name: 'contains', label: 'Message containing' },
       { name: 'problems', label: 'Only warnings and errors', type: 'checkbox', value: false },
     ],
-    async onSubmit() { since = 0; events = []; await tick(); },
+    async onSubmit() {
+      gen += 1;
+      since = 0;
+      events = [];
+      inflight = null;
+      put(rows, h('p', { class: 'muted' }, 'Loading…'));
+      await tick();
+    },
   });
-  async function tick() {
+  function tick() {
+    if (!inflight) {
+      const mine = gen;
+      inflight = fetchEvents(mine).finally(() => { if (gen === mine) inflight = null; });
+    }
+    return inflight;
+  }
+  async function fetchEvents(mine) {
     const i = f.inputs;
     const q = new URLSearchParams({ since: String(since), limit: '500' });
     if (i.kind.value) q.set('kind', i.kind.value);
@@ -1018,6 +1037,7 @@ function eventStream() {
     if (i.contains.value.trim()) q.set('contains', i.contains.value.trim());
     if (i.problems.checked) q.set('problems', 'true');
     const r = await api('GET', `/api/v1/events?${q}`);
+    if (mine !== gen) return;
     since = r.next;
     events = events.concat(r.events).slice(-500);
     put(rows, table([
