@@ -272,14 +272,22 @@ fn bench_boot_arch(arch: Arch, runs: usize) -> Result<Value> {
     }))
 }
 
+/// What `cargo xtask bench` was asked besides the area.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The architecture (boot: default both; memory's power cuts: default this machine's).
+    pub arch: Option<Arch>,
+    /// Repetitions per configuration.
+    pub runs: Option<usize>,
+    /// memory: record counts.
+    pub records: Option<Vec<usize>>,
+    /// memory: power cuts of the booted image.
+    pub power_cuts: Option<usize>,
+}
+
 /// Runs a benchmark area and prints the report.
-pub fn bench(
-    area: &str,
-    arch: Option<Arch>,
-    runs: Option<usize>,
-    records: Option<Vec<usize>>,
-    as_json: bool,
-) -> Result<()> {
+pub fn bench(area: &str, opts: &Options, as_json: bool) -> Result<()> {
+    let (arch, runs) = (opts.arch, opts.runs);
     // With `--json` stdout carries the one report object: everything else this process and
     // the programs it starts print (pip, cargo, apt-get, the measured programs) goes to stderr.
     let json_out = if as_json {
@@ -312,7 +320,13 @@ pub fn bench(
             (inference::run(runs.unwrap_or(3))?, inference::print_table)
         }
         "memory" => (
-            memory::run(records, runs.unwrap_or(3))?,
+            memory::run(
+                opts.records.clone(),
+                runs.unwrap_or(3),
+                opts.power_cuts
+                    .filter(|&n| n > 0)
+                    .map(|n| (n, arch.or_else(Arch::host).unwrap_or(Arch::X86_64))),
+            )?,
             inference::print_table,
         ),
         "agents" => (agents::run()?, inference::print_table),

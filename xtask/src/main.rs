@@ -114,6 +114,11 @@ enum Cmd {
         /// memory: record counts to measure, comma-separated (default 10000,100000).
         #[arg(long, value_delimiter = ',')]
         records: Option<Vec<usize>>,
+        /// memory: also boot the image (`--arch`, default this machine's) and cut its power
+        /// this many times while it writes, checking every acknowledged write after each
+        /// reboot (the regular test run does 10 per architecture).
+        #[arg(long)]
+        power_cuts: Option<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -203,8 +208,18 @@ fn real_main() -> Result<()> {
             arch,
             runs,
             records,
+            power_cuts,
             json,
-        } => bench::bench(&area, arch, runs, records, json),
+        } => bench::bench(
+            &area,
+            &bench::Options {
+                arch,
+                runs,
+                records,
+                power_cuts,
+            },
+            json,
+        ),
         Cmd::FetchModels { models } => models::fetch_models(&models).map(|_| ()),
         Cmd::Deps => {
             let mut needs = deps::for_image();

@@ -84,7 +84,7 @@ fn console_modules() -> Result<()> {
 /// image, and the tests run the code that ships. Always the whole workspace: Cargo unifies
 /// dependency features over the packages selected, and selecting fewer rebuilds half of them.
 /// (Examples are left out: the SDK's are agents, built for wasm32-wasip2 by the agent tests.)
-fn workspace_tests(arch: Arch) -> Result<std::process::Command> {
+pub(crate) fn workspace_tests(arch: Arch) -> Result<std::process::Command> {
     let mut c = build::musl_cargo(arch, "test")?;
     c.args(["--workspace", "--lib", "--bins", "--tests"]);
     Ok(c)

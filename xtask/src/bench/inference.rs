@@ -894,6 +894,15 @@ pub fn print_table(report: &Value) {
         } else {
             targets.join(", ")
         };
+        if f["peer_value"].is_null() {
+            println!(
+                "{}: {} {unit} ({target}; {} is better)",
+                f["name"].as_str().unwrap_or(""),
+                f["value"],
+                f["better"].as_str().unwrap_or("higher"),
+            );
+            continue;
+        }
         println!(
             "{}: {} {unit} vs {} {unit} ({}) → {}× ({target}; {} is better)",
             f["name"].as_str().unwrap_or(""),

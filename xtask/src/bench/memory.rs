@@ -9,10 +9,17 @@
 //! Inserts with the embedding computed on the way in (all-MiniLM-L6-v2) are measured by the
 //! `bench_memory_embed` example next to SQLite with sentence-transformers
 //! (`xtask/scripts/sqlite_memory_embed_bench.py`, in the inference benchmark's venv).
+//!
+//! `--power-cuts N` adds the durability run: the booted image's power cut N times while it
+//! writes, every acknowledged write checked after each reboot (no peer: the figure is the
+//! number of acknowledged writes lost, which must be 0, and the time from power-on to a
+//! working memory API).
 
 use super::inference::{bench_dir, cores, cpu_model, parse_json, repo_file, run_measured};
-use crate::build;
+use crate::build::{self, ImageOptions};
+use crate::deps;
 use anyhow::{Context, Result, bail};
+use cairn_image::Arch;
 use serde_json::{Value, json};
 use std::process::Command;
 
@@ -79,7 +86,14 @@ fn medians(rounds: &[Value]) -> Result<Value> {
 }
 
 /// Runs the memory benchmark, `runs` rounds per size, and returns its report.
-pub fn run(sizes: Option<Vec<usize>>, runs: usize) -> Result<Value> {
+///
+/// With `power_cuts` = (N, arch), the image of `arch` is booted and its power cut N times
+/// while it writes (see [`power_cuts`]).
+pub fn run(
+    sizes: Option<Vec<usize>>,
+    runs: usize,
+    power_cuts: Option<(usize, Arch)>,
+) -> Result<Value> {
     let runs = runs.max(1);
     let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
     let example = build_example("bench_memory")?;
@@ -201,6 +215,27 @@ pub fn run(sizes: Option<Vec<usize>>, runs: usize) -> Result<Value> {
         );
     }
     with_embedding(&dataset, &mut figures, &mut detail)?;
+    if let Some((n, arch)) = power_cuts {
+        let report = self::power_cuts(n, arch)?;
+        let mut ready: Vec<f64> = report["reboot_to_memory_ms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        let a = arch.name();
+        figures.push(json!({
+            "name": format!("power_cuts_acknowledged_lost_{a}"), "unit": "records",
+            "value": report["acknowledged_lost"], "peer": null, "peer_value": null, "ratio": null,
+            "better": "lower", "target": {"max_value": 0},
+        }));
+        figures.push(json!({
+            "name": format!("power_cuts_reboot_to_memory_{a}"), "unit": "ms",
+            "value": super::median(&mut ready), "peer": null, "peer_value": null, "ratio": null,
+            "better": "lower", "target": null,
+        }));
+        detail.insert(format!("power_cuts_{a}"), report);
+    }
     Ok(json!({
         "area": "memory",
         "peer": "SQLite (FTS5 + brute-force numpy vectors), same dataset and fusion",
@@ -280,4 +315,51 @@ fn with_embedding(
         json!({"cairn": ours, "sqlite": peer}),
     );
     Ok(())
+}
+
+/// Boots the image of `arch` (with the default models) and cuts its power `cuts` times while
+/// it writes: the end-to-end test `memory_survives_power_cuts` with `CAIRN_MEMORY_CUTS`, which
+/// fails on any acknowledged write missing or changed after a reboot, on an unacknowledged
+/// one half there, or on a store that does not open. Returns the test's report (cuts, records
+/// verified, the reboots' times to a working memory API).
+fn power_cuts(cuts: usize, arch: Arch) -> Result<Value> {
+    let host = Arch::host().unwrap_or(Arch::X86_64);
+    let mut needs = deps::for_image();
+    needs.extend(deps::for_build(host));
+    needs.extend(deps::for_build(arch));
+    needs.extend(deps::for_qemu(arch));
+    deps::ensure(&needs)?;
+    crate::models::fetch_models("default")?;
+    build::image(
+        arch,
+        &ImageOptions {
+            models: Some("default".into()),
+            ..ImageOptions::default()
+        },
+    )?;
+    let report = bench_dir().join(format!("power-cuts-{}.json", arch.name()));
+    let _ = std::fs::remove_file(&report);
+    eprintln!("bench memory: {cuts} power cuts of the booted {arch} image");
+    // The same selection as `cargo xtask test`, so its build is reused; one test runs.
+    let st = crate::test::workspace_tests(host)?
+        .current_dir(build::repo_root())
+        .env("CAIRN_MEMORY_CUTS", cuts.to_string())
+        .env("CAIRN_MEMORY_CUTS_REPORT", &report)
+        .args(["--", "--ignored", "--exact", "--nocapture"])
+        .arg(format!("memory_survives_power_cuts::{}", arch.name()))
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status()
+        .context("running the power-cut test")?;
+    if !st.success() {
+        bail!(
+            "the power-cut test failed on {arch}: an acknowledged write was lost, a write half-existed, or the store did not open (its output above says which)"
+        );
+    }
+    let text = std::fs::read_to_string(&report).with_context(|| {
+        format!(
+            "the power-cut test passed but wrote no report at {}",
+            report.display()
+        )
+    })?;
+    serde_json::from_str(&text).context("the power-cut report")
 }
