@@ -25,6 +25,26 @@ const BM25_K1: f64 = 1.2;
 const BM25_B: f64 = 0.75;
 /// Namespaces with at most this many vectors fall back to an exact scan under filters.
 pub const EXACT_FALLBACK: usize = 20_000;
+/// Candidate list of the graph search up to [`EF_FLAT_UNTIL`] vectors in a namespace.
+const EF_MIN: usize = 64;
+/// Namespace size up to which [`EF_MIN`] holds; beyond it the list grows in proportion,
+/// as a bigger graph needs more candidates for the same recall (bench memory, recall@10:
+/// 0.987 at 100 000 vectors with 64; at a million 0.786 with 64 and 0.921 with 203).
+const EF_FLAT_UNTIL: usize = 100_000;
+/// The longest candidate list, whatever the namespace's size.
+const EF_MAX: usize = 2048;
+
+/// The graph search's candidate list for `depth` results in a namespace of `len` vectors.
+fn ef_for(depth: usize, len: usize) -> usize {
+    let base = depth.max(EF_MIN);
+    if len <= EF_FLAT_UNTIL {
+        return base;
+    }
+    (base * len)
+        .div_ceil(EF_FLAT_UNTIL)
+        .clamp(base, EF_MAX.max(base))
+}
+
 /// Recency half-life of the boost.
 const RECENCY_HALF_LIFE_MS: f64 = 30.0 * 86_400_000.0;
 /// Longest query in bytes.
@@ -314,16 +334,16 @@ impl Memory {
             for ns in &namespaces {
                 let tier_ok = |tag: u8| Tier::from_code(tag).is_some_and(|t| filter.tier_ok(t));
                 let mut found = Vec::new();
+                let len = self.index.len(ns).map_err(poisoned)?;
                 let hits = self
                     .index
-                    .search(ns, qv, depth, depth.max(64))
+                    .search(ns, qv, depth, ef_for(depth, len))
                     .map_err(poisoned)?;
                 for (id, sim, tag) in hits {
                     if tier_ok(tag) && fetch(id)?.is_some() {
                         found.push((id, sim));
                     }
                 }
-                let len = self.index.len(ns).map_err(poisoned)?;
                 if found.len() < k.min(len) && len <= EXACT_FALLBACK {
                     found.clear();
                     let all = self
@@ -400,5 +420,21 @@ impl Memory {
             .into_iter()
             .map(|x| x.0)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_candidate_list_grows_only_beyond_a_hundred_thousand_vectors() {
+        assert_eq!(ef_for(50, 10), EF_MIN);
+        assert_eq!(ef_for(50, EF_FLAT_UNTIL), EF_MIN);
+        assert_eq!(ef_for(400, 1_000), 400);
+        assert_eq!(ef_for(50, 200_000), 128);
+        assert_eq!(ef_for(50, 1_000_000), 640);
+        assert_eq!(ef_for(50, 100_000_000), EF_MAX);
+        assert_eq!(ef_for(4000, 100_000_000), 4000);
     }
 }
