@@ -477,15 +477,7 @@ impl CpuBert {
         let w = bias.len();
         let rows = x.len() / w;
         let per = rows.div_ceil(self.pool.threads() * 2).max(1);
-        let chunks = rows.div_ceil(per);
-        let ptr = kernels::matmul::OutPtr {
-            ptr: x.as_mut_ptr(),
-            len: x.len(),
-        };
-        self.pool.for_each(chunks, |c| {
-            let (r0, r1) = (c * per, ((c + 1) * per).min(rows));
-            // SAFETY: chunk c alone touches rows r0..r1.
-            let part = unsafe { ptr.slice(r0 * w, (r1 - r0) * w) };
+        self.pool.for_chunks_mut(x, per * w, |_, part| {
             add_bias(part, bias);
             ops::gelu(part);
         });

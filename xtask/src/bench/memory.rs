@@ -224,16 +224,26 @@ pub fn run(
             .filter_map(Value::as_f64)
             .collect();
         let a = arch.name();
-        figures.push(json!({
-            "name": format!("power_cuts_acknowledged_lost_{a}"), "unit": "records",
-            "value": report["acknowledged_lost"], "peer": null, "peer_value": null, "ratio": null,
-            "better": "lower", "target": {"max_value": 0},
-        }));
-        figures.push(json!({
-            "name": format!("power_cuts_reboot_to_memory_{a}"), "unit": "ms",
-            "value": super::median(&mut ready), "peer": null, "peer_value": null, "ratio": null,
-            "better": "lower", "target": null,
-        }));
+        let lost = report["acknowledged_lost"].as_f64().unwrap_or(f64::NAN);
+        for mut f in [
+            super::figure(
+                &format!("power_cuts_acknowledged_lost_{a}"),
+                "records",
+                lost,
+                None,
+                Some(json!({"max_value": 0})),
+            ),
+            super::figure(
+                &format!("power_cuts_reboot_to_memory_{a}"),
+                "ms",
+                super::median(&mut ready),
+                None,
+                None,
+            ),
+        ] {
+            f["better"] = json!("lower");
+            figures.push(f);
+        }
         detail.insert(format!("power_cuts_{a}"), report);
     }
     Ok(json!({
