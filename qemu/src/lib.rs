@@ -744,6 +744,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// What the KVM fallback of `Vm::start` goes by: a guest that stays silent is noticed
+    /// within the limit, one that prints is not taken for silent.
+    #[test]
+    fn a_silent_console_is_told_from_one_that_prints() {
+        let dir = std::env::temp_dir().join(format!("cairn-qemu-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first_output = |image: Vec<u8>| {
+            std::fs::write(dir.join("fw.bin"), image).unwrap();
+            let mut cfg = VmConfig::new(
+                Arch::X86_64,
+                Boot::Firmware {
+                    image: dir.join("fw.bin"),
+                },
+                &dir,
+            );
+            cfg.network = None;
+            cfg.memory_mib = 64;
+            let mut vm = Vm::spawn(&cfg, Accel::Tcg).unwrap();
+            vm.wait_first_output(Duration::from_secs(2))
+        };
+        // Halts at the reset vector, as a guest under a KVM that runs nothing looks.
+        assert!(!first_output(vec![0xf4; 0x1_0000]), "silence not noticed");
+        assert!(
+            first_output(accel::probe_image(Arch::X86_64)),
+            "output missed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn missing_uefi_firmware_names_the_package() {
         let cfg = VmConfig::new(
