@@ -210,11 +210,22 @@ fn run_image(arch: Arch, accel: Accel, image: &[u8], timeout: Duration) -> Resul
         vm.wait_for_console(PROBE_MARKER, timeout)?;
         Ok(())
     })();
+    // QEMU's own complaint, if any (e.g. "failed to set MSR 0x10a").
+    let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(|e| {
         // The first line is the reason; the console tail after it is empty or noise.
         let e = format!("{e:#}");
-        e.lines().next().unwrap_or_default().to_string()
+        let reason = e.lines().next().unwrap_or_default();
+        let reason = reason.trim_end_matches("; console tail:");
+        match stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("error") || l.contains("failed"))
+        {
+            Some(l) => format!("{reason}; QEMU said: {}", l.trim()),
+            None => reason.to_string(),
+        }
     })
 }
 
