@@ -19,7 +19,60 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// A guest booted under KVM that has printed nothing on its console after this long is taken
+/// for a KVM that does not run guests: it is stopped and booted again under TCG.
+pub const KVM_SILENCE_LIMIT: Duration = Duration::from_secs(20);
+
+/// A private directory for one QEMU's sockets, made afresh for every start and removed with the
+/// VM: no socket path is ever shared by two QEMUs or left over from an earlier boot, and it is
+/// short (Unix socket paths hold at most 107 bytes; a work directory deep in a clone may not).
+struct SockDir(PathBuf);
+
+impl SockDir {
+    fn new() -> Result<SockDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        for _ in 0..1000 {
+            let p = base.join(format!(
+                "cairn-qemu-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => {
+                    // The longest name inside, with its terminating NUL.
+                    if p.join("serial.sock").as_os_str().len() >= 108 {
+                        let _ = std::fs::remove_dir(&p);
+                        bail!(
+                            "the socket directory {} is too deep for a Unix socket path; set \
+                             TMPDIR to a shorter directory",
+                            p.display()
+                        );
+                    }
+                    return Ok(SockDir(p));
+                }
+                // Left by an earlier process with this pid: take the next name.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("making a socket directory in {}", base.display())
+                    });
+                }
+            }
+        }
+        bail!("no free socket directory name in {}", base.display())
+    }
+}
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// How the VM boots.
 #[derive(Debug, Clone)]
@@ -39,6 +92,12 @@ pub enum Boot {
         code: PathBuf,
         /// Variable store template; the VM gets a private copy.
         vars: PathBuf,
+    },
+    /// A flat firmware image run from the reset vector (`-bios`), with no kernel or disk:
+    /// the accelerator probe's tiny guest.
+    Firmware {
+        /// The image.
+        image: PathBuf,
     },
 }
 
@@ -260,6 +319,10 @@ pub fn command_line(
                 vars_copy.display()
             ));
         }
+        Boot::Firmware { image } => {
+            push("-bios");
+            push(&image.to_string_lossy());
+        }
     }
     // Disks.
     let mut usb = false;
@@ -318,25 +381,79 @@ pub struct Vm {
     started: Instant,
     /// The accelerator in use.
     pub accel: Accel,
+    // Last: removed after `Drop for Vm` has ended QEMU.
+    _sockets: SockDir,
 }
 
 impl Vm {
     /// Starts QEMU. With `Console::Capture` the serial output is captured from the first byte.
+    ///
+    /// With `Accel::Auto` and KVM chosen, a guest that prints nothing on its console within
+    /// [`KVM_SILENCE_LIMIT`] is stopped and booted again under TCG, with a message saying so
+    /// (a `CAIRN_ACCEL=kvm` or an explicit `Accel::Kvm` is kept).
     pub fn start(cfg: &VmConfig) -> Result<Vm> {
-        std::fs::create_dir_all(&cfg.work_dir)?;
-        let accel = match cfg.accel {
-            Accel::Auto => accel::detect(cfg.arch),
-            a => a,
+        let (accel, source) = match cfg.accel {
+            Accel::Auto => accel::detect_with_source(cfg.arch),
+            a => (a, accel::Source::Forced),
         };
-        let serial_sock = cfg.work_dir.join("serial.sock");
-        let qmp_sock = cfg.work_dir.join("qmp.sock");
-        let _ = std::fs::remove_file(&serial_sock);
-        let _ = std::fs::remove_file(&qmp_sock);
+        let mut vm = Vm::spawn(cfg, accel)?;
+        if accel != Accel::Kvm || source == accel::Source::Forced {
+            return Ok(vm);
+        }
+        if vm.wait_first_output(KVM_SILENCE_LIMIT) {
+            return Ok(vm);
+        }
+        vm.quit();
+        drop(vm);
+        accel::kvm_failed();
+        eprintln!(
+            "cairn-qemu: the {} guest printed nothing on its console in {} s under KVM: this \
+             host's KVM does not run guests; booting it again under TCG (software emulation, \
+             slow)",
+            cfg.arch,
+            KVM_SILENCE_LIMIT.as_secs()
+        );
+        Vm::spawn(cfg, Accel::Tcg)
+    }
+
+    /// True once the console has shown anything, or QEMU has exited (its caller sees that);
+    /// false when `limit` passes in silence.
+    fn wait_first_output(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.serial.len() == 0 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.serial.wait_for_more(Duration::from_millis(200));
+        }
+        true
+    }
+
+    /// Asks QEMU to quit (it restores a terminal it took), killing it if it does not.
+    fn quit(&mut self) {
+        let _ = self.qmp("quit", None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.kill();
+    }
+
+    fn spawn(cfg: &VmConfig, accel: Accel) -> Result<Vm> {
+        std::fs::create_dir_all(&cfg.work_dir)?;
+        let sockets = SockDir::new()?;
+        let serial_sock = sockets.0.join("serial.sock");
+        let qmp_sock = sockets.0.join("qmp.sock");
         let args = command_line(cfg, accel, &serial_sock, &qmp_sock)?;
         let bin = qemu_binary(cfg.arch);
         let mut cmd = Command::new(bin);
         cmd.args(&args);
         let log_path = cfg.work_dir.join("serial.log");
+        // An earlier boot's log must not pass for this guest's output.
+        let _ = std::fs::remove_file(&log_path);
         if cfg.console == Console::Capture {
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -379,6 +496,7 @@ impl Vm {
             work_dir: cfg.work_dir.clone(),
             started,
             accel,
+            _sockets: sockets,
         })
     }
 
@@ -583,6 +701,76 @@ mod tests {
             .unwrap()
             .join(" ");
         assert!(!a.contains("-netdev"), "no NIC at all");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two VMs started at once in one work directory that also holds a live socket at the old
+    /// fixed `serial.sock` path (an earlier boot's QEMU): each harness reads its own guest, and
+    /// neither QEMU is left waiting for a connection that went elsewhere.
+    #[test]
+    fn vms_sharing_a_work_dir_each_read_their_own_console() {
+        let dir = std::env::temp_dir().join(format!("cairn-qemu-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("probe.bin"), accel::probe_image(Arch::X86_64)).unwrap();
+        let _earlier_qemu =
+            std::os::unix::net::UnixListener::bind(dir.join("serial.sock")).unwrap();
+        let vms: Vec<_> = (0..2)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || -> Result<()> {
+                    let image = dir.join("probe.bin");
+                    let mut cfg = VmConfig::new(Arch::X86_64, Boot::Firmware { image }, &dir);
+                    cfg.accel = Accel::Tcg;
+                    cfg.network = None;
+                    cfg.memory_mib = 64;
+                    cfg.cpus = 1;
+                    cfg.no_reboot = true;
+                    cfg.extra = vec![
+                        "-device".into(),
+                        "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+                    ];
+                    let mut vm = Vm::start(&cfg)?;
+                    vm.wait_for_console(accel::PROBE_MARKER, Duration::from_secs(120))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for vm in vms {
+            if let Err(e) = vm.join().unwrap() {
+                panic!("{e:#}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the KVM fallback of `Vm::start` goes by: a guest that stays silent is noticed
+    /// within the limit, one that prints is not taken for silent.
+    #[test]
+    fn a_silent_console_is_told_from_one_that_prints() {
+        let dir = std::env::temp_dir().join(format!("cairn-qemu-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first_output = |image: Vec<u8>| {
+            std::fs::write(dir.join("fw.bin"), image).unwrap();
+            let mut cfg = VmConfig::new(
+                Arch::X86_64,
+                Boot::Firmware {
+                    image: dir.join("fw.bin"),
+                },
+                &dir,
+            );
+            cfg.network = None;
+            cfg.memory_mib = 64;
+            let mut vm = Vm::spawn(&cfg, Accel::Tcg).unwrap();
+            vm.wait_first_output(Duration::from_secs(2))
+        };
+        // Halts at the reset vector, as a guest under a KVM that runs nothing looks.
+        assert!(!first_output(vec![0xf4; 0x1_0000]), "silence not noticed");
+        assert!(
+            first_output(accel::probe_image(Arch::X86_64)),
+            "output missed"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

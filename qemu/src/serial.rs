@@ -9,6 +9,35 @@ use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long QEMU may take to open its serial socket.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The process that listens on the other end of a connected Unix socket.
+fn peer_pid(s: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals of the size SO_PEERCRED writes, and the fd is
+    // open for the duration of the call (borrowed from `s`).
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.pid as u32)
+}
+
 /// Captured console output.
 pub struct Serial {
     buf: Mutex<Vec<u8>>,
@@ -19,21 +48,45 @@ pub struct Serial {
 
 impl Serial {
     /// Connects to QEMU's serial socket (QEMU waits for us before starting the guest).
+    ///
+    /// Retries while QEMU is starting, for at most [`CONNECT_LIMIT`]; fails at once when QEMU
+    /// exits, or when the socket is served by another process than `child` (a QEMU waiting on
+    /// its own socket would otherwise wait forever while we read someone else's console).
     pub fn connect(sock: &Path, log: &Path, child: &mut Child) -> Result<Arc<Serial>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + CONNECT_LIMIT;
         let stream = loop {
             match UnixStream::connect(sock) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
+                Ok(s) => {
+                    let peer = peer_pid(&s).map_err(|e| {
+                        anyhow::anyhow!("asking who serves {}: {e}", sock.display())
+                    })?;
+                    if peer != child.id() {
+                        bail!(
+                            "the serial socket {} is served by process {peer}, not by the QEMU \
+                             just started ({}): another VM uses the same socket path",
+                            sock.display(),
+                            child.id()
+                        );
+                    }
+                    break s;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    bail!("cannot connect to {}: {e}", sock.display())
+                }
+                Err(e) => {
                     if let Ok(Some(st)) = child.try_wait() {
                         bail!("QEMU exited at start ({st})");
                     }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "QEMU ({}) did not open its serial socket {} within {} s: {e}",
+                            child.id(),
+                            sock.display(),
+                            CONNECT_LIMIT.as_secs()
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => bail!(
-                    "QEMU's serial socket {} never appeared: {e}",
-                    sock.display()
-                ),
             }
         };
         let serial = Arc::new(Serial {
@@ -116,5 +169,37 @@ impl Serial {
         if let Ok(g) = self.buf.lock() {
             let _ = self.more.wait_timeout(g, timeout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::process::Command;
+
+    /// A socket at the path that another process serves (an earlier boot's QEMU still alive,
+    /// or a second VM given the same path) is not taken for the new QEMU's: that QEMU would
+    /// sit waiting for a connection that never comes while we read the other's console.
+    #[test]
+    fn a_serial_socket_served_by_another_process_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cairn-serial-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("serial.sock");
+        let _old_qemu = UnixListener::bind(&sock).unwrap();
+        // The "new QEMU": alive, but not listening there.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let r = Serial::connect(&sock, &dir.join("serial.log"), &mut child);
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = r
+            .err()
+            .expect("connected to a socket the new QEMU does not serve");
+        assert!(
+            e.to_string().contains("not by the QEMU just started"),
+            "{e}"
+        );
     }
 }

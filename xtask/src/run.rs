@@ -139,6 +139,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }]);
     cfg.memory_mib = opts.memory_mib;
     cfg.console = Console::Terminal;
+    // Probes KVM with a tiny guest (cached for `Vm::start`), saying so when it falls back.
     let accel = cairn_qemu::accel::detect(arch);
     eprintln!(
         "xtask: booting {arch} ({}, {accel}); console below, quit with Ctrl-A X\n\
@@ -150,7 +151,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         },
         opts.port
     );
-    cfg.accel = accel;
+    // `cfg.accel` stays `Auto`: a guest that prints nothing under KVM is booted again under TCG.
     let mut vm = Vm::start(&cfg)?;
     let st = vm.wait()?;
     eprintln!(

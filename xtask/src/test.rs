@@ -5,7 +5,12 @@ use crate::build::{self, ImageOptions, cargo};
 use crate::deps;
 use anyhow::{Result, bail};
 use cairn_image::Arch;
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// Power cuts per architecture in `memory_survives_power_cuts` under `cargo xtask test`
+/// (`CAIRN_MEMORY_CUTS` overrides).
+pub const CI_POWER_CUTS: usize = 3;
 
 /// Options of `xtask test`.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +84,27 @@ fn console_modules() -> Result<()> {
     )
 }
 
+/// What the ignored tests need besides the build: the default models, the official client's
+/// and componentize-py's Python environments (their interpreter and componentize-py's program).
+fn downloads() -> Result<(PathBuf, PathBuf)> {
+    let t = Instant::now();
+    crate::models::fetch_models("default")?;
+    let python = crate::pyenv::venv(
+        "openai",
+        &build::repo_root().join("tests/openai/requirements.txt"),
+    )?;
+    let componentize = crate::pyenv::venv(
+        "componentize-py",
+        &build::repo_root().join("sdk/python/requirements.txt"),
+    )?
+    .with_file_name("componentize-py");
+    eprintln!(
+        "xtask: == models and Python environments: ok ({} s)",
+        t.elapsed().as_secs()
+    );
+    Ok((python, componentize))
+}
+
 /// `cargo test` of every library, binary and test target of the workspace, built as the image's
 /// binaries are (release profile, static musl for `arch`): one build serves the tests and the
 /// image, and the tests run the code that ships. Always the whole workspace: Cargo unifies
@@ -110,18 +136,34 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         needs.extend(deps::for_qemu(*a));
     }
     deps::ensure(&needs)?;
+    // The downloads (npm packages, models, Python wheels) wait on the network, the builds on
+    // the CPU: they run side by side, the downloads in this thread.
+    let (npm_done, npm) = std::sync::mpsc::channel::<Result<()>>();
+    let downloads = std::thread::spawn(move || -> Result<(PathBuf, PathBuf)> {
+        // The console's browser tests drive Chromium with playwright-core from tests/console.
+        let r = console_modules();
+        let failed = r.is_err();
+        let _ = npm_done.send(r);
+        if failed {
+            bail!("npm ci failed");
+        }
+        downloads()
+    });
     if !opts.no_lint {
         step(
             "cargo fmt --check",
             cargo().args(["fmt", "--all", "--", "--check"]),
         )?;
+        // In the test build's profile and target (release, static musl): clippy only type-checks
+        // the crates, which a full build cannot reuse, but the proc macros and build scripts it
+        // compiles and runs (syn, serde_derive, wasmtime's and cranelift's generators, ring's and
+        // mimalloc's C code, ~100 units) are host or build-script units the test build then
+        // reuses instead of building them a second time in the dev profile.
         step(
             "cargo clippy",
-            cargo().args([
-                "clippy",
+            build::musl_cargo(host, "clippy")?.args([
                 "--workspace",
                 "--all-targets",
-                "--locked",
                 "--",
                 "-D",
                 "warnings",
@@ -133,8 +175,10 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         deps::ensure_rust_target("aarch64-apple-darwin")?;
         step(
             "cargo check --features metal (aarch64-apple-darwin)",
+            // `--release`: its proc macros and build scripts are the test build's.
             cargo().args([
                 "check",
+                "--release",
                 "--locked",
                 "-p",
                 "cairn-models",
@@ -147,24 +191,17 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     }
     // The agent tests build the SDK's example agents as components.
     deps::ensure_rust_target("wasm32-wasip2")?;
-    // The console's browser tests drive Chromium with playwright-core from tests/console.
-    console_modules()?;
+    // The console's tests need npm ci's packages.
+    npm.recv()
+        .map_err(|_| anyhow::anyhow!("the download thread ended before npm ci"))??;
     step(
         "unit and integration tests",
         workspace_tests(host)?.env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
-    // The ignored tests need the default models, the official client's and componentize-py's
-    // Python environments and, for the end-to-end tests, both images.
-    crate::models::fetch_models("default")?;
-    let python = crate::pyenv::venv(
-        "openai",
-        &build::repo_root().join("tests/openai/requirements.txt"),
-    )?;
-    let componentize = crate::pyenv::venv(
-        "componentize-py",
-        &build::repo_root().join("sdk/python/requirements.txt"),
-    )?
-    .with_file_name("componentize-py");
+    // The images carry the models, and the ignored tests need the Python environments.
+    let (python, componentize) = downloads
+        .join()
+        .map_err(|_| anyhow::anyhow!("the download thread panicked"))??;
     if !opts.no_e2e {
         for a in &arches {
             // The end-to-end images carry the default models: the OpenAI API is tested offline.
@@ -194,6 +231,11 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     cmd.env("CAIRN_OPENAI_PYTHON", &python)
         .env("CAIRN_COMPONENTIZE_PY", &componentize)
         .env("CAIRN_CHROMIUM", deps::CHROMIUM);
+    // Each power cut of the memory durability test costs a boot per architecture: CI cuts 3
+    // times; `cargo xtask bench memory --power-cuts N` runs the long loops.
+    if std::env::var_os("CAIRN_MEMORY_CUTS").is_none() {
+        cmd.env("CAIRN_MEMORY_CUTS", CI_POWER_CUTS.to_string());
+    }
     if opts.no_e2e {
         // A developer's shortcut, not what CI runs (no images, so no boots).
         cmd.args(["--exclude", "cairn-e2e"]);
