@@ -16,8 +16,12 @@ use std::time::Duration;
 
 /// The Anthropic API version the router speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// Largest answer body read from a provider.
-const MAX_BODY: usize = 64 << 20;
+/// Largest answer read from a provider: a JSON body, or a whole event stream.
+pub const MAX_BODY: usize = 64 << 20;
+/// Largest line, and largest event, of a provider's event stream.
+pub const MAX_SSE_LINE: usize = 1 << 20;
+/// Most of an error answer's body read for its message.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Why an attempt on a provider failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +246,8 @@ pub fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, String> {
         .use_preconfigured_tls(tls_config(cfg)?)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect would carry the prompt and the key elsewhere: a 3xx is an error.
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
         .map_err(|e| format!("HTTP client: {}", chain(&e)))
@@ -290,32 +296,84 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
+/// Why a body could not be read whole.
+enum BodyError {
+    /// More than the cap.
+    TooLarge,
+    /// The deadline passed.
+    Timeout,
+    /// The connection failed.
+    Failed(Failure),
+}
+
+/// Reads `resp`'s body chunk by chunk until `deadline`, refusing it as soon as it passes `cap`
+/// bytes (a declared `Content-Length` over the cap is refused before reading).
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    cap: usize,
+    deadline: tokio::time::Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(Err(e)) => return Err(BodyError::Failed(classify(&e))),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(c))) => {
+                if out.len() + c.len() > cap {
+                    let room = cap - out.len();
+                    out.extend_from_slice(&c[..room]);
+                    return Err(BodyError::TooLarge);
+                }
+                out.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
 /// Turns a non-2xx answer into a failure with the provider's message.
-async fn status_failure(resp: reqwest::Response) -> Failure {
+async fn status_failure(mut resp: reqwest::Response) -> Failure {
     let status = resp.status();
     let ra = retry_after(resp.headers());
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.bytes())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| crate::text::clip(l, 200).to_string());
+    // Only the start of an error body is read: enough for its message.
+    let mut body = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let _ = read_capped(&mut resp, MAX_ERROR_BODY, deadline, &mut body).await;
     let msg = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
             v.pointer("/error/message")
                 .or_else(|| v.get("message"))
                 .and_then(Value::as_str)
-                .map(str::to_string)
+                .map(|m| crate::text::clip(m, 1000).to_string())
         })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        .unwrap_or_else(|| {
+            crate::text::clip(&String::from_utf8_lossy(&body), 300).to_string()
+        });
     let kind = match status.as_u16() {
         429 => FailKind::RateLimited,
         408 | 500..=599 => FailKind::Server,
         _ => FailKind::Client,
     };
+    let msg = if status.is_redirection() {
+        format!(
+            "a redirect{}, which is not followed (set base_url to the final address)",
+            location.map(|l| format!(" to {l:?}")).unwrap_or_default()
+        )
+    } else {
+        msg.trim().to_string()
+    };
     Failure {
         kind,
-        message: format!("HTTP {}: {}", status.as_u16(), msg.trim()),
+        message: format!("HTTP {}: {msg}", status.as_u16()),
         retry_after: ra,
     }
 }
@@ -459,26 +517,32 @@ fn finish_of(s: Option<&str>) -> Finish {
     }
 }
 
-async fn read_json(resp: reqwest::Response, timeout: Duration) -> Result<Value, Failure> {
-    let bytes = match tokio::time::timeout(timeout, resp.bytes()).await {
-        Err(_) => {
+async fn read_json(mut resp: reqwest::Response, timeout: Duration) -> Result<Value, Failure> {
+    let mut bytes = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    match read_capped(&mut resp, MAX_BODY, deadline, &mut bytes).await {
+        Ok(()) => {}
+        Err(BodyError::Timeout) => {
             return Err(Failure::new(
                 FailKind::Timeout,
                 "timed out reading the answer",
             ));
         }
-        Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(b)) => b,
-    };
-    if bytes.len() > MAX_BODY {
-        return Err(Failure::new(FailKind::Malformed, "answer too large"));
+        Err(BodyError::TooLarge) => {
+            return Err(Failure::new(
+                FailKind::Malformed,
+                format!("answer too large (over {} MiB)", MAX_BODY >> 20),
+            ));
+        }
+        Err(BodyError::Failed(f)) => return Err(f),
     }
     serde_json::from_slice(&bytes).map_err(|e| {
+        let start = String::from_utf8_lossy(&bytes[..bytes.len().min(240)]);
         Failure::new(
             FailKind::Malformed,
             format!(
                 "malformed answer ({e}): {:?}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+                crate::text::clip(&start, 120)
             ),
         )
     })
@@ -506,7 +570,7 @@ async fn send(
 
 fn malformed(what: &str, v: &Value) -> Failure {
     let mut s = v.to_string();
-    s.truncate(200);
+    crate::text::clip_owned(&mut s, 200);
     Failure::new(
         FailKind::Malformed,
         format!("malformed answer: {what} missing in {s}"),
@@ -582,20 +646,28 @@ pub async fn open_stream(
     send(request(ep, chat_path(ep.config.kind), &body), timeout).await
 }
 
-/// Incremental parser of `text/event-stream`.
+/// Incremental parser of `text/event-stream`; a line or an event over [`MAX_SSE_LINE`] bytes
+/// is refused as soon as it passes the cap.
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` known to hold no line end.
+    scanned: usize,
     event: String,
     data: String,
 }
 
 impl SseParser {
     /// Feeds bytes; returns the complete events (name, data) they finish.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(String, String)>, Failure> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+        while let Some(i) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            let i = self.scanned + i;
+            self.scanned = 0;
+            if i > MAX_SSE_LINE {
+                return Err(too_large("stream line"));
+            }
             let mut line: Vec<u8> = self.buf.drain(..=i).collect();
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -621,6 +693,9 @@ impl SseParser {
             match field {
                 "event" => self.event = value.to_string(),
                 "data" => {
+                    if self.data.len() + value.len() >= MAX_SSE_LINE {
+                        return Err(too_large("stream event"));
+                    }
                     if !self.data.is_empty() {
                         self.data.push('\n');
                     }
@@ -629,13 +704,19 @@ impl SseParser {
                 _ => {}
             }
         }
-        out
+        if self.buf.len() > MAX_SSE_LINE {
+            return Err(too_large("stream line"));
+        }
+        self.scanned = self.buf.len();
+        Ok(out)
     }
+}
 
-    /// Bytes waiting for the end of their line.
-    pub fn pending(&self) -> usize {
-        self.buf.len() + self.data.len()
-    }
+fn too_large(what: &str) -> Failure {
+    Failure::new(
+        FailKind::Malformed,
+        format!("{what} too large (over {} KiB)", MAX_SSE_LINE >> 10),
+    )
 }
 
 /// What one stream event means.
@@ -668,7 +749,7 @@ pub fn interpret(kind: ProviderKind, event: &str, data: &str) -> Result<Vec<Piec
             FailKind::Malformed,
             format!(
                 "malformed stream event ({e}): {:?}",
-                &data[..data.len().min(120)]
+                crate::text::clip(data, 120)
             ),
         )
     })?;
@@ -765,6 +846,7 @@ pub async fn pump(
     let mut parser = SseParser::default();
     let mut out = RemoteChat::default();
     let mut ended = false;
+    let mut received = 0usize;
     while !ended {
         let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
             Err(_) => {
@@ -777,7 +859,14 @@ pub async fn pump(
             Ok(Ok(None)) => break,
             Ok(Ok(Some(c))) => c,
         };
-        for (event, data) in parser.push(&chunk) {
+        received += chunk.len();
+        if received > MAX_BODY {
+            return Err(Failure::new(
+                FailKind::Malformed,
+                format!("stream too large (over {} MiB)", MAX_BODY >> 20),
+            ));
+        }
+        for (event, data) in parser.push(&chunk)? {
             for piece in interpret(kind, &event, &data)? {
                 match piece {
                     Piece::Text(t) => {
@@ -801,9 +890,6 @@ pub async fn pump(
                     Piece::Skip => {}
                 }
             }
-        }
-        if parser.pending() > MAX_BODY {
-            return Err(Failure::new(FailKind::Malformed, "stream event too large"));
         }
     }
     if !ended {
@@ -897,8 +983,10 @@ mod tests {
     #[test]
     fn sse_parser_handles_split_lines_crlf_comments_and_multiline_data() {
         let mut p = SseParser::default();
-        assert!(p.push(b"event: ping\r\ndata: {\"type\"").is_empty());
-        let ev = p.push(b": \"ping\"}\r\n\r\n: comment\n\ndata: a\ndata: b\n\n");
+        assert!(p.push(b"event: ping\r\ndata: {\"type\"").unwrap().is_empty());
+        let ev = p
+            .push(b": \"ping\"}\r\n\r\n: comment\n\ndata: a\ndata: b\n\n")
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -906,6 +994,42 @@ mod tests {
                 (String::new(), "a\nb".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn sse_lines_and_events_over_the_cap_are_refused_before_they_end() {
+        let mut p = SseParser::default();
+        p.push(b"data: ").unwrap();
+        let chunk = vec![b'a'; 64 << 10];
+        let mut err = None;
+        for _ in 0..(MAX_SSE_LINE / chunk.len() + 2) {
+            if let Err(e) = p.push(&chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = err.expect("a line over the cap is refused without its end");
+        assert!(e.message.contains("stream line too large"), "{}", e.message);
+        // Many short data lines of one event.
+        let mut p = SseParser::default();
+        let line = format!("data: {}\n", "b".repeat(1000));
+        let e = (0..2000)
+            .find_map(|_| p.push(line.as_bytes()).err())
+            .expect("an event over the cap is refused");
+        assert!(e.message.contains("stream event too large"), "{}", e.message);
+    }
+
+    #[test]
+    fn error_messages_quote_answers_without_cutting_a_character() {
+        let v = json!({"x": "€".repeat(65)});
+        assert!(!v.to_string().is_char_boundary(200));
+        let f = malformed("choices", &v);
+        assert_eq!(f.kind, FailKind::Malformed);
+        assert!(f.message.contains("€€€"), "{}", f.message);
+        let data = format!("{{\"xy\":\"{}", "€".repeat(65));
+        assert!(!data.is_char_boundary(120));
+        let e = interpret(ProviderKind::Openai, "", &data).unwrap_err();
+        assert_eq!(e.kind, FailKind::Malformed);
     }
 
     #[test]
