@@ -442,6 +442,70 @@ fn remote_error(name: &str, r: &Failure) -> RouterError {
     }
 }
 
+/// Frees a half-open breaker's probe slot when the attempt holding it ends without a verdict:
+/// its future was dropped (the caller went away) or it panicked. Otherwise the breaker would
+/// wait for that probe forever and never let a call through again.
+struct ProbeSlot<'a> {
+    health: &'a HealthMap,
+    provider: &'a str,
+    held: bool,
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if self.held
+            && let Ok(mut map) = self.health.lock()
+            && let Some(h) = map.get_mut(self.provider)
+        {
+            h.breaker.release();
+        }
+    }
+}
+
+/// A call on a remote target not yet accounted: dropped unsettled (its future dropped, or its
+/// task panicked), it records a failed call, so the usage never misses one.
+struct Unsettled {
+    acct: Accountant,
+    provider: String,
+    model: String,
+    armed: bool,
+}
+
+impl Unsettled {
+    /// Watches a call on `t`; nothing to watch for a local target.
+    fn watch(acct: &Accountant, t: &Target) -> Option<Unsettled> {
+        match t {
+            Target::Local(_) => None,
+            Target::Remote(p, m) => Some(Unsettled {
+                acct: acct.clone(),
+                provider: p.config.name.clone(),
+                model: m.id.clone(),
+                armed: true,
+            }),
+        }
+    }
+
+    /// The call is accounted by its own path.
+    fn settle(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if self.armed {
+            self.acct.record(
+                &self.provider,
+                &self.model,
+                UsageRow {
+                    failures: 1,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
+
 /// A configured provider, ready for calls.
 struct Provider {
     config: ProviderConfig,
@@ -878,7 +942,23 @@ impl Router {
             },
             message: e,
         })?;
+        // A key belongs to the address and trust it was given for: a new base_url, CA or pin
+        // drops it unless the same update sets it again.
+        let moved = existing.as_ref().is_some_and(|p| {
+            p.config.base_url != cfg.base_url
+                || p.config.ca_pem != cfg.ca_pem
+                || p.config.tls_sha256 != cfg.tls_sha256
+        });
         let (key, sealed_key) = match input.key {
+            None if moved => {
+                if existing.as_ref().is_some_and(|p| p.sealed_key.is_some()) {
+                    tracing::info!(
+                        "router: provider {}: base_url, ca_pem or tls_sha256 changed; its key is dropped",
+                        cfg.name
+                    );
+                }
+                (None, None)
+            }
             None => existing
                 .as_ref()
                 .map(|p| (p.key.clone(), p.sealed_key.clone()))
@@ -926,7 +1006,8 @@ impl Router {
         self.install(input, None)
     }
 
-    /// Replaces a provider's configuration; a key left out is kept, `""` removes it.
+    /// Replaces a provider's configuration; a key left out is kept (dropped when `base_url`,
+    /// `ca_pem` or `tls_sha256` changes), `""` removes it.
     pub fn update_provider(
         &self,
         input: config::ProviderInput,
@@ -1090,9 +1171,23 @@ impl Router {
         Err(RouterError::UnknownModel(name.into()))
     }
 
+    /// The policy of a call: its own when it chose one within the configured policy (a
+    /// ceiling it can only narrow), else the configured one.
+    fn call_policy(ctx: &CallContext, s: &RouterSettings) -> Result<Policy, RouterError> {
+        match ctx.policy {
+            None => Ok(s.policy),
+            Some(p) if p.within(s.policy) => Ok(p),
+            Some(p) => Err(RouterError::Forbidden(format!(
+                "policy {} is wider than the configured policy {}: a call may only narrow it \
+                 (local-only, then prefer-local, then cheapest, fastest and best-quality)",
+                p.name(),
+                s.policy.name()
+            ))),
+        }
+    }
+
     /// Why remote targets are out for this call, if they are.
-    fn remote_block(&self, ctx: &CallContext, s: &RouterSettings) -> Option<String> {
-        let policy = ctx.policy.unwrap_or(s.policy);
+    fn remote_block(ctx: &CallContext, s: &RouterSettings, policy: Policy) -> Option<String> {
         if s.offline {
             Some("the router is offline (no remote call)".into())
         } else if ctx.sensitive {
@@ -1232,8 +1327,8 @@ impl Router {
         out_est: u64,
     ) -> Result<Vec<Target>, RouterError> {
         let s = self.settings();
-        let policy = ctx.policy.unwrap_or(s.policy);
-        let block = self.remote_block(ctx, &s);
+        let policy = Self::call_policy(ctx, &s)?;
+        let block = Self::remote_block(ctx, &s, policy);
         let explicit = model
             .map(str::trim)
             .filter(|m| !m.is_empty() && *m != "auto");
@@ -1336,6 +1431,11 @@ impl Router {
         let timeout = Self::timeout_for(p, ctx);
         let started = Instant::now();
         let mut n = 0u32;
+        let mut slot = ProbeSlot {
+            health: &self.health,
+            provider: name,
+            held: false,
+        };
         loop {
             {
                 let now = Instant::now();
@@ -1345,16 +1445,20 @@ impl Router {
                 let h = map
                     .entry(name.clone())
                     .or_insert_with(|| Health::new(&p.config));
+                let probe = h.breaker.state(now) == BreakerState::HalfOpen;
                 if !h.breaker.allow(now) {
                     return Err(TargetFailure::BreakerOpen(
                         h.breaker.retry_in(now).unwrap_or(Duration::from_secs(1)),
                     ));
                 }
+                slot.held = probe;
                 if n == 0 {
                     h.retries.record_call(now);
                 }
             }
             let r = attempt(timeout).await;
+            // Every outcome below gives the breaker its verdict.
+            slot.held = false;
             let delay = match r {
                 Ok(v) => {
                     if let Ok(mut map) = self.health.lock()
@@ -1475,6 +1579,7 @@ impl Router {
         let mut failures = Vec::new();
         for t in targets {
             let started = Instant::now();
+            let watch = Unsettled::watch(&acct, &t);
             let r = match &t {
                 Target::Local(id) => local::chat(&self.inference, &self.metrics, id, &call)
                     .await
@@ -1500,6 +1605,10 @@ impl Router {
                     })
                 }
             };
+            // Accounted below, without a wait that could drop it half-way.
+            if let Some(w) = watch {
+                w.settle();
+            }
             match r {
                 Ok((text, finish, usage)) => {
                     let latency = started.elapsed();
@@ -1684,6 +1793,7 @@ impl Router {
                 Target::Remote(p, m) => {
                     let call_ref = &call;
                     let p2 = p.clone();
+                    let watch = Unsettled::watch(&acct, &t);
                     let opened = self
                         .with_retries(p, ctx, |timeout| {
                             let p = p2.clone();
@@ -1693,6 +1803,10 @@ impl Router {
                             }
                         })
                         .await;
+                    // From here the stream's task, or note_failure, accounts the call.
+                    if let Some(w) = watch {
+                        w.settle();
+                    }
                     match opened {
                         Ok(resp) => {
                             let kind = p.config.kind;
@@ -1701,8 +1815,13 @@ impl Router {
                             let t2 = t.clone();
                             let model_id = m.id.clone();
                             let pname = p.config.name.clone();
+                            let watch = Unsettled::watch(&acct, &t);
                             tokio::spawn(async move {
                                 let r = remote::pump(kind, resp, idle, &tx).await;
+                                // Both arms account the call before their last wait.
+                                if let Some(w) = watch {
+                                    w.settle();
+                                }
                                 match r {
                                     Ok(rc) => {
                                         if let Ok(mut h) = acct.health.lock()
@@ -1808,6 +1927,7 @@ impl Router {
         let mut failures = Vec::new();
         for t in targets {
             let started = Instant::now();
+            let watch = Unsettled::watch(&acct, &t);
             let r = match &t {
                 Target::Local(id) => local::embed(&self.inference, id, inputs.clone())
                     .await
@@ -1824,6 +1944,9 @@ impl Router {
                     .map(|(v, tokens)| (v, tokens.unwrap_or(est)))
                 }
             };
+            if let Some(w) = watch {
+                w.settle();
+            }
             match r {
                 Ok((vectors, tokens)) => {
                     let latency = started.elapsed();
