@@ -624,8 +624,12 @@ async fn hostile(tag: &str) -> (Server, String, String, Arc<Fake>, tempfile::Tem
         ));
     }
     for p in list {
-        let (st, _, _, text) =
-            send(sa.client().post(format!("{a}/api/v1/router/providers")).json(&p)).await;
+        let (st, _, _, text) = send(
+            sa.client()
+                .post(format!("{a}/api/v1/router/providers"))
+                .json(&p),
+        )
+        .await;
         assert_eq!(st, 201, "{text}");
     }
     (sa, a, fbase, fake, empty)
@@ -744,7 +748,10 @@ async fn a_provider_redirect_is_not_followed() {
     .await;
     assert_eq!(st, 502, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("HTTP 307") && msg.contains("redirect"), "{msg}");
+    assert!(
+        msg.contains("HTTP 307") && msg.contains("redirect"),
+        "{msg}"
+    );
     assert_eq!(fake.hits("redirect"), 1);
     assert_eq!(fake.hits("target"), 0, "the redirect was followed");
 }

@@ -295,7 +295,10 @@ async fn an_abandoned_probe_frees_the_breaker() {
         let router = &router;
         async move {
             while router.breakers()[0].state != state {
-                assert!(Instant::now() < deadline, "the breaker never became {state:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the breaker never became {state:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -313,7 +316,10 @@ async fn an_abandoned_probe_frees_the_breaker() {
             if seen.load(Ordering::SeqCst) >= connections {
                 break;
             }
-            assert!(Instant::now() < deadline, "the probe never reached the provider");
+            assert!(
+                Instant::now() < deadline,
+                "the probe never reached the provider"
+            );
         }
         // Dropping the call here abandons the probe.
     }
