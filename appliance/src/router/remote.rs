@@ -4,13 +4,10 @@
 
 use super::config::{ProviderConfig, ProviderKind};
 use super::{ChatCall, Finish};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
-use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,99 +97,6 @@ pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
-/// A server certificate check by SHA-256 pin (after the CA chain, when one is given). Without
-/// a pin it accepts any certificate whose handshake signature is valid and only remembers it:
-/// how the CLI learns a pin on first contact, to use the pinned client afterwards.
-#[derive(Debug)]
-pub struct PinVerifier {
-    pin: Option<Vec<u8>>,
-    chain: Option<Arc<dyn ServerCertVerifier>>,
-    algs: WebPkiSupportedAlgorithms,
-    seen: std::sync::Mutex<Option<Vec<u8>>>,
-}
-
-impl PinVerifier {
-    fn pinned(
-        pin: Vec<u8>,
-        chain: Option<Arc<dyn ServerCertVerifier>>,
-        algs: WebPkiSupportedAlgorithms,
-    ) -> PinVerifier {
-        PinVerifier {
-            pin: Some(pin),
-            chain,
-            algs,
-            seen: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Accepts any certificate and remembers the last one seen (first contact only).
-    pub fn observer(algs: WebPkiSupportedAlgorithms) -> PinVerifier {
-        PinVerifier {
-            pin: None,
-            chain: None,
-            algs,
-            seen: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// The DER of the last certificate a server presented.
-    pub fn seen(&self) -> Option<Vec<u8>> {
-        self.seen.lock().ok().and_then(|s| s.clone())
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(end_entity.as_ref().to_vec());
-        }
-        if let Some(chain) = &self.chain {
-            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        }
-        let Some(pin) = &self.pin else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let got = sha2::Sha256::digest(end_entity.as_ref());
-        if got.as_slice() == pin.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate pin mismatch: the server's certificate has SHA-256 {}",
-                hex::encode(got)
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// The TLS client configuration of a provider.
 pub fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -226,7 +130,7 @@ pub fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> 
             };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
+                .with_custom_certificate_verifier(Arc::new(crate::tls::PinVerifier::pinned(
                     pin,
                     chain,
                     provider.signature_verification_algorithms,
@@ -250,26 +154,11 @@ pub fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
-        .map_err(|e| format!("HTTP client: {}", chain(&e)))
-}
-
-/// An error and its sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+        .map_err(|e| format!("HTTP client: {}", crate::tls::error_chain(&e)))
 }
 
 fn classify(e: &reqwest::Error) -> Failure {
-    let text = chain(e);
+    let text = crate::tls::error_chain(e);
     let kind = if e.is_timeout() {
         FailKind::Timeout
     } else if text.contains("certificate") || text.contains("pin mismatch") || text.contains("tls")
@@ -355,9 +244,7 @@ async fn status_failure(mut resp: reqwest::Response) -> Failure {
                 .and_then(Value::as_str)
                 .map(|m| crate::text::clip(m, 1000).to_string())
         })
-        .unwrap_or_else(|| {
-            crate::text::clip(&String::from_utf8_lossy(&body), 300).to_string()
-        });
+        .unwrap_or_else(|| crate::text::clip(&String::from_utf8_lossy(&body), 300).to_string());
     let kind = match status.as_u16() {
         429 => FailKind::RateLimited,
         408 | 500..=599 => FailKind::Server,
@@ -948,33 +835,6 @@ pub async fn embed(
     ))
 }
 
-/// A client that trusts exactly the server certificate with this SHA-256 (hex, colons
-/// allowed): how the CLI reaches an appliance whose fingerprint its console banner shows.
-pub fn pinned_client(sha256: &str, timeout: Duration) -> Result<reqwest::Client, String> {
-    let pin: String = sha256.chars().filter(|c| *c != ':').collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pin = hex::decode(&pin).map_err(|e| format!("fingerprint: {e}"))?;
-    if pin.len() != 32 {
-        return Err("fingerprint: a SHA-256 is 64 hex digits".into());
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
-            pin,
-            None,
-            provider.signature_verification_algorithms,
-        )))
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("HTTP client: {}", chain(&e)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -983,7 +843,11 @@ mod tests {
     #[test]
     fn sse_parser_handles_split_lines_crlf_comments_and_multiline_data() {
         let mut p = SseParser::default();
-        assert!(p.push(b"event: ping\r\ndata: {\"type\"").unwrap().is_empty());
+        assert!(
+            p.push(b"event: ping\r\ndata: {\"type\"")
+                .unwrap()
+                .is_empty()
+        );
         let ev = p
             .push(b": \"ping\"}\r\n\r\n: comment\n\ndata: a\ndata: b\n\n")
             .unwrap();
@@ -1016,7 +880,11 @@ mod tests {
         let e = (0..2000)
             .find_map(|_| p.push(line.as_bytes()).err())
             .expect("an event over the cap is refused");
-        assert!(e.message.contains("stream event too large"), "{}", e.message);
+        assert!(
+            e.message.contains("stream event too large"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
