@@ -22,4 +22,5 @@ pub mod router;
 pub mod serve;
 pub mod store;
 pub mod sysinfo;
+pub mod text;
 pub mod tls;

@@ -136,8 +136,7 @@ impl Api {
                 seen
             }
         };
-        let client =
-            crate::router::remote::pinned_client(&pin, timeout).map_err(anyhow::Error::msg)?;
+        let client = crate::tls::pinned_client(&pin, timeout).map_err(anyhow::Error::msg)?;
         Ok(Api {
             client,
             base,
@@ -242,7 +241,7 @@ async fn observe_fingerprint(base: &str, timeout: Duration) -> Result<String> {
         _ => (authority.trim_matches(['[', ']']).to_string(), 443),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let seen = Arc::new(crate::router::remote::PinVerifier::observer(
+    let seen = Arc::new(crate::tls::PinVerifier::observer(
         provider.signature_verification_algorithms,
     ));
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -42,6 +42,23 @@ pub struct ServeOptions {
     pub inference: crate::inference::InferenceOptions,
 }
 
+/// One open connection in the count the shutdown drains: counted when made, uncounted when
+/// dropped, so a connection whose task panics or is cancelled still leaves the count.
+struct ActiveConnection(Arc<AtomicUsize>);
+
+impl ActiveConnection {
+    fn new(count: &Arc<AtomicUsize>) -> ActiveConnection {
+        count.fetch_add(1, Ordering::SeqCst);
+        ActiveConnection(count.clone())
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
@@ -329,13 +346,13 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let active = active.clone();
-        active.fetch_add(1, Ordering::SeqCst);
+        let active = ActiveConnection::new(&active);
         tokio::spawn(async move {
+            // Counted until this task ends, however it ends (a panic included).
+            let _active = active;
             let _ = tcp.set_nodelay(true);
             if !starts_with_tls(&tcp).await {
                 redirect_plain_http(tcp, port).await;
-                active.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -365,7 +382,6 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
                 Ok(Err(e)) => debug!("TLS handshake from {peer} failed: {e}"),
                 Err(_) => debug!("TLS handshake from {peer} timed out"),
             }
-            active.fetch_sub(1, Ordering::SeqCst);
         });
     }
     info!("shutting down");
@@ -390,4 +406,22 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     drop(state);
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_whose_task_panics_leaves_the_count() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let active = ActiveConnection::new(&count);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        let task = tokio::spawn(async move {
+            let _active = active;
+            panic!("a handler bug");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+    }
 }

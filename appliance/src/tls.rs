@@ -1,12 +1,18 @@
 //! The console's TLS certificate: generated on first start (ECDSA P-256, self-signed), kept on
 //! the data partition, and identified to operators by its SHA-256 fingerprint, which the boot
-//! banner shows so the first connection can be verified.
+//! banner shows so the first connection can be verified. Also the client side of pinning:
+//! [`PinVerifier`] and [`pinned_client`], used by the CLI and the model router's providers.
 
 use anyhow::{Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A certificate and key ready for rustls.
 pub struct Identity {
@@ -30,6 +36,141 @@ pub fn fingerprint_of_digest(digest: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A server certificate check by SHA-256 pin (after the CA chain, when one is given). Without
+/// a pin it accepts any certificate whose handshake signature is valid and only remembers it:
+/// how the CLI learns a pin on first contact, to use the pinned client afterwards.
+#[derive(Debug)]
+pub struct PinVerifier {
+    pin: Option<Vec<u8>>,
+    chain: Option<Arc<dyn ServerCertVerifier>>,
+    algs: WebPkiSupportedAlgorithms,
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl PinVerifier {
+    pub(crate) fn pinned(
+        pin: Vec<u8>,
+        chain: Option<Arc<dyn ServerCertVerifier>>,
+        algs: WebPkiSupportedAlgorithms,
+    ) -> PinVerifier {
+        PinVerifier {
+            pin: Some(pin),
+            chain,
+            algs,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Accepts any certificate and remembers the last one seen (first contact only).
+    pub fn observer(algs: WebPkiSupportedAlgorithms) -> PinVerifier {
+        PinVerifier {
+            pin: None,
+            chain: None,
+            algs,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The DER of the last certificate a server presented.
+    pub fn seen(&self) -> Option<Vec<u8>> {
+        self.seen.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(end_entity.as_ref().to_vec());
+        }
+        if let Some(chain) = &self.chain {
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        }
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let got = Sha256::digest(end_entity.as_ref());
+        if got.as_slice() == pin.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate pin mismatch: the server's certificate has SHA-256 {}",
+                hex::encode(got)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A client that trusts exactly the server certificate with this SHA-256 (hex, colons
+/// allowed): how the CLI reaches an appliance whose fingerprint its console banner shows.
+pub fn pinned_client(sha256: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let pin: String = sha256.chars().filter(|c| *c != ':').collect();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pin = hex::decode(&pin).map_err(|e| format!("fingerprint: {e}"))?;
+    if pin.len() != 32 {
+        return Err("fingerprint: a SHA-256 is 64 hex digits".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
+            pin,
+            None,
+            provider.signature_verification_algorithms,
+        )))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {}", error_chain(&e)))
+}
+
+/// An error and its sources, joined (`a: b: c`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 fn generate(hostname: &str) -> Result<(String, String)> {

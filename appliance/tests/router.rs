@@ -141,8 +141,59 @@ async fn openai_mode(
             "this is not json",
         )
             .into_response(),
+        // 65 "€" and no `choices`: a message quoting the answer cut at a byte count would cut
+        // a character in two.
+        "euro" if req["stream"] == json!(true) => (
+            [("content-type", "text/event-stream")],
+            format!("data: {}\n\n", json!({"x": "€".repeat(65)})),
+        )
+            .into_response(),
+        "euro" => axum::Json(json!({"x": "€".repeat(65)})).into_response(),
+        // A redirect that keeps the method and body: the prompt would go to "target".
+        "redirect" => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "/target/v1/chat/completions")],
+        )
+            .into_response(),
+        // An answer larger than any cap that then never ends: a JSON body of 65 MiB, or one
+        // SSE line of 2 MiB.
+        "huge" if req["stream"] == json!(true) => endless(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"",
+            2 << 20,
+            "text/event-stream",
+        ),
+        "huge" => endless(
+            b"{\"choices\":[{\"message\":{\"content\":\"",
+            65 << 20,
+            "application/json",
+        ),
         _ => openai_ok(&model),
     }
+}
+
+/// A body of `prefix` and `total` bytes of `a` sent in 1 MiB chunks, then held open.
+fn endless(prefix: &'static [u8], total: usize, content_type: &'static str) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from_static(prefix))).await.is_err() {
+            return;
+        }
+        let chunk = Bytes::from(vec![b'a'; 1 << 20]);
+        let mut sent = 0;
+        while sent < total {
+            if tx.send(Ok(chunk.clone())).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+        // Held open until the reader goes away (or a minute passes).
+        let _ = tokio::time::timeout(Duration::from_secs(60), tx.closed()).await;
+    });
+    (
+        [("content-type", content_type)],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
 }
 
 async fn anthropic(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -204,6 +255,7 @@ async fn fakes() -> (String, u16, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     let app = axum::Router::new()
         .route("/anthropic/v1/messages", axum::routing::post(anthropic))
+        .route("/anthropic2/v1/messages", axum::routing::post(anthropic))
         .route(
             "/{mode}/v1/chat/completions",
             axum::routing::post(openai_mode),
@@ -544,6 +596,220 @@ async fn anthropic_wire_format_faults_fallbacks_breakers_and_budgets() {
     );
 }
 
+/// The ledger's usage of one provider.
+async fn provider_usage(c: &reqwest::Client, a: &str, name: &str) -> Value {
+    let (st, _, v, _) = send(c.get(format!("{a}/api/v1/router/usage"))).await;
+    assert_eq!(st, 200, "{v}");
+    v["by_provider"][name].clone()
+}
+
+/// A hosted appliance with the fake providers `ant` (Anthropic, keyed), `ok`, `euro`,
+/// `redirect` and `huge` (no retries), and its admin client.
+async fn hostile(tag: &str) -> (Server, String, String, Arc<Fake>, tempfile::TempDir) {
+    let empty = tempfile::tempdir().unwrap();
+    let (sa, a) = serve(tag, empty.path()).await;
+    let (fbase, _, fake) = fakes().await;
+    let mut list = vec![ant_provider(&fbase, "anthropic", json!({"key": "ant-key"}))];
+    for (name, timeout) in [
+        ("ok", 60_000),
+        ("euro", 60_000),
+        ("redirect", 60_000),
+        ("huge", 10_000),
+    ] {
+        list.push(provider(
+            name,
+            format!("{fbase}/{name}/v1"),
+            0.0,
+            json!({"max_retries": 0, "timeout_ms": timeout}),
+        ));
+    }
+    for p in list {
+        let (st, _, _, text) = send(
+            sa.client()
+                .post(format!("{a}/api/v1/router/providers"))
+                .json(&p),
+        )
+        .await;
+        assert_eq!(st, 201, "{text}");
+    }
+    (sa, a, fbase, fake, empty)
+}
+
+fn ant_provider(fbase: &str, path: &str, extra: Value) -> Value {
+    let mut p = json!({"name": "ant", "kind": "anthropic", "base_url": format!("{fbase}/{path}"),
+                       "models": [{"id": "claude-test"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+async fn set_policy(c: &reqwest::Client, a: &str, policy: &str) {
+    let (st, _, _, text) = send(
+        c.put(format!("{a}/api/v1/router/settings"))
+            .json(&json!({"policy": policy})),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+}
+
+/// The configured policy is a ceiling a call can only narrow: under local-only (the default)
+/// a call asking for a policy that allows remote targets is refused before any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cannot_widen_the_configured_policy() {
+    let (sa, a, _, fake, _dir) = hostile("ceiling").await;
+    let c = sa.client();
+    let chat = |model: &str, policy: Option<&str>| {
+        let rb = c
+            .post(format!("{a}/v1/chat/completions"))
+            .json(&chat_body(model, false));
+        match policy {
+            Some(p) => rb.header("x-cairn-policy", p),
+            None => rb,
+        }
+    };
+    for (model, policy) in [
+        ("ok/m", "cheapest"),
+        ("auto", "best-quality"),
+        ("ok/m", "prefer-local"),
+    ] {
+        let (st, _, v, _) = send(chat(model, Some(policy))).await;
+        assert_eq!(st, 403, "{policy}: {v}");
+        assert_eq!(v["error"]["code"], "policy_forbids", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(policy) && msg.contains("local-only"), "{msg}");
+    }
+    // Embeddings too.
+    let (st, _, v, _) = send(
+        c.post(format!("{a}/v1/embeddings"))
+            .header("x-cairn-policy", "cheapest")
+            .json(&json!({"model": "ok/m", "input": "x"})),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(fake.hits("ok"), 0, "a refused call reached the provider");
+    // Under prefer-local, a call may narrow (local-only) but not widen (fastest).
+    set_policy(&c, &a, "prefer-local").await;
+    let (st, _, v, _) = send(chat("ok/m", Some("fastest"))).await;
+    assert_eq!(st, 403, "{v}");
+    let (st, _, v, _) = send(chat("ok/m", Some("local-only"))).await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("local-only allows no remote call"),
+        "{v}"
+    );
+    assert_eq!(fake.hits("ok"), 0);
+    let (st, _, v, _) = send(chat("ok/m", Some("prefer-local"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(fake.hits("ok"), 1);
+}
+
+/// 65 "€" without `choices` used to panic the router (an error message cut inside a
+/// character): now a clear 502, accounted as a failure, and the appliance keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multibyte_malformed_answer_is_a_clear_error() {
+    let (sa, a, _, _, _dir) = hostile("euro").await;
+    let c = sa.client();
+    set_policy(&c, &a, "cheapest").await;
+    let post = |body: Value| c.post(format!("{a}/v1/chat/completions")).json(&body);
+    let (st, _, v, text) = send(post(chat_body("euro/m", false))).await;
+    assert_eq!(st, 502, "{text}");
+    assert_eq!(v["error"]["code"], "upstream_failed", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("euro/m") && msg.contains("malformed"), "{msg}");
+    // Streamed: the stream ends with an error event naming it.
+    let (st, _, _, text) = send(post(chat_body("euro/m", true))).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(
+        text.contains("\"error\"") && text.contains("malformed"),
+        "{text}"
+    );
+    let u = provider_usage(&c, &a, "euro").await;
+    assert_eq!((&u["failures"], &u["calls"]), (&json!(2), &json!(0)), "{u}");
+    let (st, _, v, _) = send(post(chat_body("ok/m", false))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _, v, _) = send(c.get(format!("{a}/healthz"))).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("ok")));
+}
+
+/// A redirect is an error, never followed: the prompt does not reach its target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_redirect_is_not_followed() {
+    let (sa, a, _, fake, _dir) = hostile("redirect").await;
+    let c = sa.client();
+    set_policy(&c, &a, "cheapest").await;
+    let (st, _, v, _) = send(
+        c.post(format!("{a}/v1/chat/completions"))
+            .json(&chat_body("redirect/m", false)),
+    )
+    .await;
+    assert_eq!(st, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("HTTP 307") && msg.contains("redirect"),
+        "{msg}"
+    );
+    assert_eq!(fake.hits("redirect"), 1);
+    assert_eq!(fake.hits("target"), 0, "the redirect was followed");
+}
+
+/// An answer larger than the cap is cut with an error as soon as it passes the cap, not
+/// buffered whole (the fake never ends it: buffering would wait for the time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answers_are_cut_at_the_cap() {
+    let (sa, a, _, _, _dir) = hostile("huge").await;
+    let c = sa.client();
+    set_policy(&c, &a, "cheapest").await;
+    let post = |body: Value| c.post(format!("{a}/v1/chat/completions")).json(&body);
+    let (st, _, v, text) = send(post(chat_body("huge/m", false))).await;
+    assert_eq!(st, 502, "{text}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("too large"), "{msg}");
+    let (st, _, _, text) = send(post(chat_body("huge/m", true))).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(
+        text.contains("\"error\"") && text.contains("too large"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+}
+
+/// A changed base_url (or pin, or CA) drops the stored key unless the update sets it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_does_not_follow_a_changed_address() {
+    let (sa, a, fbase, fake, _dir) = hostile("rekey").await;
+    let c = sa.client();
+    set_policy(&c, &a, "cheapest").await;
+    let put = |path: &str, extra: Value| {
+        c.put(format!("{a}/api/v1/router/providers/ant"))
+            .json(&ant_provider(&fbase, path, extra))
+    };
+    let (st, _, v, _) = send(put("anthropic", json!({"timeout_ms": 30000}))).await;
+    assert_eq!((st, &v["key_set"]), (200, &json!(true)), "{v}");
+    let (st, _, v, _) = send(put("anthropic2", json!({}))).await;
+    assert_eq!((st, &v["key_set"]), (200, &json!(false)), "{v}");
+    let (_, _, v, _) = send(c.get(format!("{a}/api/v1/router/providers/ant"))).await;
+    assert_eq!(v["key_set"], false, "{v}");
+    let (st, _, v, _) = send(
+        c.post(format!("{a}/v1/chat/completions"))
+            .json(&chat_body("ant/claude-test", false)),
+    )
+    .await;
+    assert_eq!(st, 502, "{v}");
+    let (hd, _) = fake.last_anthropic.lock().unwrap().clone().unwrap();
+    assert!(
+        hd.get("x-api-key").is_none(),
+        "the key followed the new address"
+    );
+    let (st, _, v, _) = send(put("anthropic2", json!({"key": "ant-key"}))).await;
+    assert_eq!((st, &v["key_set"]), (200, &json!(true)), "{v}");
+    let (st, _, v, _) = send(put("anthropic2", json!({"tls_sha256": "00".repeat(32)}))).await;
+    assert_eq!((st, &v["key_set"]), (200, &json!(false)), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the default models; run with cargo xtask test"]
 async fn a_second_cairn_over_pinned_tls() {
@@ -577,6 +843,13 @@ async fn a_second_cairn_over_pinned_tls() {
         .as_str()
         .expect("fingerprint")
         .to_string();
+    // The calls below choose prefer-local and cheapest: the configured policy must allow them.
+    let (st, _, _, text) = send(
+        c.put(format!("{a}/api/v1/router/settings"))
+            .json(&json!({"policy": "cheapest"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
 
     let peer = json!({"name": "peer", "kind": "openai", "base_url": format!("{b}/v1"), "tls_sha256": pin,
         "key": peer_key,
@@ -686,6 +959,10 @@ async fn agents_stream_through_the_library_interface() {
     router
         .create_provider(cairn::router::config::parse_provider(ant, None).unwrap())
         .unwrap();
+    // The configured policy is the ceiling of every call's own.
+    let mut settings = router.settings();
+    settings.policy = Policy::BestQuality;
+    router.set_settings(settings).unwrap();
     let ctx = CallContext {
         caller: Caller::Agent {
             name: "planner".into(),

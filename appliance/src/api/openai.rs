@@ -9,7 +9,8 @@
 //!
 //! Every call goes through the model router (`crate::router`, docs/router.md): `model` may
 //! name a local model, `provider/model`, or be left out (or `"auto"`) for the policy to pick;
-//! `X-Cairn-Policy`, `X-Cairn-Sensitive`, `X-Cairn-Max-Cost-Usd`, `X-Cairn-Max-Latency-Ms` and
+//! `X-Cairn-Policy` (within the configured policy: a call may narrow it, never widen it),
+//! `X-Cairn-Sensitive`, `X-Cairn-Max-Cost-Usd`, `X-Cairn-Max-Latency-Ms` and
 //! `X-Cairn-Task-Kind` set the call's routing context; answers carry `X-Cairn-Provider` and
 //! `X-Cairn-Model`.
 
@@ -437,6 +438,12 @@ async fn chat(
                     }
                 }
             }
+            // The router's stream ended without its final event (its task failed): say so
+            // rather than cutting the answer off silently.
+            let _ = tx
+                .send(data(json!({"error": {"message": format!("{model_id}: the stream ended unexpectedly"),
+                                            "type": "server_error", "param": null, "code": null}})))
+                .await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(out);
         let r = Sse::new(stream)

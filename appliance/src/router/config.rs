@@ -48,6 +48,23 @@ impl Policy {
     pub fn parse(s: &str) -> Option<Policy> {
         Policy::ALL.into_iter().find(|p| p.name() == s.trim())
     }
+
+    /// How far a call's data may travel under this policy: 0 never off the appliance
+    /// (`local-only`), 1 off it only when no local model serves (`prefer-local`), 2 wherever
+    /// the order puts a remote target first (`cheapest`, `fastest`, `best-quality`).
+    pub fn reach(self) -> u8 {
+        match self {
+            Policy::LocalOnly => 0,
+            Policy::PreferLocal => 1,
+            Policy::Cheapest | Policy::Fastest | Policy::BestQuality => 2,
+        }
+    }
+
+    /// Whether a call may choose this policy when `ceiling` is the configured one: a call may
+    /// narrow the configured policy, never widen it.
+    pub fn within(self, ceiling: Policy) -> bool {
+        self.reach() <= ceiling.reach()
+    }
 }
 
 /// The wire protocol of a remote provider.

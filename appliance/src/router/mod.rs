@@ -5,11 +5,13 @@
 //! eligible target, keeps a circuit breaker per provider, and accounts tokens and cost in redb.
 //! See docs/router.md.
 
+mod chat_stream;
 pub mod config;
 pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod local;
+mod plan;
 pub mod remote;
 
 pub use cairn_models::chat::Message as ChatMessage;
@@ -439,6 +441,70 @@ fn remote_error(name: &str, r: &Failure) -> RouterError {
             load: false,
         },
         _ => RouterError::Upstream(message),
+    }
+}
+
+/// Frees a half-open breaker's probe slot when the attempt holding it ends without a verdict:
+/// its future was dropped (the caller went away) or it panicked. Otherwise the breaker would
+/// wait for that probe forever and never let a call through again.
+struct ProbeSlot<'a> {
+    health: &'a HealthMap,
+    provider: &'a str,
+    held: bool,
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if self.held
+            && let Ok(mut map) = self.health.lock()
+            && let Some(h) = map.get_mut(self.provider)
+        {
+            h.breaker.release();
+        }
+    }
+}
+
+/// A call on a remote target not yet accounted: dropped unsettled (its future dropped, or its
+/// task panicked), it records a failed call, so the usage never misses one.
+struct Unsettled {
+    acct: Accountant,
+    provider: String,
+    model: String,
+    armed: bool,
+}
+
+impl Unsettled {
+    /// Watches a call on `t`; nothing to watch for a local target.
+    fn watch(acct: &Accountant, t: &Target) -> Option<Unsettled> {
+        match t {
+            Target::Local(_) => None,
+            Target::Remote(p, m) => Some(Unsettled {
+                acct: acct.clone(),
+                provider: p.config.name.clone(),
+                model: m.id.clone(),
+                armed: true,
+            }),
+        }
+    }
+
+    /// The call is accounted by its own path.
+    fn settle(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if self.armed {
+            self.acct.record(
+                &self.provider,
+                &self.model,
+                UsageRow {
+                    failures: 1,
+                    ..Default::default()
+                },
+            );
+        }
     }
 }
 
@@ -878,7 +944,23 @@ impl Router {
             },
             message: e,
         })?;
+        // A key belongs to the address and trust it was given for: a new base_url, CA or pin
+        // drops it unless the same update sets it again.
+        let moved = existing.as_ref().is_some_and(|p| {
+            p.config.base_url != cfg.base_url
+                || p.config.ca_pem != cfg.ca_pem
+                || p.config.tls_sha256 != cfg.tls_sha256
+        });
         let (key, sealed_key) = match input.key {
+            None if moved => {
+                if existing.as_ref().is_some_and(|p| p.sealed_key.is_some()) {
+                    tracing::info!(
+                        "router: provider {}: base_url, ca_pem or tls_sha256 changed; its key is dropped",
+                        cfg.name
+                    );
+                }
+                (None, None)
+            }
             None => existing
                 .as_ref()
                 .map(|p| (p.key.clone(), p.sealed_key.clone()))
@@ -926,7 +1008,8 @@ impl Router {
         self.install(input, None)
     }
 
-    /// Replaces a provider's configuration; a key left out is kept, `""` removes it.
+    /// Replaces a provider's configuration; a key left out is kept (dropped when `base_url`,
+    /// `ca_pem` or `tls_sha256` changes), `""` removes it.
     pub fn update_provider(
         &self,
         input: config::ProviderInput,
@@ -1058,261 +1141,6 @@ impl Router {
         v
     }
 
-    /// Resolves an explicit model name.
-    fn resolve(&self, name: &str, kind: ModelKind) -> Result<Target, RouterError> {
-        if let Some(e) = self.inference.list().into_iter().find(|e| e.id == name) {
-            if e.kind != kind.name() {
-                return Err(RouterError::WrongKind {
-                    model: name.into(),
-                    kind: e.kind,
-                });
-            }
-            return Ok(Target::Local(e.id));
-        }
-        if let Some((prov, model)) = name.split_once('/')
-            && let Some(p) = self
-                .providers
-                .read()
-                .ok()
-                .and_then(|m| m.get(prov).cloned())
-        {
-            let Some(m) = p.config.model(model).cloned() else {
-                return Err(RouterError::UnknownModel(name.into()));
-            };
-            if m.kind != kind {
-                return Err(RouterError::WrongKind {
-                    model: name.into(),
-                    kind: m.kind.name(),
-                });
-            }
-            return Ok(Target::Remote(p, m));
-        }
-        Err(RouterError::UnknownModel(name.into()))
-    }
-
-    /// Why remote targets are out for this call, if they are.
-    fn remote_block(&self, ctx: &CallContext, s: &RouterSettings) -> Option<String> {
-        let policy = ctx.policy.unwrap_or(s.policy);
-        if s.offline {
-            Some("the router is offline (no remote call)".into())
-        } else if ctx.sensitive {
-            Some("the call is marked sensitive, so its data never leaves the appliance".into())
-        } else if policy == Policy::LocalOnly {
-            Some("policy local-only allows no remote call".into())
-        } else {
-            None
-        }
-    }
-
-    fn spent_today(&self, caller: Option<&str>) -> Result<f64, RouterError> {
-        let today = (unix_now() / 86_400) as u32;
-        Ok(self
-            .ledger
-            .usage(today, today, caller)
-            .map_err(|e| RouterError::Internal(e.to_string()))?
-            .iter()
-            .map(|r| r.4.cost_usd)
-            .sum())
-    }
-
-    /// Checks the token budgets; returns the cost budget left today (`None`: unlimited).
-    fn check_budgets(
-        &self,
-        ctx: &CallContext,
-        s: &RouterSettings,
-        need: u64,
-    ) -> Result<Option<f64>, RouterError> {
-        let now = unix_now();
-        let hour = now / 3600;
-        let label = ctx.caller.label();
-        let agent = match &ctx.caller {
-            Caller::Agent { name, .. } => s
-                .budgets
-                .agents
-                .get(name)
-                .map(|b| (format!("agent {name}'s"), b)),
-            Caller::Api => None,
-        };
-        let scopes = [
-            Some(("the global".to_string(), &s.budgets.global, None)),
-            agent.map(|(n, b)| (n, b, Some(label.as_str()))),
-        ];
-        let mut cost_left: Option<f64> = None;
-        for (scope, budget, who) in scopes.into_iter().flatten() {
-            if let Some(limit) = budget.tokens_per_hour {
-                let used = self
-                    .ledger
-                    .tokens_in_hour(hour, who)
-                    .map_err(|e| RouterError::Internal(e.to_string()))?;
-                if used.saturating_add(need) > limit {
-                    return Err(RouterError::Budget {
-                        message: format!(
-                            "{scope} token budget is spent: {used} of {limit} tokens used this hour and this call may need {need}"
-                        ),
-                        cost: false,
-                        retry_after: Some(3600 - now % 3600),
-                    });
-                }
-            }
-            if let Some(limit) = budget.cost_per_day_usd {
-                let left = limit - self.spent_today(who)?;
-                cost_left = Some(cost_left.map_or(left, |c: f64| c.min(left)));
-            }
-        }
-        Ok(cost_left)
-    }
-
-    /// Why a target is not eligible now, or `None`.
-    fn exclusion(
-        &self,
-        t: &Target,
-        ctx: &CallContext,
-        est_cost: f64,
-        cost_left: Option<f64>,
-    ) -> Option<Exclusion> {
-        let name = t.name();
-        if let Target::Remote(p, _) = t {
-            let now = Instant::now();
-            if let Ok(h) = self.health.lock()
-                && let Some(h) = h.get(&p.config.name)
-            {
-                if !h.breaker.would_allow(now) {
-                    return Some(Exclusion::Unavailable(
-                        format!("{name}: circuit breaker open"),
-                        h.breaker.retry_in(now).unwrap_or(Duration::from_secs(1)),
-                    ));
-                }
-                if let Some(until) = h.rate_limited_until.filter(|u| *u > now) {
-                    return Some(Exclusion::Unavailable(
-                        format!("{name}: rate limited by the provider"),
-                        until - now,
-                    ));
-                }
-            }
-            if !p.config.enabled {
-                return Some(Exclusion::Forbidden(format!(
-                    "{name}: the provider is disabled"
-                )));
-            }
-        }
-        if let Some(max) = ctx.max_cost_usd
-            && est_cost > max
-        {
-            return Some(Exclusion::Forbidden(format!(
-                "{name}: estimated cost ${est_cost:.6} exceeds the call's maximum ${max:.6}"
-            )));
-        }
-        if let Some(left) = cost_left
-            && est_cost > 0.0
-            && est_cost > left
-        {
-            return Some(Exclusion::Budget(format!(
-                "{name}: estimated cost ${est_cost:.6} exceeds the ${:.6} left in today's cost budget",
-                left.max(0.0)
-            )));
-        }
-        if let Some(max) = ctx.max_latency_ms
-            && let Some(lat) = self.latency.lock().ok().and_then(|l| l.get(&name).copied())
-            && lat > max as f64
-        {
-            return Some(Exclusion::Forbidden(format!(
-                "{name}: measured latency {lat:.0} ms exceeds the call's maximum {max} ms"
-            )));
-        }
-        None
-    }
-
-    /// The targets to try, best first.
-    fn plan(
-        &self,
-        ctx: &CallContext,
-        kind: ModelKind,
-        model: Option<&str>,
-        prompt_est: u64,
-        out_est: u64,
-    ) -> Result<Vec<Target>, RouterError> {
-        let s = self.settings();
-        let policy = ctx.policy.unwrap_or(s.policy);
-        let block = self.remote_block(ctx, &s);
-        let explicit = model
-            .map(str::trim)
-            .filter(|m| !m.is_empty() && *m != "auto");
-        // Resolve first: an unknown model is a 404 whatever the budgets say.
-        let explicit = explicit.map(|m| self.resolve(m, kind)).transpose()?;
-        let cost_left = self.check_budgets(ctx, &s, prompt_est + out_est)?;
-        if let Some(t) = explicit {
-            if !t.is_local()
-                && let Some(why) = &block
-            {
-                return Err(RouterError::Forbidden(format!(
-                    "{} is a remote model and {why}",
-                    t.name()
-                )));
-            }
-            let cost = t.cost(prompt_est, out_est);
-            return match self.exclusion(&t, ctx, cost, cost_left) {
-                None => Ok(vec![t]),
-                Some(x) => Err(x.into_error(vec![])),
-            };
-        }
-        let mut all: Vec<Target> = self
-            .inference
-            .list()
-            .into_iter()
-            .filter(|e| e.kind == kind.name())
-            .map(|e| Target::Local(e.id))
-            .collect();
-        if block.is_none() {
-            for p in self.provider_list() {
-                for m in &p.config.models {
-                    if m.kind == kind {
-                        all.push(Target::Remote(p.clone(), m.clone()));
-                    }
-                }
-            }
-        }
-        if all.is_empty() {
-            return Err(RouterError::Unavailable {
-                message: match &block {
-                    Some(why) => format!("no local {} model is installed and {why}", kind.name()),
-                    None => format!("no {} model is installed or configured", kind.name()),
-                },
-                retry_after: None,
-                load: false,
-            });
-        }
-        let mut ok = Vec::new();
-        let mut excluded = Vec::new();
-        let task = ctx.task_kind.as_deref().unwrap_or("default");
-        for t in all {
-            let cost = t.cost(prompt_est, out_est);
-            match self.exclusion(&t, ctx, cost, cost_left) {
-                Some(x) => excluded.push(x),
-                None => {
-                    let name = t.name();
-                    let r = Rank {
-                        local: t.is_local(),
-                        cost,
-                        latency_ms: self.latency.lock().ok().and_then(|l| l.get(&name).copied()),
-                        score: self
-                            .scores
-                            .lock()
-                            .ok()
-                            .and_then(|s| s.get(&(name.clone(), task.to_string())).copied()),
-                    };
-                    ok.push((t, r));
-                }
-            }
-        }
-        if ok.is_empty() {
-            let first = excluded.remove(0);
-            return Err(first.into_error(excluded));
-        }
-        let ranks: Vec<Rank> = ok.iter().map(|(_, r)| r.clone()).collect();
-        let order = rank(policy, &ranks);
-        Ok(order.into_iter().map(|i| ok[i].0.clone()).collect())
-    }
-
     fn timeout_for(p: &Provider, ctx: &CallContext) -> Duration {
         let t = Duration::from_millis(p.config.timeout_ms);
         match ctx.max_latency_ms {
@@ -1336,6 +1164,11 @@ impl Router {
         let timeout = Self::timeout_for(p, ctx);
         let started = Instant::now();
         let mut n = 0u32;
+        let mut slot = ProbeSlot {
+            health: &self.health,
+            provider: name,
+            held: false,
+        };
         loop {
             {
                 let now = Instant::now();
@@ -1345,16 +1178,20 @@ impl Router {
                 let h = map
                     .entry(name.clone())
                     .or_insert_with(|| Health::new(&p.config));
+                let probe = h.breaker.state(now) == BreakerState::HalfOpen;
                 if !h.breaker.allow(now) {
                     return Err(TargetFailure::BreakerOpen(
                         h.breaker.retry_in(now).unwrap_or(Duration::from_secs(1)),
                     ));
                 }
+                slot.held = probe;
                 if n == 0 {
                     h.retries.record_call(now);
                 }
             }
             let r = attempt(timeout).await;
+            // Every outcome below gives the breaker its verdict.
+            slot.held = false;
             let delay = match r {
                 Ok(v) => {
                     if let Ok(mut map) = self.health.lock()
@@ -1475,6 +1312,7 @@ impl Router {
         let mut failures = Vec::new();
         for t in targets {
             let started = Instant::now();
+            let watch = Unsettled::watch(&acct, &t);
             let r = match &t {
                 Target::Local(id) => local::chat(&self.inference, &self.metrics, id, &call)
                     .await
@@ -1500,6 +1338,10 @@ impl Router {
                     })
                 }
             };
+            // Accounted below, without a wait that could drop it half-way.
+            if let Some(w) = watch {
+                w.settle();
+            }
             match r {
                 Ok((text, finish, usage)) => {
                     let latency = started.elapsed();
@@ -1565,230 +1407,6 @@ impl Router {
         }
     }
 
-    /// One chat, streamed. Targets are tried (with retries and fallbacks) until one starts
-    /// answering; after that a failure ends the stream with [`StreamEvent::Error`].
-    pub async fn chat_stream(
-        &self,
-        ctx: &CallContext,
-        call: ChatCall,
-    ) -> Result<ChatStream, RouterError> {
-        let (prompt_est, out_est) = Self::check_chat(&call)?;
-        let targets = self.plan(
-            ctx,
-            ModelKind::Chat,
-            call.model.as_deref(),
-            prompt_est,
-            out_est,
-        )?;
-        let acct = self.accountant(ctx);
-        let mut failures = Vec::new();
-        for t in targets {
-            let started = Instant::now();
-            let (tx, rx) = mpsc::channel::<StreamEvent>(64);
-            let name = t.name();
-            let provider = t.provider();
-            match &t {
-                Target::Local(id) => {
-                    match local::submit(&self.inference, &self.metrics, id, &call).await {
-                        Ok(erx) => {
-                            let metrics = self.metrics.clone();
-                            let acct = acct.clone();
-                            let (name2, id2) = (name.clone(), id.clone());
-                            tokio::task::spawn_blocking(move || {
-                                use cairn_models::engine::Event;
-                                let mut text = String::new();
-                                let (mut prompt, mut pieces) = (0u64, 0u64);
-                                while let Ok(ev) = erx.recv() {
-                                    match ev {
-                                        Event::Started { usage: u } => {
-                                            metrics.first_token();
-                                            prompt = u.prompt_tokens as u64;
-                                        }
-                                        Event::Text(t) => {
-                                            text.push_str(&t);
-                                            pieces += 1;
-                                            if tx.blocking_send(StreamEvent::Delta(t)).is_err() {
-                                                // The caller went away: dropping the engine's
-                                                // receiver cancels the generation; what it
-                                                // used so far is still accounted.
-                                                acct.record(
-                                                    "local",
-                                                    &id2,
-                                                    UsageRow {
-                                                        calls: 1,
-                                                        failures: 0,
-                                                        prompt_tokens: prompt,
-                                                        completion_tokens: pieces,
-                                                        cost_usd: 0.0,
-                                                    },
-                                                );
-                                                return;
-                                            }
-                                        }
-                                        Event::Done { reason, usage: u } => {
-                                            metrics.done(&u);
-                                            let latency = started.elapsed();
-                                            acct.observe_latency(
-                                                &name2,
-                                                latency.as_secs_f64() * 1000.0,
-                                            );
-                                            let usage = local::usage(&u);
-                                            acct.record(
-                                                "local",
-                                                &id2,
-                                                UsageRow {
-                                                    calls: 1,
-                                                    failures: 0,
-                                                    prompt_tokens: usage.prompt_tokens,
-                                                    completion_tokens: usage.completion_tokens,
-                                                    cost_usd: 0.0,
-                                                },
-                                            );
-                                            let _ =
-                                                tx.blocking_send(StreamEvent::Done(ChatOutcome {
-                                                    text: std::mem::take(&mut text),
-                                                    model: name2.clone(),
-                                                    provider: "local".into(),
-                                                    usage,
-                                                    cost_usd: 0.0,
-                                                    latency,
-                                                    finish_reason: local::finish(reason),
-                                                }));
-                                            return;
-                                        }
-                                        Event::Error(e) => {
-                                            let _ = tx.blocking_send(StreamEvent::Error(e));
-                                            return;
-                                        }
-                                    }
-                                }
-                                let _ = tx.blocking_send(StreamEvent::Error(
-                                    "the generation ended unexpectedly".into(),
-                                ));
-                            });
-                            return Ok(ChatStream {
-                                model: name,
-                                provider,
-                                rx,
-                            });
-                        }
-                        Err(LocalFailure::Invalid(m)) => {
-                            return Err(RouterError::Invalid {
-                                message: m,
-                                param: None,
-                            });
-                        }
-                        Err(f) => failures.push((name, TargetFailure::Local(f))),
-                    }
-                }
-                Target::Remote(p, m) => {
-                    let call_ref = &call;
-                    let p2 = p.clone();
-                    let opened = self
-                        .with_retries(p, ctx, |timeout| {
-                            let p = p2.clone();
-                            let id = m.id.clone();
-                            async move {
-                                remote::open_stream(&p.endpoint(), &id, call_ref, timeout).await
-                            }
-                        })
-                        .await;
-                    match opened {
-                        Ok(resp) => {
-                            let kind = p.config.kind;
-                            let idle = Self::timeout_for(p, ctx);
-                            let acct = acct.clone();
-                            let t2 = t.clone();
-                            let model_id = m.id.clone();
-                            let pname = p.config.name.clone();
-                            tokio::spawn(async move {
-                                let r = remote::pump(kind, resp, idle, &tx).await;
-                                match r {
-                                    Ok(rc) => {
-                                        if let Ok(mut h) = acct.health.lock()
-                                            && let Some(h) = h.get_mut(&pname)
-                                        {
-                                            h.breaker.success();
-                                        }
-                                        let latency = started.elapsed();
-                                        acct.observe_latency(
-                                            &t2.name(),
-                                            latency.as_secs_f64() * 1000.0,
-                                        );
-                                        let usage = TokenUsage {
-                                            prompt_tokens: rc.prompt_tokens.unwrap_or(prompt_est),
-                                            completion_tokens: rc
-                                                .completion_tokens
-                                                .unwrap_or_else(|| estimate_tokens(rc.text.len())),
-                                            cached_tokens: 0,
-                                        };
-                                        let cost =
-                                            t2.cost(usage.prompt_tokens, usage.completion_tokens);
-                                        acct.record_async(
-                                            pname.clone(),
-                                            model_id,
-                                            UsageRow {
-                                                calls: 1,
-                                                failures: 0,
-                                                prompt_tokens: usage.prompt_tokens,
-                                                completion_tokens: usage.completion_tokens,
-                                                cost_usd: cost,
-                                            },
-                                        )
-                                        .await;
-                                        let _ = tx
-                                            .send(StreamEvent::Done(ChatOutcome {
-                                                text: rc.text,
-                                                model: t2.name(),
-                                                provider: pname,
-                                                usage,
-                                                cost_usd: cost,
-                                                latency,
-                                                finish_reason: rc.finish,
-                                            }))
-                                            .await;
-                                    }
-                                    Err(f) => {
-                                        if f.kind.unhealthy() {
-                                            acct.breaker_failure(&pname);
-                                        }
-                                        acct.record_async(
-                                            pname.clone(),
-                                            model_id,
-                                            UsageRow {
-                                                failures: 1,
-                                                ..Default::default()
-                                            },
-                                        )
-                                        .await;
-                                        let _ = tx
-                                            .send(StreamEvent::Error(format!(
-                                                "{}: {}",
-                                                t2.name(),
-                                                f.message
-                                            )))
-                                            .await;
-                                    }
-                                }
-                            });
-                            return Ok(ChatStream {
-                                model: name,
-                                provider,
-                                rx,
-                            });
-                        }
-                        Err(f) => {
-                            tracing::info!("router: {name} failed: {}", f.message());
-                            self.note_failure(&acct, &t, &f).await;
-                            failures.push((name, f));
-                        }
-                    }
-                }
-            }
-        }
-        Err(combine(failures))
-    }
-
     /// Embeddings of `inputs`.
     pub async fn embed(
         &self,
@@ -1808,6 +1426,7 @@ impl Router {
         let mut failures = Vec::new();
         for t in targets {
             let started = Instant::now();
+            let watch = Unsettled::watch(&acct, &t);
             let r = match &t {
                 Target::Local(id) => local::embed(&self.inference, id, inputs.clone())
                     .await
@@ -1824,6 +1443,9 @@ impl Router {
                     .map(|(v, tokens)| (v, tokens.unwrap_or(est)))
                 }
             };
+            if let Some(w) = watch {
+                w.settle();
+            }
             match r {
                 Ok((vectors, tokens)) => {
                     let latency = started.elapsed();
@@ -1867,62 +1489,6 @@ impl Router {
             }
         }
         Err(combine(failures))
-    }
-}
-
-/// Why a target was left out of a call's plan.
-enum Exclusion {
-    Forbidden(String),
-    Budget(String),
-    Unavailable(String, Duration),
-}
-
-impl Exclusion {
-    fn message(&self) -> &str {
-        match self {
-            Exclusion::Forbidden(m) | Exclusion::Budget(m) | Exclusion::Unavailable(m, _) => m,
-        }
-    }
-
-    /// The error when every target was left out (`self` first, then `rest`).
-    fn into_error(self, rest: Vec<Exclusion>) -> RouterError {
-        let all: Vec<Exclusion> = std::iter::once(self).chain(rest).collect();
-        let message = if all.len() == 1 {
-            all[0].message().to_string()
-        } else {
-            format!(
-                "no target is eligible: {}",
-                all.iter()
-                    .map(Exclusion::message)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        };
-        if all.iter().all(|x| matches!(x, Exclusion::Budget(_))) {
-            return RouterError::Budget {
-                message,
-                cost: true,
-                retry_after: Some(86_400 - unix_now() % 86_400),
-            };
-        }
-        if all
-            .iter()
-            .any(|x| matches!(x, Exclusion::Forbidden(_) | Exclusion::Budget(_)))
-        {
-            return RouterError::Forbidden(message);
-        }
-        let wait = all
-            .iter()
-            .filter_map(|x| match x {
-                Exclusion::Unavailable(_, d) => Some(d.as_secs().max(1)),
-                _ => None,
-            })
-            .min();
-        RouterError::Unavailable {
-            message,
-            retry_after: wait,
-            load: false,
-        }
     }
 }
 

@@ -4,20 +4,21 @@
 
 use super::config::{ProviderConfig, ProviderKind};
 use super::{ChatCall, Finish};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
-use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The Anthropic API version the router speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// Largest answer body read from a provider.
-const MAX_BODY: usize = 64 << 20;
+/// Largest answer read from a provider: a JSON body, or a whole event stream.
+pub const MAX_BODY: usize = 64 << 20;
+/// Largest line, and largest event, of a provider's event stream.
+pub const MAX_SSE_LINE: usize = 1 << 20;
+/// Most of an error answer's body read for its message.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Why an attempt on a provider failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,99 +97,6 @@ pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
-/// A server certificate check by SHA-256 pin (after the CA chain, when one is given). Without
-/// a pin it accepts any certificate whose handshake signature is valid and only remembers it:
-/// how the CLI learns a pin on first contact, to use the pinned client afterwards.
-#[derive(Debug)]
-pub struct PinVerifier {
-    pin: Option<Vec<u8>>,
-    chain: Option<Arc<dyn ServerCertVerifier>>,
-    algs: WebPkiSupportedAlgorithms,
-    seen: std::sync::Mutex<Option<Vec<u8>>>,
-}
-
-impl PinVerifier {
-    fn pinned(
-        pin: Vec<u8>,
-        chain: Option<Arc<dyn ServerCertVerifier>>,
-        algs: WebPkiSupportedAlgorithms,
-    ) -> PinVerifier {
-        PinVerifier {
-            pin: Some(pin),
-            chain,
-            algs,
-            seen: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Accepts any certificate and remembers the last one seen (first contact only).
-    pub fn observer(algs: WebPkiSupportedAlgorithms) -> PinVerifier {
-        PinVerifier {
-            pin: None,
-            chain: None,
-            algs,
-            seen: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// The DER of the last certificate a server presented.
-    pub fn seen(&self) -> Option<Vec<u8>> {
-        self.seen.lock().ok().and_then(|s| s.clone())
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(end_entity.as_ref().to_vec());
-        }
-        if let Some(chain) = &self.chain {
-            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        }
-        let Some(pin) = &self.pin else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let got = sha2::Sha256::digest(end_entity.as_ref());
-        if got.as_slice() == pin.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate pin mismatch: the server's certificate has SHA-256 {}",
-                hex::encode(got)
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// The TLS client configuration of a provider.
 pub fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -222,7 +130,7 @@ pub fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> 
             };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
+                .with_custom_certificate_verifier(Arc::new(crate::tls::PinVerifier::pinned(
                     pin,
                     chain,
                     provider.signature_verification_algorithms,
@@ -242,28 +150,15 @@ pub fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, String> {
         .use_preconfigured_tls(tls_config(cfg)?)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect would carry the prompt and the key elsewhere: a 3xx is an error.
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
-        .map_err(|e| format!("HTTP client: {}", chain(&e)))
-}
-
-/// An error and its sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+        .map_err(|e| format!("HTTP client: {}", crate::tls::error_chain(&e)))
 }
 
 fn classify(e: &reqwest::Error) -> Failure {
-    let text = chain(e);
+    let text = crate::tls::error_chain(e);
     let kind = if e.is_timeout() {
         FailKind::Timeout
     } else if text.contains("certificate") || text.contains("pin mismatch") || text.contains("tls")
@@ -290,32 +185,82 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
+/// Why a body could not be read whole.
+enum BodyError {
+    /// More than the cap.
+    TooLarge,
+    /// The deadline passed.
+    Timeout,
+    /// The connection failed.
+    Failed(Failure),
+}
+
+/// Reads `resp`'s body chunk by chunk until `deadline`, refusing it as soon as it passes `cap`
+/// bytes (a declared `Content-Length` over the cap is refused before reading).
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    cap: usize,
+    deadline: tokio::time::Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(Err(e)) => return Err(BodyError::Failed(classify(&e))),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(c))) => {
+                if out.len() + c.len() > cap {
+                    let room = cap - out.len();
+                    out.extend_from_slice(&c[..room]);
+                    return Err(BodyError::TooLarge);
+                }
+                out.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
 /// Turns a non-2xx answer into a failure with the provider's message.
-async fn status_failure(resp: reqwest::Response) -> Failure {
+async fn status_failure(mut resp: reqwest::Response) -> Failure {
     let status = resp.status();
     let ra = retry_after(resp.headers());
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.bytes())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| crate::text::clip(l, 200).to_string());
+    // Only the start of an error body is read: enough for its message.
+    let mut body = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let _ = read_capped(&mut resp, MAX_ERROR_BODY, deadline, &mut body).await;
     let msg = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
             v.pointer("/error/message")
                 .or_else(|| v.get("message"))
                 .and_then(Value::as_str)
-                .map(str::to_string)
+                .map(|m| crate::text::clip(m, 1000).to_string())
         })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        .unwrap_or_else(|| crate::text::clip(&String::from_utf8_lossy(&body), 300).to_string());
     let kind = match status.as_u16() {
         429 => FailKind::RateLimited,
         408 | 500..=599 => FailKind::Server,
         _ => FailKind::Client,
     };
+    let msg = if status.is_redirection() {
+        format!(
+            "a redirect{}, which is not followed (set base_url to the final address)",
+            location.map(|l| format!(" to {l:?}")).unwrap_or_default()
+        )
+    } else {
+        msg.trim().to_string()
+    };
     Failure {
         kind,
-        message: format!("HTTP {}: {}", status.as_u16(), msg.trim()),
+        message: format!("HTTP {}: {msg}", status.as_u16()),
         retry_after: ra,
     }
 }
@@ -459,26 +404,32 @@ fn finish_of(s: Option<&str>) -> Finish {
     }
 }
 
-async fn read_json(resp: reqwest::Response, timeout: Duration) -> Result<Value, Failure> {
-    let bytes = match tokio::time::timeout(timeout, resp.bytes()).await {
-        Err(_) => {
+async fn read_json(mut resp: reqwest::Response, timeout: Duration) -> Result<Value, Failure> {
+    let mut bytes = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    match read_capped(&mut resp, MAX_BODY, deadline, &mut bytes).await {
+        Ok(()) => {}
+        Err(BodyError::Timeout) => {
             return Err(Failure::new(
                 FailKind::Timeout,
                 "timed out reading the answer",
             ));
         }
-        Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(b)) => b,
-    };
-    if bytes.len() > MAX_BODY {
-        return Err(Failure::new(FailKind::Malformed, "answer too large"));
+        Err(BodyError::TooLarge) => {
+            return Err(Failure::new(
+                FailKind::Malformed,
+                format!("answer too large (over {} MiB)", MAX_BODY >> 20),
+            ));
+        }
+        Err(BodyError::Failed(f)) => return Err(f),
     }
     serde_json::from_slice(&bytes).map_err(|e| {
+        let start = String::from_utf8_lossy(&bytes[..bytes.len().min(240)]);
         Failure::new(
             FailKind::Malformed,
             format!(
                 "malformed answer ({e}): {:?}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+                crate::text::clip(&start, 120)
             ),
         )
     })
@@ -506,7 +457,7 @@ async fn send(
 
 fn malformed(what: &str, v: &Value) -> Failure {
     let mut s = v.to_string();
-    s.truncate(200);
+    crate::text::clip_owned(&mut s, 200);
     Failure::new(
         FailKind::Malformed,
         format!("malformed answer: {what} missing in {s}"),
@@ -582,20 +533,28 @@ pub async fn open_stream(
     send(request(ep, chat_path(ep.config.kind), &body), timeout).await
 }
 
-/// Incremental parser of `text/event-stream`.
+/// Incremental parser of `text/event-stream`; a line or an event over [`MAX_SSE_LINE`] bytes
+/// is refused as soon as it passes the cap.
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` known to hold no line end.
+    scanned: usize,
     event: String,
     data: String,
 }
 
 impl SseParser {
     /// Feeds bytes; returns the complete events (name, data) they finish.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(String, String)>, Failure> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+        while let Some(i) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            let i = self.scanned + i;
+            self.scanned = 0;
+            if i > MAX_SSE_LINE {
+                return Err(too_large("stream line"));
+            }
             let mut line: Vec<u8> = self.buf.drain(..=i).collect();
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -621,6 +580,9 @@ impl SseParser {
             match field {
                 "event" => self.event = value.to_string(),
                 "data" => {
+                    if self.data.len() + value.len() >= MAX_SSE_LINE {
+                        return Err(too_large("stream event"));
+                    }
                     if !self.data.is_empty() {
                         self.data.push('\n');
                     }
@@ -629,13 +591,19 @@ impl SseParser {
                 _ => {}
             }
         }
-        out
+        if self.buf.len() > MAX_SSE_LINE {
+            return Err(too_large("stream line"));
+        }
+        self.scanned = self.buf.len();
+        Ok(out)
     }
+}
 
-    /// Bytes waiting for the end of their line.
-    pub fn pending(&self) -> usize {
-        self.buf.len() + self.data.len()
-    }
+fn too_large(what: &str) -> Failure {
+    Failure::new(
+        FailKind::Malformed,
+        format!("{what} too large (over {} KiB)", MAX_SSE_LINE >> 10),
+    )
 }
 
 /// What one stream event means.
@@ -668,7 +636,7 @@ pub fn interpret(kind: ProviderKind, event: &str, data: &str) -> Result<Vec<Piec
             FailKind::Malformed,
             format!(
                 "malformed stream event ({e}): {:?}",
-                &data[..data.len().min(120)]
+                crate::text::clip(data, 120)
             ),
         )
     })?;
@@ -765,6 +733,7 @@ pub async fn pump(
     let mut parser = SseParser::default();
     let mut out = RemoteChat::default();
     let mut ended = false;
+    let mut received = 0usize;
     while !ended {
         let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
             Err(_) => {
@@ -777,7 +746,14 @@ pub async fn pump(
             Ok(Ok(None)) => break,
             Ok(Ok(Some(c))) => c,
         };
-        for (event, data) in parser.push(&chunk) {
+        received += chunk.len();
+        if received > MAX_BODY {
+            return Err(Failure::new(
+                FailKind::Malformed,
+                format!("stream too large (over {} MiB)", MAX_BODY >> 20),
+            ));
+        }
+        for (event, data) in parser.push(&chunk)? {
             for piece in interpret(kind, &event, &data)? {
                 match piece {
                     Piece::Text(t) => {
@@ -801,9 +777,6 @@ pub async fn pump(
                     Piece::Skip => {}
                 }
             }
-        }
-        if parser.pending() > MAX_BODY {
-            return Err(Failure::new(FailKind::Malformed, "stream event too large"));
         }
     }
     if !ended {
@@ -862,33 +835,6 @@ pub async fn embed(
     ))
 }
 
-/// A client that trusts exactly the server certificate with this SHA-256 (hex, colons
-/// allowed): how the CLI reaches an appliance whose fingerprint its console banner shows.
-pub fn pinned_client(sha256: &str, timeout: Duration) -> Result<reqwest::Client, String> {
-    let pin: String = sha256.chars().filter(|c| *c != ':').collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pin = hex::decode(&pin).map_err(|e| format!("fingerprint: {e}"))?;
-    if pin.len() != 32 {
-        return Err("fingerprint: a SHA-256 is 64 hex digits".into());
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::pinned(
-            pin,
-            None,
-            provider.signature_verification_algorithms,
-        )))
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("HTTP client: {}", chain(&e)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,8 +843,14 @@ mod tests {
     #[test]
     fn sse_parser_handles_split_lines_crlf_comments_and_multiline_data() {
         let mut p = SseParser::default();
-        assert!(p.push(b"event: ping\r\ndata: {\"type\"").is_empty());
-        let ev = p.push(b": \"ping\"}\r\n\r\n: comment\n\ndata: a\ndata: b\n\n");
+        assert!(
+            p.push(b"event: ping\r\ndata: {\"type\"")
+                .unwrap()
+                .is_empty()
+        );
+        let ev = p
+            .push(b": \"ping\"}\r\n\r\n: comment\n\ndata: a\ndata: b\n\n")
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -906,6 +858,46 @@ mod tests {
                 (String::new(), "a\nb".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn sse_lines_and_events_over_the_cap_are_refused_before_they_end() {
+        let mut p = SseParser::default();
+        p.push(b"data: ").unwrap();
+        let chunk = vec![b'a'; 64 << 10];
+        let mut err = None;
+        for _ in 0..(MAX_SSE_LINE / chunk.len() + 2) {
+            if let Err(e) = p.push(&chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = err.expect("a line over the cap is refused without its end");
+        assert!(e.message.contains("stream line too large"), "{}", e.message);
+        // Many short data lines of one event.
+        let mut p = SseParser::default();
+        let line = format!("data: {}\n", "b".repeat(1000));
+        let e = (0..2000)
+            .find_map(|_| p.push(line.as_bytes()).err())
+            .expect("an event over the cap is refused");
+        assert!(
+            e.message.contains("stream event too large"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn error_messages_quote_answers_without_cutting_a_character() {
+        let v = json!({"x": "€".repeat(65)});
+        assert!(!v.to_string().is_char_boundary(200));
+        let f = malformed("choices", &v);
+        assert_eq!(f.kind, FailKind::Malformed);
+        assert!(f.message.contains("€€€"), "{}", f.message);
+        let data = format!("{{\"xy\":\"{}", "€".repeat(65));
+        assert!(!data.is_char_boundary(120));
+        let e = interpret(ProviderKind::Openai, "", &data).unwrap_err();
+        assert_eq!(e.kind, FailKind::Malformed);
     }
 
     #[test]

@@ -99,6 +99,17 @@ async fn local_only_default_sensitive_and_offline_never_call_out() {
         .unwrap_err();
     assert_eq!(e.status(), 403, "{e}");
     assert!(e.to_string().contains("local-only"), "{e}");
+    // A call cannot widen the configured policy.
+    let cheap = CallContext {
+        policy: Some(Policy::Cheapest),
+        ..Default::default()
+    };
+    let e = router.chat(&cheap, ask(Some("cloud/m"))).await.unwrap_err();
+    assert_eq!(e.status(), 403, "{e}");
+    assert!(e.to_string().contains("wider than"), "{e}");
+    let mut s = router.settings();
+    s.policy = Policy::Cheapest;
+    router.set_settings(s).unwrap();
     // Policy allows it, but the data is sensitive.
     let ctx = CallContext {
         policy: Some(Policy::Cheapest),
@@ -246,4 +257,70 @@ fn scores_are_learned_and_persisted() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].n, 2);
     assert!((s[0].mean - 0.95).abs() < 1e-9);
+}
+
+/// A probe whose caller goes away frees the half-open breaker's slot: the next call probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_probe_frees_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, _store) = router_in(dir.path());
+    // The first connection is closed at once (a failure that opens the breaker); later ones
+    // are held open without an answer.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            if seen2.fetch_add(1, Ordering::SeqCst) > 0 {
+                held.push(c);
+            }
+        }
+    });
+    let mut v = json!({"name": "cloud", "kind": "openai", "base_url": format!("http://127.0.0.1:{port}/v1"),
+                       "models": [{"id": "m"}], "max_retries": 0, "breaker_failures": 1,
+                       "breaker_cooldown_ms": 100});
+    v["timeout_ms"] = json!(60_000);
+    router
+        .create_provider(config::parse_provider(v, None).unwrap())
+        .unwrap();
+    let mut s = router.settings();
+    s.policy = Policy::Cheapest;
+    router.set_settings(s).unwrap();
+    let ctx = CallContext::default();
+    assert!(router.chat(&ctx, ask(Some("cloud/m"))).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wait_for = |state: BreakerState| {
+        let router = &router;
+        async move {
+            while router.breakers()[0].state != state {
+                assert!(
+                    Instant::now() < deadline,
+                    "the breaker never became {state:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(BreakerState::HalfOpen).await;
+    // The probe reaches the provider, which never answers; its caller gives up.
+    for connections in [2, 3] {
+        let call = router.chat(&ctx, ask(Some("cloud/m")));
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => panic!("the probe ended: {:?}", r.err()),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if seen.load(Ordering::SeqCst) >= connections {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the probe never reached the provider"
+            );
+        }
+        // Dropping the call here abandons the probe.
+    }
 }
