@@ -20,6 +20,9 @@ pub struct TestOptions {
     pub jobs: usize,
 }
 
+/// Seconds each fuzz target runs in the test run, after its corpus.
+const FUZZ_SECONDS: u64 = 5;
+
 fn step(name: &str, cmd: &mut std::process::Command) -> Result<()> {
     let t = Instant::now();
     eprintln!("xtask: == {name}");
@@ -153,6 +156,12 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         "unit and integration tests",
         workspace_tests(host)?.env("CAIRN_CHROMIUM", deps::CHROMIUM),
     )?;
+    // Every fuzz target on its committed corpus and a few seconds more (the long runs are
+    // `cargo xtask fuzz`): a parser change that crashes on a seed fails here.
+    crate::fuzz::ensure_cargo_fuzz()?;
+    let t = Instant::now();
+    crate::fuzz::run_all(&crate::fuzz::all_targets()?, FUZZ_SECONDS)?;
+    eprintln!("xtask: == fuzz targets: ok ({} s)", t.elapsed().as_secs());
     // The ignored tests need the default models, the official client's and componentize-py's
     // Python environments and, for the end-to-end tests, both images.
     crate::models::fetch_models("default")?;
