@@ -124,10 +124,10 @@ fn app() -> &'static App {
             })
         });
         let auth = state.auth.clone();
-        let code = auth.setup_code().expect("a fresh appliance has a setup code");
-        let session = auth
-            .onboard(&code, "admin", PASSWORD)
-            .expect("onboard");
+        let code = auth
+            .setup_code()
+            .expect("a fresh appliance has a setup code");
+        let session = auth.onboard(&code, "admin", PASSWORD).expect("onboard");
         let (_, token) = auth
             .create_token("fuzz", cairn::auth::Scope::Admin)
             .expect("token");
@@ -183,7 +183,13 @@ fn uri(route: &str, param: &[u8]) -> String {
     };
     let mut path: String = route
         .split('/')
-        .map(|seg| if seg.starts_with('{') { value.as_str() } else { seg })
+        .map(|seg| {
+            if seg.starts_with('{') {
+                value.as_str()
+            } else {
+                seg
+            }
+        })
         .collect::<Vec<_>>()
         .join("/");
     if let Some(q) = query {

@@ -39,6 +39,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let out = m.export(&admin, ns).expect("export");
         // An export imports again (into the same store: as new records).
         let again = m.import(&admin, &out).expect("an export imports");
-        assert!(again.rejected.is_empty(), "export refused on import: {again:?}");
+        assert!(
+            again.rejected.is_empty(),
+            "export refused on import: {again:?}"
+        );
     }
 });

@@ -86,7 +86,10 @@ fn sse(kind: ProviderKind, split: usize, body: &[u8]) {
     for c in body.chunks(split) {
         parts.extend(p.push(c));
     }
-    assert_eq!(whole, parts, "the events depend on how the stream was split");
+    assert_eq!(
+        whole, parts,
+        "the events depend on how the stream was split"
+    );
     for (event, data) in &whole {
         let _ = remote::interpret(kind, event, data);
     }

@@ -62,7 +62,10 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
 
 /// Every target `fuzz/Cargo.toml` declares.
 pub fn all_targets() -> Result<Vec<String>> {
-    let out = cargo_fuzz().arg("list").output().context("cargo fuzz list")?;
+    let out = cargo_fuzz()
+        .arg("list")
+        .output()
+        .context("cargo fuzz list")?;
     if !out.status.success() {
         bail!(
             "cargo fuzz list failed: {}",
@@ -88,10 +91,7 @@ pub fn build_all() -> Result<()> {
     if !st.success() {
         bail!("cargo fuzz build failed");
     }
-    eprintln!(
-        "xtask: fuzz targets built in {} s",
-        t.elapsed().as_secs()
-    );
+    eprintln!("xtask: fuzz targets built in {} s", t.elapsed().as_secs());
     Ok(())
 }
 
