@@ -506,7 +506,7 @@ async fn send(
 
 fn malformed(what: &str, v: &Value) -> Failure {
     let mut s = v.to_string();
-    s.truncate(200);
+    s.truncate(s.floor_char_boundary(200));
     Failure::new(
         FailKind::Malformed,
         format!("malformed answer: {what} missing in {s}"),
@@ -668,7 +668,7 @@ pub fn interpret(kind: ProviderKind, event: &str, data: &str) -> Result<Vec<Piec
             FailKind::Malformed,
             format!(
                 "malformed stream event ({e}): {:?}",
-                &data[..data.len().min(120)]
+                &data[..data.floor_char_boundary(120)]
             ),
         )
     })?;
@@ -967,5 +967,19 @@ mod tests {
             .unwrap(),
             vec![Piece::Text("x".into())]
         );
+    }
+
+    /// Found by `fuzz/fuzz_targets/provider_answer.rs`: the excerpt of a bad event or answer
+    /// in the error message was cut inside a multi-byte character and panicked.
+    #[test]
+    fn malformed_answers_with_multibyte_text_fail_without_panicking() {
+        let event = format!("{}{}", "x".repeat(119), "\u{FFFD}".repeat(10));
+        let e = interpret(ProviderKind::Openai, "", &event).unwrap_err();
+        assert_eq!(e.kind, FailKind::Malformed);
+        assert!(e.message.contains(&"x".repeat(119)), "{}", e.message);
+        let answer = serde_json::json!({ "x": "\u{2603}".repeat(100) });
+        let e = malformed("choices[0]", &answer);
+        assert_eq!(e.kind, FailKind::Malformed);
+        assert!(e.message.contains('\u{2603}'), "{}", e.message);
     }
 }
