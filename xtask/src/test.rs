@@ -25,6 +25,7 @@ pub struct TestOptions {
     pub jobs: usize,
 }
 
+
 fn step(name: &str, cmd: &mut std::process::Command) -> Result<()> {
     let t = Instant::now();
     eprintln!("xtask: == {name}");

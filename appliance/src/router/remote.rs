@@ -960,4 +960,18 @@ mod tests {
             vec![Piece::Text("x".into())]
         );
     }
+
+    /// Found by `fuzz/fuzz_targets/provider_answer.rs`: the excerpt of a bad event or answer
+    /// in the error message was cut inside a multi-byte character and panicked.
+    #[test]
+    fn malformed_answers_with_multibyte_text_fail_without_panicking() {
+        let event = format!("{}{}", "x".repeat(119), "\u{FFFD}".repeat(10));
+        let e = interpret(ProviderKind::Openai, "", &event).unwrap_err();
+        assert_eq!(e.kind, FailKind::Malformed);
+        assert!(e.message.contains(&"x".repeat(119)), "{}", e.message);
+        let answer = serde_json::json!({ "x": "\u{2603}".repeat(100) });
+        let e = malformed("choices[0]", &answer);
+        assert_eq!(e.kind, FailKind::Malformed);
+        assert!(e.message.contains('\u{2603}'), "{}", e.message);
+    }
 }
