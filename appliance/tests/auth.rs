@@ -750,7 +750,7 @@ async fn remote_cli_pins_on_first_contact_and_uses_the_api() {
         &["login", "--remote", url, "--user", ADMIN],
     );
     assert!(ok, "{err}");
-    let (ok, out, err) = cli(&config, &["token", "list"]);
+    let (ok, out, err) = cli(&user_cfg, &["token", "list"]);
     assert!(ok, "{err}");
     assert_eq!(
         out.matches(&format!("cli {ADMIN}@")).count(),
