@@ -608,7 +608,9 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
                 if let Some(user) = user {
                     let cfg = remote.load_config()?;
                     if let Some(token) = reusable_token(&api, &cfg, &user).await {
-                        eprintln!("the token saved by an earlier `cairn login` is still valid; reusing it");
+                        eprintln!(
+                            "the token saved by an earlier `cairn login` is still valid; reusing it"
+                        );
                         api.set_token(token);
                     } else {
                         let password = read_password("password")?;

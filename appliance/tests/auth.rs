@@ -816,7 +816,9 @@ async fn parallel_logins_lock_per_address_and_tokens_expire() {
     let mut set = tokio::task::JoinSet::new();
     for i in 0..30 {
         let (c, url) = (c.clone(), url.clone());
-        set.spawn(async move { login(&c, &url, ADMIN, &format!("wrong password {i}"), None).await });
+        set.spawn(
+            async move { login(&c, &url, ADMIN, &format!("wrong password {i}"), None).await },
+        );
     }
     let (mut unauthorized, mut refused) = (0, 0);
     while let Some(r) = set.join_next().await {
@@ -824,7 +826,10 @@ async fn parallel_logins_lock_per_address_and_tokens_expire() {
         match st {
             401 => unauthorized += 1,
             429 => {
-                assert!(v["retry_after"].as_str().is_some(), "429 without Retry-After: {v}");
+                assert!(
+                    v["retry_after"].as_str().is_some(),
+                    "429 without Retry-After: {v}"
+                );
                 refused += 1;
             }
             other => panic!("unexpected {other}: {v}"),
@@ -869,15 +874,19 @@ async fn parallel_logins_lock_per_address_and_tokens_expire() {
                 .all(|e| e["actor"].as_str().unwrap_or_default().len() <= 64),
             "an audited actor is longer than a user name may be"
         );
-        if let Some(e) = entries.iter().find(|e| {
-            e["actor"] == cairn::auth::INVALID_NAME && e["path"] == "/api/v1/auth/login"
-        }) {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e["actor"] == cairn::auth::INVALID_NAME && e["path"] == "/api/v1/auth/login")
+        {
             seen = Some(e.clone());
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(seen.is_some(), "the failed login is audited under a placeholder");
+    assert!(
+        seen.is_some(),
+        "the failed login is audited under a placeholder"
+    );
 
     // Tokens: an unknown field is refused; an expired token gets 401 with a clear message.
     let mk = |body: Value| admin.post(format!("{url}/api/v1/auth/tokens")).json(&body);
@@ -888,7 +897,10 @@ async fn parallel_logins_lock_per_address_and_tokens_expire() {
     let ninety = 90 * 24 * 3600;
     let left = v["expires"].as_u64().unwrap() - v["created"].as_u64().unwrap();
     assert_eq!(left, ninety, "the default lifetime: {v}");
-    let (st, v) = call(mk(json!({"name": "t2", "scope": "reader", "expires_in": 1}))).await;
+    let (st, v) = call(mk(
+        json!({"name": "t2", "scope": "reader", "expires_in": 1}),
+    ))
+    .await;
     assert_eq!(st, 201, "{v}");
     let short = support::token_client(v["token"].as_str().unwrap());
     let mut expired = None;
@@ -904,5 +916,8 @@ async fn parallel_logins_lock_per_address_and_tokens_expire() {
     }
     let v = expired.expect("a token past its expiry is refused");
     assert_eq!(v["error"]["code"], "token_expired", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("expired"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
 }

@@ -106,11 +106,9 @@ struct Attempt {
 /// Takes the address's slot and a hashing permit, or refuses at once (429 `busy`): password
 /// checks are never queued.
 fn begin(s: &Shared, addr: &str) -> Result<Attempt, ApiError> {
-    let slot = s
-        .auth
-        .in_flight
-        .try_enter(addr)
-        .ok_or(AuthError::Busy("a password check from this address is in progress"))?;
+    let slot = s.auth.in_flight.try_enter(addr).ok_or(AuthError::Busy(
+        "a password check from this address is in progress",
+    ))?;
     let permit = s
         .auth
         .hashing
@@ -244,7 +242,11 @@ async fn login(
         }
         Err(e) if e.code == "bad_credentials" => {
             // The reservation stands as the failure.
-            let locked = s.auth.by_user.locked(&user_key).or(s.auth.by_addr.locked(&addr));
+            let locked = s
+                .auth
+                .by_user
+                .locked(&user_key)
+                .or(s.auth.by_addr.locked(&addr));
             if let Some(d) = locked {
                 tracing::warn!(
                     "login: {name:?} from {addr} locked for {} s after repeated failures",

@@ -816,7 +816,10 @@ mod tests {
         let c = a.token(&token).unwrap();
         assert_eq!((c.name.as_str(), c.scope), ("token:ci", Scope::Reader));
         assert!(a.token(&format!("{token}x")).is_err());
-        assert_eq!(a.token("cairn_nope_nope").unwrap_err(), TokenRefusal::Unknown);
+        assert_eq!(
+            a.token("cairn_nope_nope").unwrap_err(),
+            TokenRefusal::Unknown
+        );
         assert!(a.revoke_token(&id).unwrap());
         assert!(a.token(&token).is_err());
         assert!(!a.revoke_token(&id).unwrap());
@@ -827,14 +830,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = open(dir.path());
         let code = a.setup_code().unwrap();
-        let one = a.onboard(&permit(&a), &code, "admin", "first password").unwrap();
+        let one = a
+            .onboard(&permit(&a), &code, "admin", "first password")
+            .unwrap();
         let two = a.login(&permit(&a), "admin", "first password").unwrap();
         let keep = a.session(&one.id).unwrap().0.session;
         assert!(
-            a.change_password(&permit(&a), "admin", "wrong", "second password", keep.as_deref())
-                .is_err()
+            a.change_password(
+                &permit(&a),
+                "admin",
+                "wrong",
+                "second password",
+                keep.as_deref()
+            )
+            .is_err()
         );
-        a.change_password(&permit(&a), 
+        a.change_password(
+            &permit(&a),
             "admin",
             "first password",
             "second password",
@@ -894,8 +906,17 @@ mod tests {
         assert_eq!(get("never"), None, "an explicit never stays never");
         drop(a);
         let a = open(dir.path());
-        let again = a.tokens().iter().find(|t| t.name == "legacy").unwrap().expires;
-        assert_eq!(again, Some(migrated), "the migrated expiry is stored, not recomputed");
+        let again = a
+            .tokens()
+            .iter()
+            .find(|t| t.name == "legacy")
+            .unwrap()
+            .expires;
+        assert_eq!(
+            again,
+            Some(migrated),
+            "the migrated expiry is stored, not recomputed"
+        );
     }
 
     #[test]

@@ -42,12 +42,10 @@ impl Gate {
             if cur >= self.max {
                 return None;
             }
-            match self.busy.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .busy
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.peak.fetch_max(cur + 1, Ordering::AcqRel);
                     return Some(Permit { gate: self.clone() });
@@ -166,7 +164,9 @@ mod tests {
         assert!(gate.peak() <= HASH_PERMITS, "peak {}", gate.peak());
         assert_eq!(gate.busy(), 0, "every permit was given back");
         assert!(refused.load(Ordering::Relaxed) > 0, "a full gate refuses");
-        let held: Vec<Permit> = (0..HASH_PERMITS).filter_map(|_| gate.try_acquire()).collect();
+        let held: Vec<Permit> = (0..HASH_PERMITS)
+            .filter_map(|_| gate.try_acquire())
+            .collect();
         assert_eq!(held.len(), HASH_PERMITS);
         assert!(gate.try_acquire().is_none(), "full: refused at once");
         drop(held);
