@@ -271,6 +271,7 @@ window.addEventListener('popstate', render);
 
 document.getElementById('logout').addEventListener('click', async () => {
   await attempt(() => api('POST', '/api/v1/auth/logout'), 'Log out');
+  forgetChat();
   auth.user = null;
   auth.csrf = null;
   go('/login');
@@ -415,9 +416,18 @@ async function pageOverview(m) {
 
 // chat
 
+// The conversation lives in this tab's sessionStorage only (gone with the tab, cleared at
+// logout); older versions kept it in localStorage, which is purged here.
 const CHAT_KEY = 'cairn.chat';
+const CHAT_MODEL_KEY = 'cairn.chat.model';
+function forgetChat() {
+  for (const store of [sessionStorage, localStorage]) {
+    try { store.removeItem(CHAT_KEY); store.removeItem(CHAT_MODEL_KEY); } catch { /* storage disabled */ }
+  }
+}
+try { localStorage.removeItem(CHAT_KEY); localStorage.removeItem(CHAT_MODEL_KEY); } catch { /* storage disabled */ }
 function loadChat() {
-  try { return JSON.parse(localStorage.getItem(CHAT_KEY)) || []; } catch { return []; }
+  try { return JSON.parse(sessionStorage.getItem(CHAT_KEY)) || []; } catch { return []; }
 }
 
 async function pageChat(m) {
@@ -441,7 +451,7 @@ async function pageChat(m) {
   history.forEach(bubble);
   const id = `f${++fieldSeq}`;
   const modelSel = h('select', { id: `${id}m`, name: 'model' }, h('option', { value: 'auto' }, 'auto (the router decides)'), chatModels.map(([v, t]) => h('option', { value: v }, t)));
-  const saved = localStorage.getItem('cairn.chat.model');
+  const saved = sessionStorage.getItem(CHAT_MODEL_KEY);
   if (saved && [...modelSel.options].some((o) => o.value === saved)) modelSel.value = saved;
   const policySel = h('select', { id: `${id}p`, name: 'policy' }, h('option', { value: '' }, `default (${(router && router.settings && router.settings.policy) || 'router setting'})`), policies.map(([v, t]) => h('option', { value: v }, t)));
   const input = h('textarea', { id: `${id}i`, name: 'message', rows: 3, required: true });
@@ -455,14 +465,14 @@ async function pageChat(m) {
   if (!chatModels.length) m.append(h('p', { class: 'warn' }, 'No chat model is installed locally and no provider is configured: replies will fail until one is.'));
   let ctrl = null;
   stop.addEventListener('click', () => ctrl && ctrl.abort());
-  clear.addEventListener('click', () => { history.length = 0; localStorage.removeItem(CHAT_KEY); put(log); });
+  clear.addEventListener('click', () => { history.length = 0; sessionStorage.removeItem(CHAT_KEY); put(log); });
   input.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); f.requestSubmit(); } });
   f.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     status.textContent = '';
     const text = input.value.trim();
     if (!text) { status.textContent = 'Type a message first.'; return; }
-    localStorage.setItem('cairn.chat.model', modelSel.value);
+    sessionStorage.setItem(CHAT_MODEL_KEY, modelSel.value);
     history.push({ role: 'user', content: text });
     bubble(history[history.length - 1]);
     input.value = '';
@@ -529,7 +539,7 @@ async function pageChat(m) {
       b.append(h('small', {}, reply.meta));
       b.removeAttribute('aria-busy');
       if (reply.content) history.push(reply); else b.remove();
-      localStorage.setItem(CHAT_KEY, JSON.stringify(history.slice(-100)));
+      sessionStorage.setItem(CHAT_KEY, JSON.stringify(history.slice(-100)));
       send.disabled = false;
       stop.disabled = true;
       ctrl = null;
@@ -1087,14 +1097,17 @@ async function pageSettings(m) {
     put(tokens, table([
       ['Name', (x) => x.name], ['Scope', (x) => x.scope], ['Created', (x) => fmtTime(x.created * 1000)],
       ['Last used', (x) => (x.last_used == null ? 'never' : fmtTime(x.last_used * 1000))],
+      ['Expires', (x) => (x.expires == null ? 'never' : `${fmtTime(x.expires * 1000)}${x.expires * 1000 <= Date.now() ? ' (expired)' : ''}`)],
       ['', (x) => h('button', { type: 'button', class: 'danger', 'aria-label': `revoke token ${x.name}`, onclick: async () => { if (confirm(`Revoke ${x.name}?`)) { await attempt(() => api('DELETE', `/api/v1/auth/tokens/${encodeURIComponent(x.id)}`), 'Revoke'); loadTokens(); } } }, 'revoke')],
     ], t.tokens, 'No API tokens.'));
   }
   const tokenForm = form({
     submit: 'Create token', label: 'New API token',
-    fields: [{ name: 'name', label: 'Token name', required: true }, { name: 'scope', label: 'Scope', type: 'select', options: ['reader', 'operator', 'admin'], value: 'operator' }],
+    fields: [{ name: 'name', label: 'Token name', required: true }, { name: 'scope', label: 'Scope', type: 'select', options: ['reader', 'operator', 'admin'], value: 'operator' },
+      { name: 'expires_in', label: 'Expires', type: 'select', options: [[String(7 * 86400), 'in 7 days'], [String(30 * 86400), 'in 30 days'], [String(90 * 86400), 'in 90 days'], [String(365 * 86400), 'in a year'], ['never', 'never']], value: String(90 * 86400) }],
     async onSubmit(v, { form: f }) {
-      const t = await api('POST', '/api/v1/auth/tokens', v);
+      const body = { name: v.name, scope: v.scope, expires_in: v.expires_in === 'never' ? 'never' : Number(v.expires_in) };
+      const t = await api('POST', '/api/v1/auth/tokens', body);
       put(fresh, h('p', {}, `Token ${t.name} (${t.scope}). Copy it now: it is shown only once.`), h('p', { class: 'secret new-token' }, t.token));
       f.reset();
       loadTokens();

@@ -476,6 +476,9 @@ pub enum TokenCommand {
         /// reader, operator or admin.
         #[arg(long, default_value = "reader")]
         scope: String,
+        /// Lifetime in days, or `never` (default: the appliance's, 90 days).
+        #[arg(long)]
+        expires_in_days: Option<String>,
     },
     /// Revokes a token.
     Revoke {
@@ -601,18 +604,31 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
         let mut api = Api::connect(remote, Duration::from_secs(120)).await?;
         match cmd {
             ManageCommand::Login { user } => {
+                let mut minted = None;
                 if let Some(user) = user {
-                    let password = read_password("password")?;
-                    let token = session_token(&api, "login", &user, &password, None).await?;
-                    api.set_token(token);
+                    let cfg = remote.load_config()?;
+                    if let Some(token) = reusable_token(&api, &cfg, &user).await {
+                        eprintln!(
+                            "the token saved by an earlier `cairn login` is still valid; reusing it"
+                        );
+                        api.set_token(token);
+                    } else {
+                        let password = read_password("password")?;
+                        let (token, id) =
+                            session_token(&api, "login", &user, &password, None).await?;
+                        api.set_token(token);
+                        revoke_previous(&api, &cfg).await;
+                        minted = Some(id);
+                    }
                 }
-                save_login(&api, remote).await?;
+                save_login(&api, remote, minted).await?;
             }
             ManageCommand::Onboard { code, user } => {
                 let password = read_password("new administrator password")?;
-                let token = session_token(&api, "onboard", &user, &password, Some(&code)).await?;
+                let (token, id) =
+                    session_token(&api, "onboard", &user, &password, Some(&code)).await?;
                 api.set_token(token);
-                save_login(&api, remote).await?;
+                save_login(&api, remote, Some(id)).await?;
             }
             ManageCommand::Status => {
                 let v = api.send(api.get("/api/v1/system")).await?;
@@ -785,12 +801,26 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
             ManageCommand::Token(TokenCommand::List) => {
                 print_json(&api.send(api.get("/api/v1/auth/tokens")).await?);
             }
-            ManageCommand::Token(TokenCommand::Create { name, scope }) => {
+            ManageCommand::Token(TokenCommand::Create {
+                name,
+                scope,
+                expires_in_days,
+            }) => {
+                let mut body = serde_json::json!({"name": name, "scope": scope});
+                match expires_in_days.as_deref() {
+                    None => {}
+                    Some("never") => body["expires_in"] = "never".into(),
+                    Some(d) => {
+                        let days: u64 = d
+                            .parse()
+                            .ok()
+                            .filter(|d| *d > 0)
+                            .context("--expires-in-days is a number of days or `never`")?;
+                        body["expires_in"] = days.saturating_mul(86_400).into();
+                    }
+                }
                 let v = api
-                    .send(
-                        api.post("/api/v1/auth/tokens")
-                            .json(&serde_json::json!({"name": name, "scope": scope})),
-                    )
+                    .send(api.post("/api/v1/auth/tokens").json(&body))
                     .await?;
                 eprintln!(
                     "token {} ({}) created; it is shown only now:",
@@ -845,10 +875,14 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
     })
 }
 
-/// Saves the URL and the token in use, after checking them.
-async fn save_login(api: &Api, remote: &RemoteArgs) -> Result<()> {
+/// Saves the URL and the token in use, after checking them; `minted` is the id of a token this
+/// command just made (else the id of an earlier one is kept while the appliance is the same).
+async fn save_login(api: &Api, remote: &RemoteArgs, minted: Option<String>) -> Result<()> {
     let who = api.send(api.get("/api/v1/system")).await?;
     let mut cfg = remote.load_config()?;
+    if minted.is_some() || cfg.remote.as_deref() != Some(api.base()) {
+        cfg.minted = minted;
+    }
     cfg.remote = Some(api.base().to_string());
     cfg.token = api.token().map(str::to_string);
     remote.save_config(&cfg)?;
@@ -861,14 +895,66 @@ async fn save_login(api: &Api, remote: &RemoteArgs) -> Result<()> {
     Ok(())
 }
 
-/// Logs in (or onboards with `code`) and makes an admin API token for this CLI with the session.
+/// The id part of a token `cairn_ID_SECRET`.
+fn token_id(token: &str) -> Option<&str> {
+    token.strip_prefix("cairn_")?.split('_').next()
+}
+
+/// The token an earlier `cairn login --user USER` minted for this appliance, if the appliance
+/// still accepts it as an admin token and it has more than a day left.
+async fn reusable_token(api: &Api, cfg: &crate::remote::Config, user: &str) -> Option<String> {
+    let token = cfg.token.as_deref()?;
+    let id = token_id(token)?;
+    if cfg.remote.as_deref() != Some(api.base()) || cfg.minted.as_deref() != Some(id) {
+        return None;
+    }
+    // Listing tokens needs the admin scope: a 200 proves the token valid and an admin's.
+    let list = api
+        .send(api.get_as("/api/v1/auth/tokens", token))
+        .await
+        .ok()?;
+    let me = list["tokens"]
+        .as_array()?
+        .iter()
+        .find(|t| t["id"].as_str() == Some(id))?;
+    let ours = me["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with(&format!("cli {user}@")));
+    let left = match me["expires"].as_u64() {
+        None => true,
+        Some(at) => at > crate::auth::unix_now() + 86_400,
+    };
+    (ours && left).then(|| token.to_string())
+}
+
+/// Revokes the token an earlier `cairn login --user` minted for this appliance (now replaced);
+/// one that is gone already is fine.
+async fn revoke_previous(api: &Api, cfg: &crate::remote::Config) {
+    let Some(old) = cfg.minted.as_deref() else {
+        return;
+    };
+    if cfg.remote.as_deref() != Some(api.base()) || api.token().and_then(token_id) == Some(old) {
+        return;
+    }
+    match api
+        .send(api.delete(&format!("/api/v1/auth/tokens/{old}")))
+        .await
+    {
+        Ok(_) => eprintln!("revoked the token {old} an earlier `cairn login` made"),
+        Err(e) if e.to_string().contains("404") => {}
+        Err(e) => eprintln!("warning: could not revoke the earlier CLI token {old}: {e:#}"),
+    }
+}
+
+/// Logs in (or onboards with `code`) and makes an admin API token for this CLI with the session;
+/// returns the token and its id.
 async fn session_token(
     api: &Api,
     action: &str,
     user: &str,
     password: &str,
     code: Option<&str>,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let mut body = serde_json::json!({"username": user, "password": password});
     if let Some(code) = code {
         body["code"] = code.into();
@@ -910,10 +996,15 @@ async fn session_token(
                 .json(&serde_json::json!({"name": name, "scope": "admin"})),
         )
         .await?;
-    made["token"]
+    let token = made["token"]
         .as_str()
         .map(str::to_string)
-        .context("the appliance returned no token")
+        .context("the appliance returned no token")?;
+    let id = made["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("the appliance returned no token id")?;
+    Ok((token, id))
 }
 
 /// A password from `CAIRN_PASSWORD`, or asked for on the terminal without echo.

@@ -38,6 +38,10 @@ pub struct Config {
     /// Default API token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The id of the admin token `cairn login --user` minted for `remote` (reused while valid,
+    /// revoked when a new one replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted: Option<String>,
     /// Pinned certificate fingerprints by appliance URL.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
@@ -169,6 +173,13 @@ impl Api {
     /// Uses `token` for the following requests.
     pub fn set_token(&mut self, token: String) {
         self.token = Some(token);
+    }
+
+    /// A GET of `path` with `token` instead of the one in use.
+    pub fn get_as(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
     }
 
     /// A GET of `path`.

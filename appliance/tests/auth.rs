@@ -743,6 +743,20 @@ async fn remote_cli_pins_on_first_contact_and_uses_the_api() {
         &["login", "--remote", url, "--user", ADMIN],
     );
     assert!(ok, "{err}");
+    // A second login reuses the token the first one saved instead of minting another.
+    let (ok, err) = with_password(
+        &user_cfg,
+        PASSWORD,
+        &["login", "--remote", url, "--user", ADMIN],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&user_cfg, &["token", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.matches(&format!("cli {ADMIN}@")).count(),
+        1,
+        "`cairn login` twice leaves one admin token: {out}"
+    );
     let (ok, out, err) = cli(&user_cfg, &["settings", "get", "site"]);
     assert!(ok && out.contains("north-3"), "{out}{err}");
 
@@ -775,4 +789,135 @@ async fn remote_cli_pins_on_first_contact_and_uses_the_api() {
     assert!(ok, "{err}");
     let (ok, out, err) = cli(&fresh_cfg, &["token", "list"]);
     assert!(ok && out.contains("cli admin@"), "{out}{err}");
+}
+
+/// A client whose connections leave from `local` (any 127/8 address reaches the server on Linux).
+fn client_from(local: [u8; 4]) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_logins_lock_per_address_and_tokens_expire() {
+    let models = tempfile::tempdir().unwrap();
+    let s = Server::start_temp("hardening", &["--models", models.path().to_str().unwrap()]).await;
+    let url = s.url.clone();
+
+    // 30 wrong passwords at once for one user from one address: the attempts are reserved
+    // before hashing and one login per address runs at a time, so at most the lockout's five
+    // reach argon2 (401) and the rest are refused at once (429).
+    let c = client_from([127, 0, 0, 1]);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (c, url) = (c.clone(), url.clone());
+        set.spawn(
+            async move { login(&c, &url, ADMIN, &format!("wrong password {i}"), None).await },
+        );
+    }
+    let (mut unauthorized, mut refused) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (st, v, _) = r.unwrap();
+        match st {
+            401 => unauthorized += 1,
+            429 => {
+                assert!(
+                    v["retry_after"].as_str().is_some(),
+                    "429 without Retry-After: {v}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(
+        unauthorized <= cairn::auth::limiter::MAX_FAILURES && refused >= 25,
+        "{unauthorized}×401, {refused}×429"
+    );
+
+    // Lock the administrator out from 127.0.0.1 (bounded: the lock comes within five failures).
+    let mut locked = false;
+    for i in 0..20 {
+        let (st, v, _) = login(&c, &url, ADMIN, &format!("still wrong {i}"), None).await;
+        if st == 429 && v["error"]["code"] == "locked" {
+            locked = true;
+            break;
+        }
+        assert!(st == 401 || st == 429, "{st} {v}");
+    }
+    assert!(locked, "repeated failures lock the name from this address");
+    let (st, v, _) = login(&c, &url, ADMIN, PASSWORD, None).await;
+    assert_eq!((st, &v["error"]["code"]), (429, &json!("locked")), "{v}");
+    // … but not from another address.
+    let other = client_from([127, 0, 0, 2]);
+    let (st, v, _) = login(&other, &url, ADMIN, PASSWORD, None).await;
+    assert_eq!(st, 200, "a lock caused from 127.0.0.1 stops 127.0.0.2: {v}");
+
+    // A failed login's user name of any length is not stored verbatim in the audit.
+    let long = format!("{}é", "x".repeat(5000));
+    let third = client_from([127, 0, 0, 3]);
+    let (st, v, _) = login(&third, &url, &long, "wrong password", None).await;
+    assert_eq!(st, 401, "{v}");
+    let admin = s.client();
+    let mut seen = None;
+    for _ in 0..100 {
+        let (_, audit) = call(admin.get(format!("{url}/api/v1/audit/actions?limit=1000"))).await;
+        let entries = audit["entries"].as_array().cloned().unwrap_or_default();
+        assert!(
+            entries
+                .iter()
+                .all(|e| e["actor"].as_str().unwrap_or_default().len() <= 64),
+            "an audited actor is longer than a user name may be"
+        );
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e["actor"] == cairn::auth::INVALID_NAME && e["path"] == "/api/v1/auth/login")
+        {
+            seen = Some(e.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.is_some(),
+        "the failed login is audited under a placeholder"
+    );
+
+    // Tokens: an unknown field is refused; an expired token gets 401 with a clear message.
+    let mk = |body: Value| admin.post(format!("{url}/api/v1/auth/tokens")).json(&body);
+    let (st, v) = call(mk(json!({"name": "t0", "scope": "reader", "ttl": 5}))).await;
+    assert_eq!(st, 400, "unknown fields are refused: {v}");
+    let (st, v) = call(mk(json!({"name": "t1", "scope": "reader"}))).await;
+    assert_eq!(st, 201, "{v}");
+    let ninety = 90 * 24 * 3600;
+    let left = v["expires"].as_u64().unwrap() - v["created"].as_u64().unwrap();
+    assert_eq!(left, ninety, "the default lifetime: {v}");
+    let (st, v) = call(mk(
+        json!({"name": "t2", "scope": "reader", "expires_in": 1}),
+    ))
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let short = support::token_client(v["token"].as_str().unwrap());
+    let mut expired = None;
+    // Bounded: the token lives one second; this is a did-not-hang guard, not a timing check.
+    for _ in 0..300 {
+        let (st, v) = call(short.get(format!("{url}/api/v1/system"))).await;
+        if st == 401 {
+            expired = Some(v);
+            break;
+        }
+        assert_eq!(st, 200, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = expired.expect("a token past its expiry is refused");
+    assert_eq!(v["error"]["code"], "token_expired", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
 }

@@ -3,6 +3,8 @@
 
 use super::{ApiError, Routes, Shared};
 use crate::auth::guard::PeerAddr;
+use crate::auth::limiter::{InFlightGuard, Limiter};
+use crate::auth::password::Permit;
 use crate::auth::{AuditEntry, AuthError, COOKIE, Caller, NewSession, SESSION_MAX, Scope};
 use axum::Json;
 use axum::body::Bytes;
@@ -40,6 +42,11 @@ impl From<AuthError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", msg).field("password")
             }
             AuthError::Locked(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "locked", msg),
+            AuthError::Busy(_) => {
+                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", msg);
+                e.retry_after = Some(1);
+                e
+            }
             AuthError::Store(e) => e.into(),
         }
     }
@@ -88,21 +95,45 @@ fn addr_key(peer: Option<Extension<PeerAddr>>) -> String {
         .unwrap_or_else(|| "addr:unknown".into())
 }
 
-fn locked(s: &Shared, keys: &[&str]) -> Result<(), ApiError> {
-    if let Some(d) = keys
-        .iter()
-        .filter_map(|k| {
-            if k.starts_with("addr:") {
-                s.auth.by_addr.locked(k)
-            } else {
-                s.auth.by_user.locked(k)
+/// The right to check a password within one request: the client address's one in-flight
+/// slot and a hashing permit. It is moved into the blocking task, so both stay taken until the
+/// hashing ends even when the client goes away.
+struct Attempt {
+    _slot: InFlightGuard,
+    permit: Permit,
+}
+
+/// Takes the address's slot and a hashing permit, or refuses at once (429 `busy`): password
+/// checks are never queued.
+fn begin(s: &Shared, addr: &str) -> Result<Attempt, ApiError> {
+    let slot = s.auth.in_flight.try_enter(addr).ok_or(AuthError::Busy(
+        "a password check from this address is in progress",
+    ))?;
+    let permit = s
+        .auth
+        .hashing
+        .try_acquire()
+        .ok_or(AuthError::Busy("the appliance is checking other passwords"))?;
+    Ok(Attempt {
+        _slot: slot,
+        permit,
+    })
+}
+
+/// Reserves one attempt on every `(limiter, key)` (each counts as a failure until refunded or
+/// cleared), or refuses with 429 `locked` and `Retry-After` when one key is locked; nothing
+/// stays reserved then.
+fn reserve(keys: &[(&Limiter, &str)]) -> Result<(), ApiError> {
+    for (i, (limiter, key)) in keys.iter().enumerate() {
+        if let Err(d) = limiter.reserve(key) {
+            for (l, k) in &keys[..i] {
+                l.refund(k);
             }
-        })
-        .max()
-    {
-        let mut e = ApiError::from(AuthError::Locked(d.as_secs().max(1)));
-        e.retry_after = Some(d.as_secs().max(1));
-        return Err(e);
+            let secs = d.as_secs().max(1);
+            let mut e = ApiError::from(AuthError::Locked(secs));
+            e.retry_after = Some(secs);
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -153,14 +184,18 @@ async fn onboard(
 ) -> Result<Response, ApiError> {
     let b: OnboardBody = parse(&body)?;
     let addr = addr_key(peer);
-    locked(&s, &[&addr])?;
+    let attempt = begin(&s, &addr)?;
+    reserve(&[(&s.auth.by_addr, addr.as_str())])?;
     let auth = s.auth.clone();
     let user = b.username.clone();
-    let result = blocking(move || auth.onboard(&b.code, &b.username, &b.password)).await;
-    if let Err(e) = &result
-        && e.code == "bad_code"
-    {
-        s.auth.by_addr.fail(&addr);
+    let result = blocking(move || {
+        let attempt = attempt;
+        auth.onboard(&attempt.permit, &b.code, &b.username, &b.password)
+    })
+    .await;
+    // Only a wrong setup code counts against the address.
+    if !matches!(&result, Err(e) if e.code == "bad_code") {
+        s.auth.by_addr.refund(&addr);
     }
     let session = result?;
     audit_public(&s, user, "/api/v1/auth/onboard", 200);
@@ -180,27 +215,50 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let b: LoginBody = parse(&body)?;
     let addr = addr_key(peer);
-    let user_key = b.username.to_ascii_lowercase();
-    locked(&s, &[&user_key, &addr])?;
+    // Nothing the caller sent is kept verbatim: a name that breaks the account rules (which
+    // cannot exist) is audited and counted under a fixed placeholder.
+    let valid = crate::auth::valid_name(&b.username);
+    let name = crate::auth::audit_name(&b.username).to_string();
+    let user_key = format!("{name}|{addr}");
+    let attempt = begin(&s, &addr)?;
+    reserve(&[
+        (&s.auth.by_addr, addr.as_str()),
+        (&s.auth.by_user, user_key.as_str()),
+    ])?;
     let auth = s.auth.clone();
-    let name = b.username.clone();
-    let result = blocking(move || auth.login(&b.username, &b.password)).await;
+    let result = blocking(move || {
+        let attempt = attempt;
+        if !valid {
+            return Err(AuthError::BadCredentials);
+        }
+        auth.login(&attempt.permit, &b.username, &b.password)
+    })
+    .await;
     let status = match &result {
         Ok(_) => {
             s.auth.by_user.clear(&user_key);
             s.auth.by_addr.clear(&addr);
             200
         }
-        Err(_) => {
-            let by_user = s.auth.by_user.fail(&user_key);
-            let by_addr = s.auth.by_addr.fail(&addr);
-            if let Some(d) = by_user.or(by_addr) {
+        Err(e) if e.code == "bad_credentials" => {
+            // The reservation stands as the failure.
+            let locked = s
+                .auth
+                .by_user
+                .locked(&user_key)
+                .or(s.auth.by_addr.locked(&addr));
+            if let Some(d) = locked {
                 tracing::warn!(
-                    "login: {name:?} locked for {} s after repeated failures",
+                    "login: {name:?} from {addr} locked for {} s after repeated failures",
                     d.as_secs()
                 );
             }
             401
+        }
+        Err(e) => {
+            s.auth.by_user.refund(&user_key);
+            s.auth.by_addr.refund(&addr);
+            e.status.as_u16()
         }
     };
     audit_public(&s, name, "/api/v1/auth/login", status);
@@ -230,6 +288,7 @@ struct PasswordBody {
 async fn password(
     State(s): State<Shared>,
     Extension(c): Extension<Caller>,
+    peer: Option<Extension<PeerAddr>>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     if c.session.is_none() {
@@ -240,9 +299,29 @@ async fn password(
         ));
     }
     let b: PasswordBody = parse(&body)?;
+    let addr = addr_key(peer);
+    // Guessing the current password through this form counts like failed logins.
+    let user_key = format!("{}|{addr}", c.name);
+    let attempt = begin(&s, &addr)?;
+    reserve(&[(&s.auth.by_user, user_key.as_str())])?;
     let auth = s.auth.clone();
-    blocking(move || auth.change_password(&c.name, &b.current, &b.password, c.session.as_deref()))
-        .await?;
+    let result = blocking(move || {
+        let attempt = attempt;
+        auth.change_password(
+            &attempt.permit,
+            &c.name,
+            &b.current,
+            &b.password,
+            c.session.as_deref(),
+        )
+    })
+    .await;
+    match &result {
+        Ok(()) => s.auth.by_user.clear(&user_key),
+        Err(e) if e.field == Some("current") => {}
+        Err(_) => s.auth.by_user.refund(&user_key),
+    }
+    result?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,9 +330,52 @@ async fn tokens(State(s): State<Shared>) -> Json<Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TokenBody {
     name: String,
     scope: String,
+    /// Seconds from now, or `"never"`.
+    #[serde(default)]
+    expires_in: Option<Value>,
+    /// Unix seconds.
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+/// When a new token expires (Unix seconds; `None`: never), from the request's
+/// `expires_in`/`expires_at` (at most one), by default [`crate::auth::TOKEN_DEFAULT_LIFETIME`].
+fn token_expiry(b: &TokenBody, now: u64) -> Result<Option<u64>, ApiError> {
+    use crate::auth::{TOKEN_DEFAULT_LIFETIME, TOKEN_MAX_LIFETIME};
+    let invalid = |field: &'static str, message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).field(field)
+    };
+    let max_days = TOKEN_MAX_LIFETIME / 86_400;
+    match (&b.expires_in, b.expires_at) {
+        (Some(_), Some(_)) => Err(invalid(
+            "expires_in",
+            "give expires_in or expires_at, not both".into(),
+        )),
+        (None, None) => Ok(Some(now + TOKEN_DEFAULT_LIFETIME)),
+        (None, Some(at)) if at > now && at - now <= TOKEN_MAX_LIFETIME => Ok(Some(at)),
+        (None, Some(_)) => Err(invalid(
+            "expires_at",
+            format!(
+                "expires_at is Unix seconds in the future, at most {max_days} days ahead \
+                 (or use expires_in: \"never\")"
+            ),
+        )),
+        (Some(Value::String(s)), None) if s == "never" => Ok(None),
+        (Some(v), None) => match v.as_u64() {
+            Some(secs) if (1..=TOKEN_MAX_LIFETIME).contains(&secs) => Ok(Some(now + secs)),
+            _ => Err(invalid(
+                "expires_in",
+                format!(
+                    "expires_in is a number of seconds from 1 to {TOKEN_MAX_LIFETIME} \
+                     ({max_days} days), or \"never\""
+                ),
+            )),
+        },
+    }
 }
 
 async fn create_token(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
@@ -266,8 +388,9 @@ async fn create_token(State(s): State<Shared>, body: Bytes) -> Result<Response, 
         )
         .field("scope")
     })?;
+    let expires = token_expiry(&b, crate::auth::unix_now())?;
     let auth = s.auth.clone();
-    let (info, token) = blocking(move || auth.create_token(&b.name, scope)).await?;
+    let (info, token) = blocking(move || auth.create_token(&b.name, scope, expires)).await?;
     let mut v = serde_json::to_value(&info).unwrap_or_default();
     v["token"] = token.into();
     let mut r = (StatusCode::CREATED, Json(v)).into_response();
@@ -305,4 +428,49 @@ async fn audit(
     let auth = s.auth.clone();
     let entries = blocking(move || auth.audit(limit)).await?;
     Ok(Json(json!({"entries": entries})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Result<TokenBody, ApiError> {
+        parse(&Bytes::from(v.to_string()))
+    }
+
+    #[test]
+    fn token_expiry_defaults_and_refusals() {
+        let now = 1_000_000;
+        let b = |v: Value| token_expiry(&body(v).unwrap(), now);
+        let base = json!({"name": "ci", "scope": "reader"});
+        let with = |k: &str, v: Value| {
+            let mut x = base.clone();
+            x[k] = v;
+            x
+        };
+        assert_eq!(
+            b(base.clone()).unwrap(),
+            Some(now + crate::auth::TOKEN_DEFAULT_LIFETIME)
+        );
+        assert_eq!(b(with("expires_in", json!(60))).unwrap(), Some(now + 60));
+        assert_eq!(b(with("expires_in", json!("never"))).unwrap(), None);
+        assert_eq!(
+            b(with("expires_at", json!(now + 5))).unwrap(),
+            Some(now + 5)
+        );
+        for bad in [
+            with("expires_in", json!(0)),
+            with("expires_in", json!(-5)),
+            with("expires_in", json!("forever")),
+            with("expires_in", json!(u64::MAX)),
+            with("expires_at", json!(now - 1)),
+        ] {
+            assert!(b(bad.clone()).is_err(), "{bad}");
+        }
+        let mut both = with("expires_in", json!(60));
+        both["expires_at"] = json!(now + 60);
+        assert_eq!(b(both).unwrap_err().field, Some("expires_in"));
+        let e = body(with("expires", json!(60))).err().unwrap();
+        assert_eq!(e.code, "bad_json", "unknown fields are refused");
+    }
 }

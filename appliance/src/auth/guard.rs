@@ -107,8 +107,18 @@ pub async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Res
         .map(str::trim);
     let caller: Caller = if let Some(token) = bearer {
         match auth.token(token) {
-            Some(c) => c,
-            None => {
+            Ok(c) => c,
+            Err(super::TokenRefusal::Expired(at)) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    &format!(
+                        "the API token expired (at Unix time {at}); make a new one in the \
+                         console's settings or with `cairn login`"
+                    ),
+                );
+            }
+            Err(super::TokenRefusal::Unknown) => {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",

@@ -31,6 +31,12 @@ pub const SESSION_MAX: u64 = 7 * 24 * 3600;
 pub const COOKIE: &str = "cairn_session";
 /// Audit entries kept (the oldest are dropped).
 const AUDIT_KEEP: u64 = 10_000;
+/// Lifetime of an API token created without `expires_in`/`expires_at`, seconds (90 days).
+pub const TOKEN_DEFAULT_LIFETIME: u64 = 90 * 24 * 3600;
+/// Longest lifetime `expires_in` may ask for, seconds (10 years; beyond, ask for "never").
+pub const TOKEN_MAX_LIFETIME: u64 = 10 * 365 * 24 * 3600;
+/// How a failed login with a user name that breaks the account rules is audited.
+pub const INVALID_NAME: &str = "(invalid user name)";
 /// Setup-code alphabet: no 0/O, 1/I/L.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 
@@ -109,6 +115,10 @@ pub struct TokenInfo {
     /// Unix seconds of the last use since this start, if any.
     #[serde(default)]
     pub last_used: Option<u64>,
+    /// Unix seconds after which the token is refused; `null`: never (asked for explicitly).
+    /// Tokens stored before expiry existed get the default lifetime from the first start of
+    /// a version that knows it.
+    pub expires: Option<u64>,
     #[serde(skip_serializing)]
     #[serde(default)]
     hash: String,
@@ -164,6 +174,9 @@ pub enum AuthError {
     /// Locked after repeated failures.
     #[error("too many failed attempts; try again in {0} s")]
     Locked(u64),
+    /// Too many password checks at once (globally, or from this address).
+    #[error("{0}; try again in a moment")]
+    Busy(&'static str),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -203,12 +216,31 @@ pub fn constant_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_name(field: &'static str, name: &str) -> Result<(), AuthError> {
-    let ok = (1..=64).contains(&name.len())
+/// Whether `name` meets the account rules (1-64 of `a-z 0-9 . _ -`).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if ok {
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The user name as the audit log and the lockout keys may hold it: itself when it meets the
+/// account rules, else [`INVALID_NAME`] (so nothing an anonymous caller sends is kept verbatim).
+pub fn audit_name(name: &str) -> &str {
+    if valid_name(name) { name } else { INVALID_NAME }
+}
+
+/// Why a bearer token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Not a token of this appliance (unknown, revoked or mistyped).
+    Unknown,
+    /// It expired at these Unix seconds.
+    Expired(u64),
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<(), AuthError> {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(AuthError::Invalid {
@@ -230,10 +262,14 @@ struct State {
 pub struct Auth {
     db: Option<Arc<Database>>,
     state: Mutex<State>,
-    /// Failed logins per user name.
+    /// Failed logins per user name and client address (`user|addr:IP`).
     pub by_user: limiter::Limiter,
     /// Failed logins and setup-code attempts per client address.
     pub by_addr: limiter::Limiter,
+    /// Bounds concurrent argon2 work over every path that hashes a password.
+    pub hashing: Arc<password::Gate>,
+    /// Client addresses with a password check in progress (one at a time each).
+    pub in_flight: Arc<limiter::InFlight>,
     audit_seq: Mutex<u64>,
 }
 
@@ -273,7 +309,7 @@ impl Auth {
         if let Some(db) = &db {
             state.users = load(db, USERS)?;
             state.sessions = load(db, SESSIONS)?;
-            state.tokens = load(db, TOKENS)?;
+            state.tokens = load_tokens(db)?;
             let txn = db.begin_read().map_err(storage)?;
             if let Ok(t) = txn.open_table(AUDIT) {
                 seq = t
@@ -295,6 +331,8 @@ impl Auth {
             state: Mutex::new(state),
             by_user: limiter::Limiter::new(limiter::MAX_FAILURES),
             by_addr: limiter::Limiter::new(limiter::MAX_ADDR_FAILURES),
+            hashing: password::Gate::new(password::HASH_PERMITS),
+            in_flight: Arc::default(),
             audit_seq: Mutex::new(seq),
         })
     }
@@ -337,8 +375,14 @@ impl Auth {
     }
 
     /// Creates the administrator with the setup code; the code is void afterwards.
-    /// Blocking (argon2id and an fsync).
-    pub fn onboard(&self, code: &str, user: &str, pass: &str) -> Result<NewSession, AuthError> {
+    /// Blocking (argon2id under `permit`, and an fsync).
+    pub fn onboard(
+        &self,
+        permit: &password::Permit,
+        code: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<NewSession, AuthError> {
         let expected = self.setup_code().ok_or(AuthError::Onboarded)?;
         let normalized: String = code
             .chars()
@@ -354,7 +398,7 @@ impl Auth {
             message,
         })?;
         let rec = User {
-            hash: password::hash(pass).map_err(|message| AuthError::Invalid {
+            hash: password::hash(permit, pass).map_err(|message| AuthError::Invalid {
                 field: "password",
                 message,
             })?,
@@ -376,13 +420,18 @@ impl Auth {
         self.new_session(user, Scope::Admin)
     }
 
-    /// Checks a password and opens a session. Blocking (argon2id).
-    pub fn login(&self, user: &str, pass: &str) -> Result<NewSession, AuthError> {
+    /// Checks a password and opens a session. Blocking (argon2id under `permit`).
+    pub fn login(
+        &self,
+        permit: &password::Permit,
+        user: &str,
+        pass: &str,
+    ) -> Result<NewSession, AuthError> {
         let rec = self.lock().users.get(user).cloned();
         let ok = match &rec {
-            Some(u) => password::verify(pass, &u.hash),
+            Some(u) => password::verify(permit, pass, &u.hash),
             None => {
-                let _ = password::verify(pass, password::decoy());
+                let _ = password::verify(permit, pass, password::decoy(permit));
                 false
             }
         };
@@ -393,9 +442,10 @@ impl Auth {
     }
 
     /// Changes `user`'s password after checking the current one; ends the user's other
-    /// sessions. Blocking.
+    /// sessions. Blocking (argon2id under `permit`).
     pub fn change_password(
         &self,
+        permit: &password::Permit,
         user: &str,
         current: &str,
         new: &str,
@@ -407,18 +457,19 @@ impl Auth {
             .get(user)
             .cloned()
             .ok_or(AuthError::BadCredentials)?;
-        if !password::verify(current, &rec.hash) {
+        // The cheap rule first: a refused new password costs no hashing.
+        password::check(new).map_err(|message| AuthError::Invalid {
+            field: "password",
+            message,
+        })?;
+        if !password::verify(permit, current, &rec.hash) {
             return Err(AuthError::Invalid {
                 field: "current",
                 message: "the current password is not correct".into(),
             });
         }
-        password::check(new).map_err(|message| AuthError::Invalid {
-            field: "password",
-            message,
-        })?;
         let rec = User {
-            hash: password::hash(new).map_err(|message| AuthError::Invalid {
+            hash: password::hash(permit, new).map_err(|message| AuthError::Invalid {
                 field: "password",
                 message,
             })?,
@@ -493,16 +544,25 @@ impl Auth {
     }
 
     /// The caller an `Authorization: Bearer` token stands for.
-    pub fn token(&self, token: &str) -> Option<Caller> {
-        let id = token.strip_prefix("cairn_")?.split('_').next()?;
+    pub fn token(&self, token: &str) -> Result<Caller, TokenRefusal> {
+        let id = token
+            .strip_prefix("cairn_")
+            .and_then(|t| t.split('_').next())
+            .ok_or(TokenRefusal::Unknown)?;
         let hash = sha256_hex(token);
         let mut st = self.lock();
-        let t = st.tokens.get_mut(id)?;
+        let t = st.tokens.get_mut(id).ok_or(TokenRefusal::Unknown)?;
         if !constant_eq(&t.hash, &hash) {
-            return None;
+            return Err(TokenRefusal::Unknown);
         }
-        t.last_used = Some(unix_now());
-        Some(Caller {
+        let now = unix_now();
+        if let Some(at) = t.expires
+            && now >= at
+        {
+            return Err(TokenRefusal::Expired(at));
+        }
+        t.last_used = Some(now);
+        Ok(Caller {
             name: format!("token:{}", t.name),
             scope: t.scope,
             session: None,
@@ -516,8 +576,14 @@ impl Auth {
         v
     }
 
-    /// Makes an API token; returns it with the secret, which is not kept.
-    pub fn create_token(&self, name: &str, scope: Scope) -> Result<(TokenInfo, String), AuthError> {
+    /// Makes an API token that expires at `expires` (Unix seconds; `None`: never); returns it
+    /// with the secret, which is not kept.
+    pub fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        expires: Option<u64>,
+    ) -> Result<(TokenInfo, String), AuthError> {
         let ok = (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control);
         if !ok {
             return Err(AuthError::Invalid {
@@ -540,6 +606,7 @@ impl Auth {
             scope,
             created: unix_now(),
             last_used: None,
+            expires,
             hash: sha256_hex(&token),
         };
         // The stored form keeps the hash (skipped when listing).
@@ -602,6 +669,45 @@ impl Auth {
     }
 }
 
+/// The stored tokens; a record from before expiry existed (no `expires` field) gets the default
+/// lifetime counted from now, written back so that it does not move at every start.
+fn load_tokens(db: &Database) -> Result<HashMap<String, TokenInfo>, AuthError> {
+    let raw: HashMap<String, serde_json::Value> = load(db, TOKENS)?;
+    let deadline = unix_now() + TOKEN_DEFAULT_LIFETIME;
+    let mut out = HashMap::new();
+    let mut migrated = Vec::new();
+    for (id, mut v) in raw {
+        if let Some(obj) = v.as_object_mut()
+            && !obj.contains_key("expires")
+        {
+            obj.insert("expires".into(), deadline.into());
+            migrated.push((id.clone(), v.to_string()));
+        }
+        match serde_json::from_value::<TokenInfo>(v) {
+            Ok(t) => {
+                out.insert(id, t);
+            }
+            Err(e) => tracing::warn!("auth: skipping unreadable token {id}: {e}"),
+        }
+    }
+    if !migrated.is_empty() {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(TOKENS).map_err(storage)?;
+            for (id, json) in &migrated {
+                t.insert(id.as_str(), json.as_str()).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        tracing::info!(
+            "auth: {} API token(s) from before token expiry now expire in {} days",
+            migrated.len(),
+            TOKEN_DEFAULT_LIFETIME / 86_400
+        );
+    }
+    Ok(out)
+}
+
 fn new_setup_code() -> String {
     let bytes = random_bytes::<12>();
     let chars: Vec<char> = bytes
@@ -619,6 +725,10 @@ fn new_setup_code() -> String {
 mod tests {
     use super::*;
 
+    fn permit(a: &Auth) -> password::Permit {
+        a.hashing.try_acquire().unwrap()
+    }
+
     fn open(dir: &std::path::Path) -> Auth {
         let db = Arc::new(Database::create(dir.join("a.redb")).unwrap());
         Auth::open(Some(db)).unwrap()
@@ -632,18 +742,18 @@ mod tests {
             let code = a.setup_code().unwrap();
             assert_eq!(code.len(), 14, "{code}");
             assert!(matches!(
-                a.onboard("AAAA-AAAA-AAAA", "admin", "long enough pw"),
+                a.onboard(&permit(&a), "AAAA-AAAA-AAAA", "admin", "long enough pw"),
                 Err(AuthError::BadCode)
             ));
             assert!(matches!(
-                a.onboard(&code, "admin", "short"),
+                a.onboard(&permit(&a), &code, "admin", "short"),
                 Err(AuthError::Invalid {
                     field: "password",
                     ..
                 })
             ));
             assert!(matches!(
-                a.onboard(&code, "Bad Name", "long enough pw"),
+                a.onboard(&permit(&a), &code, "Bad Name", "long enough pw"),
                 Err(AuthError::Invalid {
                     field: "username",
                     ..
@@ -652,6 +762,7 @@ mod tests {
             // Codes are accepted without dashes and in lower case.
             let s = a
                 .onboard(
+                    &permit(&a),
                     &code.replace('-', "").to_lowercase(),
                     "admin",
                     "long enough pw",
@@ -660,7 +771,7 @@ mod tests {
             assert!(a.session(&s.id).is_some());
             assert!(a.setup_code().is_none());
             assert!(matches!(
-                a.onboard(&code, "admin2", "long enough pw"),
+                a.onboard(&permit(&a), &code, "admin2", "long enough pw"),
                 Err(AuthError::Onboarded)
             ));
             code
@@ -669,16 +780,16 @@ mod tests {
         assert!(a.onboarded());
         assert!(a.setup_code().is_none());
         assert!(matches!(
-            a.onboard(&code, "x", "long enough pw"),
+            a.onboard(&permit(&a), &code, "x", "long enough pw"),
             Err(AuthError::Onboarded)
         ));
-        assert!(a.login("admin", "long enough pw").is_ok());
+        assert!(a.login(&permit(&a), "admin", "long enough pw").is_ok());
         assert!(matches!(
-            a.login("admin", "wrong password"),
+            a.login(&permit(&a), "admin", "wrong password"),
             Err(AuthError::BadCredentials)
         ));
         assert!(matches!(
-            a.login("nobody", "long enough pw"),
+            a.login(&permit(&a), "nobody", "long enough pw"),
             Err(AuthError::BadCredentials)
         ));
     }
@@ -688,9 +799,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (id, token) = {
             let a = open(dir.path());
-            let (info, token) = a.create_token("ci", Scope::Reader).unwrap();
+            let (info, token) = a.create_token("ci", Scope::Reader, None).unwrap();
             assert!(
-                a.create_token("ci", Scope::Admin).is_err(),
+                a.create_token("ci", Scope::Admin, None).is_err(),
                 "names are unique"
             );
             (info.id, token)
@@ -704,10 +815,13 @@ mod tests {
         let a = open(dir.path());
         let c = a.token(&token).unwrap();
         assert_eq!((c.name.as_str(), c.scope), ("token:ci", Scope::Reader));
-        assert!(a.token(&format!("{token}x")).is_none());
-        assert!(a.token("cairn_nope_nope").is_none());
+        assert!(a.token(&format!("{token}x")).is_err());
+        assert_eq!(
+            a.token("cairn_nope_nope").unwrap_err(),
+            TokenRefusal::Unknown
+        );
         assert!(a.revoke_token(&id).unwrap());
-        assert!(a.token(&token).is_none());
+        assert!(a.token(&token).is_err());
         assert!(!a.revoke_token(&id).unwrap());
     }
 
@@ -716,14 +830,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = open(dir.path());
         let code = a.setup_code().unwrap();
-        let one = a.onboard(&code, "admin", "first password").unwrap();
-        let two = a.login("admin", "first password").unwrap();
+        let one = a
+            .onboard(&permit(&a), &code, "admin", "first password")
+            .unwrap();
+        let two = a.login(&permit(&a), "admin", "first password").unwrap();
         let keep = a.session(&one.id).unwrap().0.session;
         assert!(
-            a.change_password("admin", "wrong", "second password", keep.as_deref())
-                .is_err()
+            a.change_password(
+                &permit(&a),
+                "admin",
+                "wrong",
+                "second password",
+                keep.as_deref()
+            )
+            .is_err()
         );
         a.change_password(
+            &permit(&a),
             "admin",
             "first password",
             "second password",
@@ -732,7 +855,7 @@ mod tests {
         .unwrap();
         assert!(a.session(&one.id).is_some());
         assert!(a.session(&two.id).is_none());
-        assert!(a.login("admin", "second password").is_ok());
+        assert!(a.login(&permit(&a), "admin", "second password").is_ok());
     }
 
     #[test]
@@ -754,5 +877,54 @@ mod tests {
         let e = a.audit(2).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].path, "/api/v1/settings/k2");
+    }
+
+    #[test]
+    fn expired_tokens_are_refused_and_old_records_get_the_default_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path());
+        let now = unix_now();
+        let (_, old) = a.create_token("old", Scope::Admin, Some(now - 1)).unwrap();
+        assert_eq!(a.token(&old).unwrap_err(), TokenRefusal::Expired(now - 1));
+        let (_, never) = a.create_token("never", Scope::Admin, None).unwrap();
+        assert!(a.token(&never).is_ok());
+        // A record written before tokens had an expiry.
+        let (legacy, legacy_token) = a
+            .create_token("legacy", Scope::Reader, Some(now + 10))
+            .unwrap();
+        let mut rec = serde_json::to_value(&legacy).unwrap();
+        rec.as_object_mut().unwrap().remove("expires");
+        rec["hash"] = sha256_hex(&legacy_token).into();
+        a.write(TOKENS, &legacy.id, Some(&rec.to_string())).unwrap();
+        drop(a);
+        let a = open(dir.path());
+        assert!(a.token(&legacy_token).is_ok(), "old tokens keep working");
+        let listed = a.tokens();
+        let get = |n: &str| listed.iter().find(|t| t.name == n).unwrap().expires;
+        let migrated = get("legacy").unwrap();
+        assert!(migrated >= now + TOKEN_DEFAULT_LIFETIME, "{migrated}");
+        assert_eq!(get("never"), None, "an explicit never stays never");
+        drop(a);
+        let a = open(dir.path());
+        let again = a
+            .tokens()
+            .iter()
+            .find(|t| t.name == "legacy")
+            .unwrap()
+            .expires;
+        assert_eq!(
+            again,
+            Some(migrated),
+            "the migrated expiry is stored, not recomputed"
+        );
+    }
+
+    #[test]
+    fn audit_names_are_the_account_rules_or_a_placeholder() {
+        assert_eq!(audit_name("admin"), "admin");
+        assert_eq!(audit_name(&"a".repeat(65)), INVALID_NAME);
+        assert_eq!(audit_name("é".repeat(40).as_str()), INVALID_NAME);
+        assert_eq!(audit_name("Admin"), INVALID_NAME);
+        assert_eq!(audit_name(""), INVALID_NAME);
     }
 }
