@@ -14,6 +14,8 @@ pub(crate) const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const AGENTS: TableDefinition<&str, &str> = TableDefinition::new("agent_agents");
 pub(crate) const RUNS: TableDefinition<&str, &str> = TableDefinition::new("agent_runs");
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("agent_kv");
+/// Agent → bytes (keys plus values) its key-value store holds.
+pub(crate) const KV_BYTES: TableDefinition<&str, u64> = TableDefinition::new("agent_kv_bytes");
 pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("agent_checkpoints");
 pub(crate) const USAGE: TableDefinition<(&str, u64), (u64, f64)> =
@@ -23,6 +25,20 @@ pub(crate) const WORKFLOW_RUNS: TableDefinition<&str, &str> =
     TableDefinition::new("agent_workflow_runs");
 /// Workflow name → stored definition (JSON).
 pub(crate) const WORKFLOWS: TableDefinition<&str, &str> = TableDefinition::new("agent_workflows");
+
+/// Bytes of keys and values an agent's store holds, counted from the store itself (for stores
+/// written before the running total was kept).
+fn kv_usage<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
+    t: &T,
+    agent: &str,
+) -> Result<u64, DbError> {
+    let mut total = 0u64;
+    for item in t.range((agent, "")..(agent, "\u{10FFFF}")).map_err(e)? {
+        let (k, v) = item.map_err(e)?;
+        total += (k.value().1.len() + v.value().len()) as u64;
+    }
+    Ok(total)
+}
 
 /// Most runs kept; the oldest are dropped beyond this.
 pub const MAX_RUNS: usize = 20_000;
@@ -270,6 +286,7 @@ impl Db {
             w.open_table(AGENTS).map_err(e)?;
             w.open_table(RUNS).map_err(e)?;
             w.open_table(KV).map_err(e)?;
+            w.open_table(KV_BYTES).map_err(e)?;
             w.open_table(CHECKPOINTS).map_err(e)?;
             w.open_table(USAGE).map_err(e)?;
             w.open_table(AUDIT).map_err(e)?;
@@ -390,6 +407,7 @@ impl Db {
             kv.retain_in((name, "")..(name, "\u{10FFFF}"), |_, _| false)
                 .map_err(e)?;
         }
+        w.open_table(KV_BYTES).map_err(e)?.remove(name).map_err(e)?;
         w.commit().map_err(e)?;
         Ok(existed)
     }
@@ -556,17 +574,37 @@ impl Db {
         let t = r.open_table(KV).map_err(e)?;
         Ok(t.get((agent, key)).map_err(e)?.map(|v| v.value().to_vec()))
     }
-    /// Sets a value; refuses beyond [`MAX_KV_KEYS`] keys.
+    /// Bytes (keys plus values) an agent's key-value store holds.
+    pub fn kv_bytes(&self, agent: &str) -> Result<u64, DbError> {
+        let r = self.db.begin_read().map_err(e)?;
+        let t = r.open_table(KV_BYTES).map_err(e)?;
+        if let Some(v) = t.get(agent).map_err(e)? {
+            return Ok(v.value());
+        }
+        let kv = r.open_table(KV).map_err(e)?;
+        kv_usage(&kv, agent)
+    }
+
+    /// Sets a value; refuses (storing nothing) beyond [`MAX_KV_KEYS`] keys or when the store
+    /// would hold more than `max_bytes` bytes of keys and values.
     pub fn kv_set(
         &self,
         agent: &str,
         key: &str,
         value: &[u8],
+        max_bytes: u64,
     ) -> Result<Result<(), String>, DbError> {
         let w = self.db.begin_write().map_err(e)?;
         {
             let mut t = w.open_table(KV).map_err(e)?;
-            if t.get((agent, key)).map_err(e)?.is_none() {
+            let mut sizes = w.open_table(KV_BYTES).map_err(e)?;
+            let stored = sizes.get(agent).map_err(e)?.map(|v| v.value());
+            let used = match stored {
+                Some(u) => u,
+                None => kv_usage(&t, agent)?,
+            };
+            let old = t.get((agent, key)).map_err(e)?.map(|v| v.value().len());
+            if old.is_none() {
                 let count = t
                     .range((agent, "")..(agent, "\u{10FFFF}"))
                     .map_err(e)?
@@ -578,7 +616,16 @@ impl Db {
                     )));
                 }
             }
+            let freed = old.map_or(0, |o| (key.len() + o) as u64);
+            let after = used.saturating_sub(freed) + (key.len() + value.len()) as u64;
+            if after > max_bytes && after > used {
+                return Ok(Err(format!(
+                    "the key-value store would hold {after} bytes, over its {max_bytes}-byte \
+                     quota (limits.kv_bytes); nothing was stored"
+                )));
+            }
             t.insert((agent, key), value).map_err(e)?;
+            sizes.insert(agent, after).map_err(e)?;
         }
         w.commit().map_err(e)?;
         Ok(Ok(()))
@@ -586,12 +633,22 @@ impl Db {
     /// Deletes a key; true if it existed.
     pub fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, DbError> {
         let w = self.db.begin_write().map_err(e)?;
-        let existed = w
-            .open_table(KV)
-            .map_err(e)?
-            .remove((agent, key))
-            .map_err(e)?
-            .is_some();
+        let existed = {
+            let mut t = w.open_table(KV).map_err(e)?;
+            let mut sizes = w.open_table(KV_BYTES).map_err(e)?;
+            let stored = sizes.get(agent).map_err(e)?.map(|v| v.value());
+            let used = match stored {
+                Some(u) => u,
+                None => kv_usage(&t, agent)?,
+            };
+            let old = t.remove((agent, key)).map_err(e)?.map(|v| v.value().len());
+            if let Some(o) = old {
+                sizes
+                    .insert(agent, used.saturating_sub((key.len() + o) as u64))
+                    .map_err(e)?;
+            }
+            old.is_some()
+        };
         w.commit().map_err(e)?;
         Ok(existed)
     }

@@ -86,6 +86,8 @@ pub struct HostState {
     pub(crate) run: RunCtx,
     pub(crate) stdio: MemoryOutputPipe,
     pub(crate) stdio_seen: usize,
+    /// The `/data` quota, when `files` is granted.
+    pub(crate) files_quota: Option<Arc<crate::files::FilesQuota>>,
 }
 
 impl WasiView for HostState {
@@ -577,8 +579,16 @@ impl agents::Host for HostState {
     }
 }
 
-/// Splits an absolute http(s) URL into (scheme, host, port).
+/// Splits an absolute http(s) URL into (scheme, host, port); IPv6 hosts lose their brackets.
+/// URLs with user info, backslashes, whitespace or control characters are refused, so the
+/// host checked here is the host every URL parser sees.
 fn url_parts(url: &str) -> Option<(&str, String, u16)> {
+    if url
+        .chars()
+        .any(|c| c.is_ascii_control() || c.is_whitespace() || c == '\\')
+    {
+        return None;
+    }
     let (scheme, rest) = url.split_once("://")?;
     let default = match scheme {
         "https" => 443,
@@ -586,13 +596,25 @@ fn url_parts(url: &str) -> Option<(&str, String, u16)> {
         _ => return None,
     };
     let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') || authority.contains('[') {
+    if authority.is_empty() || authority.contains('@') || authority.contains('%') {
         return None;
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (authority, default),
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, tail) = v6.split_once(']')?;
+        h.parse::<std::net::Ipv6Addr>().ok()?;
+        match tail {
+            "" => (h, default),
+            t => (h, t.strip_prefix(':')?.parse().ok()?),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, default),
+        }
     };
+    if host.is_empty() || (host.contains(':') && !authority.starts_with('[')) {
+        return None;
+    }
     Some((scheme, host.to_ascii_lowercase(), port))
 }
 
@@ -616,6 +638,32 @@ impl http::Host for HostState {
                 "{url:?} is not an http(s) URL with a host"
             ))));
         };
+        if scheme == "http" && !self.manifest.capabilities.http_plaintext {
+            return Ok(Err(self.deny(
+                "http",
+                format!(
+                    "{url} is plain http; only https is allowed unless the manifest sets \
+                     capabilities.http_plaintext"
+                ),
+            )));
+        }
+        if crate::egress::looks_like_ip(&host) {
+            let why = match crate::egress::parse_ip(&host) {
+                None => Some(format!("{host} is not a valid address")),
+                Some(ip) if !crate::egress::is_public(ip) => Some(format!(
+                    "{host} is {ip}, not a public address; agents never reach loopback, \
+                     private, link-local or other non-public addresses"
+                )),
+                Some(_) if !self.manifest.capabilities.http_ip_literals => Some(format!(
+                    "{host} is an IP literal; the manifest does not set \
+                     capabilities.http_ip_literals"
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Ok(Err(self.deny("http", why)));
+            }
+        }
         let default = if scheme == "https" { 443 } else { 80 };
         if !self.manifest.allows_host(&host, port, default) {
             return Ok(Err(self.deny(
@@ -672,7 +720,8 @@ impl kv::Host for HostState {
         if value.len() > crate::db::MAX_KV_VALUE {
             return Ok(Err(Error::Invalid("values are at most 1 MiB".into())));
         }
-        Ok(match self.db.kv_set(self.name(), &key, &value) {
+        let max = self.manifest.limits.kv_bytes;
+        Ok(match self.db.kv_set(self.name(), &key, &value, max) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(Error::Quota(m)),
             Err(e) => Err(Error::Failed(e.to_string())),
@@ -767,6 +816,18 @@ mod tests {
             url_parts("http://a.b:8080"),
             Some(("http", "a.b".into(), 8080))
         );
+        assert_eq!(
+            url_parts("https://[::1]:8443/x"),
+            Some(("https", "::1".into(), 8443))
+        );
+        assert_eq!(
+            url_parts("https://[::1]/"),
+            Some(("https", "::1".into(), 443))
+        );
+        assert_eq!(url_parts("https://a.b\\@c.d/"), None);
+        assert_eq!(url_parts("https://%31%32%37.0.0.1/"), None);
+        assert_eq!(url_parts("https://a.b\t/"), None);
+        assert_eq!(url_parts("https://::1/"), None);
         assert_eq!(url_parts("ftp://a.b/"), None);
         assert_eq!(url_parts("https://user@a.b/"), None);
         assert_eq!(url_parts("https://a.b:99999/"), None);

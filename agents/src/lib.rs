@@ -4,7 +4,9 @@
 //! scheduled. See `docs/agents.md`.
 
 pub mod db;
+pub mod egress;
 pub mod engine;
+mod files;
 pub mod host;
 pub mod manifest;
 pub mod package;

@@ -9,6 +9,10 @@ pub const MAX_MEMORY_MB: u32 = 256;
 pub const MAX_WALL_TIME_MS: u64 = 24 * 3600 * 1000;
 /// Most concurrent instances of one agent.
 pub const MAX_INSTANCES: u32 = 64;
+/// Largest key-value store (keys plus values) an agent may ask for.
+pub const MAX_KV_BYTES: u64 = 256 << 20;
+/// Largest private `/data` directory an agent may ask for.
+pub const MAX_FILES_BYTES: u64 = 1 << 30;
 
 /// A package manifest (`manifest.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,9 +54,17 @@ pub struct Capabilities {
     /// Agents it may message or give subtasks to.
     #[serde(default)]
     pub agents: Vec<String>,
-    /// Hosts (`name` or `name:port`) it may fetch from; refused in offline mode.
+    /// Hosts (`name`, `name:port`; with `http_ip_literals` also `1.2.3.4[:port]` and
+    /// `[2001:db8::1][:port]`) it may fetch from over https; refused in offline mode.
     #[serde(default)]
     pub http: Vec<String>,
+    /// Also allow plain `http://` URLs to the same hosts (default: https only).
+    #[serde(default)]
+    pub http_plaintext: bool,
+    /// Allow IP literals in `http` and in URLs (public addresses only; loopback, private,
+    /// link-local and other non-public ranges are never reachable).
+    #[serde(default)]
+    pub http_ip_literals: bool,
     /// Its private key-value store.
     #[serde(default)]
     pub kv: bool,
@@ -86,6 +98,12 @@ pub struct Limits {
     /// Spend on remote models per day, US dollars.
     #[serde(default)]
     pub cost_per_day_usd: f64,
+    /// Bytes (keys plus values) the private key-value store may hold, at most [`MAX_KV_BYTES`].
+    #[serde(default = "default_kv_bytes")]
+    pub kv_bytes: u64,
+    /// Bytes the private `/data` directory may hold, at most [`MAX_FILES_BYTES`].
+    #[serde(default = "default_files_bytes")]
+    pub files_bytes: u64,
 }
 
 fn default_fuel() -> u64 {
@@ -106,6 +124,12 @@ fn default_host_calls() -> u64 {
 fn default_tokens() -> u64 {
     200_000
 }
+fn default_kv_bytes() -> u64 {
+    16 << 20
+}
+fn default_files_bytes() -> u64 {
+    64 << 20
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -117,6 +141,8 @@ impl Default for Limits {
             host_calls_per_task: default_host_calls(),
             tokens_per_hour: default_tokens(),
             cost_per_day_usd: 0.0,
+            kv_bytes: default_kv_bytes(),
+            files_bytes: default_files_bytes(),
         }
     }
 }
@@ -137,16 +163,53 @@ fn valid_version(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 9 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
-fn valid_host(s: &str) -> bool {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
+/// Splits an allow-list entry into host and port (`[v6]:port` keeps the brackets off).
+fn split_entry(s: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        return (h, tail.strip_prefix(':'));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, Some(p)),
+        _ => (s, None),
+    }
+}
+
+/// Checks an allow-list entry; the error says why it is refused.
+fn check_host(s: &str, ip_literals: bool) -> Result<(), String> {
+    let (host, port) = split_entry(s);
+    if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return Err(format!("{s:?} is not a host or host:port"));
+    }
+    if s.starts_with('[') && !s.contains(']') {
+        return Err(format!("{s:?} is not a host or host:port"));
+    }
+    if crate::egress::looks_like_ip(host) {
+        let Some(ip) = crate::egress::parse_ip(host) else {
+            return Err(format!("{s:?} is not a valid IP address"));
+        };
+        if !ip_literals {
+            return Err(format!(
+                "{s:?} is an IP address; set capabilities.http_ip_literals = true to allow IP literals"
+            ));
+        }
+        if !crate::egress::is_public(ip) {
+            return Err(format!(
+                "{s:?} is not a public address (loopback, private, link-local and other \
+                 non-public ranges are never reachable by agents)"
+            ));
+        }
+        return Ok(());
+    }
     let host_ok = (1..=253).contains(&host.len())
         && host
             .split('.')
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+    if !host_ok {
+        return Err(format!("{s:?} is not a host or host:port"));
+    }
+    Ok(())
 }
 
 fn valid_namespace(s: &str) -> bool {
@@ -214,6 +277,16 @@ impl Manifest {
         if !l.cost_per_day_usd.is_finite() || l.cost_per_day_usd < 0.0 {
             return Err("manifest: limits.cost_per_day_usd must be a number ≥ 0".into());
         }
+        if l.kv_bytes == 0 || l.kv_bytes > MAX_KV_BYTES {
+            return Err(format!(
+                "manifest: limits.kv_bytes must be 1..={MAX_KV_BYTES}"
+            ));
+        }
+        if l.files_bytes == 0 || l.files_bytes > MAX_FILES_BYTES {
+            return Err(format!(
+                "manifest: limits.files_bytes must be 1..={MAX_FILES_BYTES}"
+            ));
+        }
         let c = &self.capabilities;
         if let Some(ns) = c.memory.iter().find(|n| !valid_namespace(n)) {
             return Err(format!(
@@ -225,10 +298,9 @@ impl Manifest {
                 "manifest: capabilities.agents: {a:?} is not an agent name"
             ));
         }
-        if let Some(h) = c.http.iter().find(|h| !valid_host(h)) {
-            return Err(format!(
-                "manifest: capabilities.http: {h:?} is not a host or host:port"
-            ));
+        for h in &c.http {
+            check_host(h, c.http_ip_literals)
+                .map_err(|e| format!("manifest: capabilities.http: {e}"))?;
         }
         if let Some(m) = c.models.iter().find(|m| m.is_empty() || m.len() > 200) {
             return Err(format!(
@@ -238,15 +310,33 @@ impl Manifest {
         Ok(())
     }
 
-    /// Whether `host` (lower-case, with the URL's port) is on the egress allow-list.
+    /// Whether `host` (lower-case, IPv6 without brackets, with the URL's port) is on the
+    /// egress allow-list. IP literals match by address (any notation), and only when the
+    /// manifest opts in to them and the address is public.
     pub fn allows_host(&self, host: &str, port: u16, default_port: u16) -> bool {
-        self.capabilities
-            .http
-            .iter()
-            .any(|h| match h.rsplit_once(':') {
-                Some((name, p)) => name.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
-                None => h.eq_ignore_ascii_case(host) && port == default_port,
-            })
+        let literal = crate::egress::looks_like_ip(host);
+        let ip = if literal {
+            match crate::egress::parse_ip(host) {
+                Some(ip) if self.capabilities.http_ip_literals && crate::egress::is_public(ip) => {
+                    Some(ip)
+                }
+                _ => return false,
+            }
+        } else {
+            None
+        };
+        self.capabilities.http.iter().any(|h| {
+            let (name, p) = split_entry(h);
+            let port_ok = match p {
+                Some(p) => p.parse() == Ok(port),
+                None => port == default_port,
+            };
+            let host_ok = match ip {
+                Some(ip) => crate::egress::parse_ip(name) == Some(ip),
+                None => !crate::egress::looks_like_ip(name) && name.eq_ignore_ascii_case(host),
+            };
+            port_ok && host_ok
+        })
     }
 }
 
@@ -316,5 +406,49 @@ mod tests {
         assert!(m.allows_host("api.local", 8443, 443));
         assert!(!m.allows_host("api.local", 443, 443));
         assert!(!m.allows_host("evil.local", 443, 443));
+    }
+
+    #[test]
+    fn ip_literals_need_the_opt_in_and_are_never_private() {
+        let caps = |extra: &str, hosts: &str| {
+            Manifest::parse(&format!(
+                "{}[capabilities]\n{extra}http = [{hosts}]\n",
+                base()
+            ))
+        };
+        // Without the opt-in, any notation of an address is refused.
+        for h in ["\"1.1.1.1\"", "\"16843009\"", "\"[2606:4700::1111]:443\""] {
+            let e = caps("", h).unwrap_err();
+            assert!(e.contains("http_ip_literals"), "{h}: {e}");
+        }
+        // With it, non-public addresses are still refused.
+        for h in [
+            "\"127.0.0.1\"",
+            "\"2130706433\"",
+            "\"0x7f.1\"",
+            "\"169.254.169.254\"",
+            "\"10.0.0.1:8080\"",
+            "\"[::1]\"",
+            "\"[::ffff:127.0.0.1]:443\"",
+        ] {
+            let e = caps("http_ip_literals = true\n", h).unwrap_err();
+            assert!(e.contains("not a public address"), "{h}: {e}");
+        }
+        let m = caps(
+            "http_ip_literals = true\n",
+            "\"1.1.1.1\", \"[2606:4700::1111]:8443\"",
+        )
+        .unwrap();
+        assert!(m.allows_host("1.1.1.1", 443, 443));
+        assert!(
+            m.allows_host("16843009", 443, 443),
+            "decimal spelling of 1.1.1.1"
+        );
+        assert!(m.allows_host("2606:4700::1111", 8443, 443));
+        assert!(!m.allows_host("2606:4700::1111", 443, 443));
+        assert!(!m.allows_host("127.0.0.1", 443, 443));
+        // A host name entry never matches a literal and vice versa.
+        let m = caps("", "\"example.com\"").unwrap();
+        assert!(!m.allows_host("93.184.215.14", 443, 443));
     }
 }

@@ -122,6 +122,8 @@ struct Loaded {
     generation: std::sync::atomic::AtomicU64,
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     files: Option<PathBuf>,
+    /// The byte quota of `files`.
+    files_quota: Option<Arc<crate::files::FilesQuota>>,
     /// The stored checkpoint, kept in memory so instantiation needs no database read.
     checkpoint: Mutex<Option<Arc<Vec<u8>>>>,
 }
@@ -267,6 +269,8 @@ impl Runtime {
             .map_err(|e| AgentError::Invalid(format!("wasi: {e:#}")))?;
         Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| AgentError::Invalid(format!("agent imports: {e:#}")))?;
+        crate::files::add_to_linker(&mut linker)
+            .map_err(|e| AgentError::Invalid(format!("files quota: {e:#}")))?;
         let db = Db::open(db)?;
         let interrupted = db.recover_runs()? + db.recover_workflow_runs()?;
         if interrupted > 0 {
@@ -303,6 +307,16 @@ impl Runtime {
                 .map_err(|e| AgentError::Invalid(e.to_string()))?;
             match loaded {
                 Ok((loaded, _)) => {
+                    let mut rec = rec;
+                    // A publisher revoked (or removed) while the appliance was down: the agent
+                    // stays installed but stopped, and cannot start until trusted again.
+                    if let Err(e) = rt.shared.check_publisher(&rec.publisher)
+                        && rec.state != AgentState::Stopped
+                    {
+                        rec.state = AgentState::Stopped;
+                        rec.reason = Some(e.to_string());
+                        rt.shared.db.put_agent(&rec)?;
+                    }
                     loaded.paused.send_replace(rec.state == AgentState::Paused);
                     rt.shared
                         .agents
@@ -352,8 +366,8 @@ impl Runtime {
         Ok(entry)
     }
 
-    /// Revokes a publisher key: its packages can no longer be installed, and installed agents
-    /// it signed are stopped.
+    /// Revokes a publisher key: its packages can no longer be installed, installed agents it
+    /// signed are killed (their runs end `killed` naming the revocation) and stay stopped.
     pub async fn revoke(&self, key: &str) -> Result<TrustEntry, AgentError> {
         let key = key.to_ascii_lowercase();
         let mut entry = self
@@ -364,9 +378,18 @@ impl Runtime {
         entry.revoked_ms.get_or_insert(now_ms());
         self.shared.db.put_trust(&entry)?;
         self.shared.db.audit(None, None, "trust_revoke", &key)?;
+        let why = format!("publisher {key} was revoked");
         for rec in self.shared.db.agents()? {
-            if rec.publisher.eq_ignore_ascii_case(&key) && rec.state != AgentState::Stopped {
-                self.kill(&rec.name).await?;
+            if rec.publisher.eq_ignore_ascii_case(&key) {
+                // An agent that failed to load has nothing running to kill.
+                match self.kill_because(&rec.name, &why).await {
+                    Ok(_) | Err(AgentError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.set_state(&rec.name, |r| {
+                    r.state = AgentState::Stopped;
+                    r.reason = Some(why.clone());
+                })?;
             }
         }
         Ok(entry)
@@ -378,14 +401,48 @@ impl Runtime {
     }
 
     /// Verifies, compiles and installs a package (replacing an older version of the same
-    /// agent), then starts it if `start`.
+    /// agent from the same publisher), then starts it if `start`. See [`Runtime::install_with`].
     pub async fn install(&self, bytes: Vec<u8>, start: bool) -> Result<AgentInfo, AgentError> {
+        self.install_with(bytes, start, false).await
+    }
+
+    /// Like [`Runtime::install`]; `force` (an administrator's explicit choice) also accepts a
+    /// lower version than the installed one (the same version is always a reinstall). An agent
+    /// name stays pinned to the publisher that installed it, with or without `force`: another
+    /// publisher's package of that name is a conflict until the agent is uninstalled.
+    pub async fn install_with(
+        &self,
+        bytes: Vec<u8>,
+        start: bool,
+        force: bool,
+    ) -> Result<AgentInfo, AgentError> {
         let package = Package::parse(&bytes)?;
         let signer = package.verify_signature()?;
-        match self.shared.db.trust(&signer)? {
-            None => return Err(PackageError::UnknownPublisher(signer).into()),
-            Some(t) if t.revoked_ms.is_some() => return Err(PackageError::Revoked(signer).into()),
-            Some(_) => {}
+        self.shared.check_publisher(&signer)?;
+        let name = &package.manifest.name;
+        if let Some(prev) = self.shared.db.agent(name)? {
+            if !prev.publisher.eq_ignore_ascii_case(&signer) {
+                let who = match self.shared.db.trust(&prev.publisher)? {
+                    Some(t) => format!("{} ({})", prev.publisher, t.name),
+                    None => prev.publisher.clone(),
+                };
+                return Err(AgentError::Conflict(format!(
+                    "agent {name:?} is installed from publisher {who}; a package signed by \
+                     {signer} cannot replace it (its kv store, files and memory belong to the \
+                     installed agent). Uninstall {name:?} first to install it from another \
+                     publisher"
+                )));
+            }
+            let new = &package.manifest.version;
+            // The same version again is a reinstall (a development build, a changed
+            // manifest); only a lower one is a downgrade.
+            if version_key(new) < version_key(&prev.version) && !force {
+                return Err(AgentError::Conflict(format!(
+                    "agent {name:?} {} is installed and {new} is older: a downgrade needs \
+                     force (administrators only)",
+                    prev.version
+                )));
+            }
         }
         let s = self.shared.clone();
         let (loaded, package) =
@@ -417,8 +474,11 @@ impl Runtime {
             None,
             "install",
             &format!(
-                "{} {} signed by {}",
-                record.name, record.version, record.publisher
+                "{} {} signed by {}{}",
+                record.name,
+                record.version,
+                record.publisher,
+                if force { " (forced)" } else { "" }
             ),
         )?;
         if let Some(old) = self
@@ -446,6 +506,13 @@ impl Runtime {
         self.kill(name).await?;
         self.shared.agents.lock().expect("agents lock").remove(name);
         self.shared.db.uninstall(name)?;
+        // Its private directory goes with it: a later agent of the same name starts empty.
+        let files = self.shared.files_dir(name);
+        if files.exists()
+            && let Err(e) = std::fs::remove_dir_all(&files)
+        {
+            tracing::warn!(agent = %name, error = %e, "could not remove the agent's files");
+        }
         self.shared.db.audit(Some(name), None, "uninstall", name)?;
         Ok(())
     }
@@ -507,6 +574,9 @@ impl Runtime {
     /// Starts an agent: it takes tasks; its service run (if any) starts under the supervisor.
     pub fn start(&self, name: &str, opts: StartOptions) -> Result<AgentInfo, AgentError> {
         let loaded = self.shared.loaded(name)?;
+        if let Some(rec) = self.shared.db.agent(name)? {
+            self.shared.check_publisher(&rec.publisher)?;
+        }
         if let Some(s) = &opts.service
             && s.len() > 1 << 20
         {
@@ -588,6 +658,11 @@ impl Runtime {
     /// Kills an agent: running tasks are aborted at once (their runs end `killed`), instances
     /// are dropped and the agent is stopped.
     pub async fn kill(&self, name: &str) -> Result<AgentInfo, AgentError> {
+        self.kill_because(name, "killed by an operator").await
+    }
+
+    /// [`Runtime::kill`], with the reason the aborted runs will carry.
+    async fn kill_because(&self, name: &str, reason: &str) -> Result<AgentInfo, AgentError> {
         let loaded = self.shared.loaded(name)?;
         self.set_state(name, |r| r.state = AgentState::Stopped)?;
         loaded
@@ -595,6 +670,14 @@ impl Runtime {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         loaded.idle.lock().expect("idle lock").clear();
         let handles: Vec<_> = loaded.running.lock().expect("lock").drain().collect();
+        {
+            let mut cancels = self.shared.cancels.lock().expect("lock");
+            for (id, _) in &handles {
+                cancels
+                    .entry(id.clone())
+                    .or_insert_with(|| reason.to_string());
+            }
+        }
         for (_, h) in &handles {
             h.abort();
         }
@@ -831,7 +914,32 @@ impl Runtime {
     }
 }
 
+/// A `MAJOR.MINOR.PATCH` version as numbers (the manifest has checked the form).
+fn version_key(v: &str) -> (u64, u64, u64) {
+    let mut it = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
 impl Shared {
+    /// Refuses a publisher that is not (or no longer) in the trust store.
+    fn check_publisher(&self, publisher: &str) -> Result<(), AgentError> {
+        let key = publisher.to_ascii_lowercase();
+        match self.db.trust(&key)? {
+            None => Err(PackageError::UnknownPublisher(key).into()),
+            Some(t) if t.revoked_ms.is_some() => Err(PackageError::Revoked(key).into()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The agent's private directory (`/data` in the guest when `files` is granted).
+    fn files_dir(&self, name: &str) -> PathBuf {
+        self.config.data_dir.join("agents").join("files").join(name)
+    }
+
     fn loaded(&self, name: &str) -> Result<Arc<Loaded>, AgentError> {
         self.agents
             .lock()
@@ -859,13 +967,10 @@ impl Shared {
             .db
             .checkpoint(&m.name)?
             .map(|(_, state)| Arc::new(state));
-        let files = m.capabilities.files.then(|| {
-            self.config
-                .data_dir
-                .join("agents")
-                .join("files")
-                .join(&m.name)
-        });
+        let files = m.capabilities.files.then(|| self.files_dir(&m.name));
+        let files_quota = files
+            .clone()
+            .map(|dir| crate::files::FilesQuota::new(dir, m.limits.files_bytes));
         Ok((
             Arc::new(Loaded {
                 slots: Arc::new(Semaphore::new(m.limits.instances as usize)),
@@ -876,6 +981,7 @@ impl Shared {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 running: Mutex::new(HashMap::new()),
                 files,
+                files_quota,
                 checkpoint: Mutex::new(checkpoint),
             }),
             (),
@@ -925,6 +1031,7 @@ impl Shared {
             },
             stdio,
             stdio_seen: 0,
+            files_quota: loaded.files_quota.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -1037,6 +1144,10 @@ impl Shared {
             );
             Ok(())
         };
+        if let Err(e) = self.check_publisher(&rec.publisher) {
+            refuse(&mut run, format!("{e}: its agents cannot run"))?;
+            return Err(e);
+        }
         if matches!(rec.state, AgentState::Stopped | AgentState::Failed) {
             let why = format!(
                 "agent {agent:?} is {}; start it first",
@@ -1169,6 +1280,10 @@ impl Shared {
                 break;
             }
         }
+        // Credit files the agent deleted or truncated since the last count.
+        if let Some(q) = loaded.files_quota.clone() {
+            let _ = tokio::task::spawn_blocking(move || q.recount()).await;
+        }
         run.status = RunStatus::Running;
         run.started_ms = Some(now_ms());
         let _ = self.db.put_run(run, false);
@@ -1265,6 +1380,8 @@ impl Shared {
                 "agent {to:?} is not running"
             )));
         }
+        self.check_publisher(&rec.publisher)
+            .map_err(|e| HostError::Unavailable(format!("agent {to:?}: {e}")))?;
         let loaded = self
             .loaded(to)
             .map_err(|e| HostError::Unavailable(e.to_string()))?;

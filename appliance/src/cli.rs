@@ -79,6 +79,9 @@ pub enum AgentCommand {
         /// Install without starting.
         #[arg(long)]
         no_start: bool,
+        /// Accept a lower version than the installed one (needs an admin token or session).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -207,13 +210,17 @@ pub fn run(cmd: AgentCommand, remote: &RemoteArgs) -> Result<()> {
             }
             Ok(())
         }),
-        AgentCommand::Deploy { package, no_start } => runtime()?.block_on(async {
+        AgentCommand::Deploy {
+            package,
+            no_start,
+            force,
+        } => runtime()?.block_on(async {
             let bytes = std::fs::read(&package).with_context(|| package.display().to_string())?;
             Package::parse(&bytes)?.verify_signature()?;
             let api = Api::connect(remote, Duration::from_secs(300)).await?;
             let v = api
                 .send(
-                    api.post(&format!("/api/v1/agents?start={}", !no_start))
+                    api.post(&format!("/api/v1/agents?start={}&force={force}", !no_start))
                         .header("content-type", "application/octet-stream")
                         .body(bytes),
                 )

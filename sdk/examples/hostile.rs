@@ -1,5 +1,6 @@
 //! Hostile: misbehaves on request, for the isolation tests. Input picks the attack:
-//! `trap`, `loop`, `bomb`, `stack`, `flood`, `egress`, `memory`, `spawn`, `send`, or anything else to answer "ok".
+//! `trap`, `loop`, `bomb`, `stack`, `flood`, `egress`, `memory`, `spawn`, `send`, `fetch:URL`,
+//! `file:NAME:BYTES` (writes into `/data`), or anything else to answer "ok".
 use cairn_agent_sdk::{Agent, Task, agent, agents, clock, http, memory};
 
 #[derive(Default)]
@@ -49,6 +50,17 @@ impl Agent for Hostile {
             "send" => agents::send("echo", "ping")
                 .map(|r| r.unwrap_or_default())
                 .map_err(|e| e.to_string()),
+            other if other.starts_with("fetch:") => http::get(&other["fetch:".len()..])
+                .map(|r| format!("status {}", r.status))
+                .map_err(|e| e.to_string()),
+            other if other.starts_with("file:") => {
+                let mut parts = other["file:".len()..].splitn(2, ':');
+                let name = parts.next().unwrap_or("blob");
+                let bytes: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                std::fs::write(format!("/data/{name}"), vec![7u8; bytes])
+                    .map(|()| format!("wrote {bytes}"))
+                    .map_err(|e| format!("write failed: {e}"))
+            }
             _ => Ok("ok".into()),
         }
     }

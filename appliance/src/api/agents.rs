@@ -2,9 +2,10 @@
 //! the audit log (`/api/v1/agents`, `/api/v1/runs`, `/api/v1/trust`, `/api/v1/audit`).
 
 use super::{ApiError, Routes, Shared};
+use crate::auth::{Caller, Scope};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use cairn_agents::db::Priority;
@@ -108,6 +109,9 @@ async fn one(State(s): State<Shared>, Path(name): Path<String>) -> Result<Json<V
 struct InstallQuery {
     #[serde(default = "yes")]
     start: bool,
+    /// Accept a downgrade (admin scope only).
+    #[serde(default)]
+    force: bool,
 }
 
 fn yes() -> bool {
@@ -116,12 +120,20 @@ fn yes() -> bool {
 
 async fn install(
     State(s): State<Shared>,
+    caller: Option<Extension<Caller>>,
     Query(q): Query<InstallQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if q.force && !caller.is_some_and(|Extension(c)| c.scope == Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "force (installing an older version) needs the admin scope",
+        ));
+    }
     s.writable_store()?.ensure_space(body.len() as u64 * 3)?;
     let rt = runtime(&s)?;
-    let info = rt.install(body.to_vec(), q.start).await?;
+    let info = rt.install_with(body.to_vec(), q.start, q.force).await?;
     // The agent's own namespace (and other agent:* grants) exist from the start.
     if let Some(memory) = s.memory.clone() {
         let mut wanted: Vec<String> = info
