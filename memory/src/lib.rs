@@ -16,26 +16,29 @@
 //! by the periodic flush, since losing a few counts in a power cut loses nothing acknowledged.
 
 mod consolidate;
+mod disk;
+mod error;
 mod hnsw;
 mod index;
 mod indexer;
 mod journal;
 mod jsonl;
-pub mod models;
 mod pending;
 mod postings;
 mod recall;
-pub mod record;
+mod record;
 mod tables;
-pub mod text;
-pub mod vector;
+mod text;
+mod vector;
 
-pub use consolidate::{ConsolidationReport, Summarizer, extractive_summary};
+pub use consolidate::{ConsolidationReport, Summarizer};
+pub use disk::{RESERVE_BYTES, ensure_space, free_bytes};
+pub use error::{MemoryError, StorageError, StorageKind};
 pub use jsonl::ImportReport;
 pub use recall::{Hit, Mode, Query, Recall};
 pub use record::{InputError, NewRecord, Provenance, Record, RecordUpdate, Tier};
 
-use crate::store::{Store, StoreError};
+use error::{decode_error, poisoned};
 use hnsw::Hnsw;
 use redb::{
     Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
@@ -92,6 +95,9 @@ struct Checkpoint {
     changes: usize,
 }
 
+/// An embedder's or summarizer's own error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Computes embeddings for memory (the appliance passes its local embedding model).
 pub trait Embed: Send + Sync {
     /// The model's id.
@@ -99,7 +105,7 @@ pub trait Embed: Send + Sync {
     /// Vector length.
     fn dims(&self) -> usize;
     /// One vector per text.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BoxError>;
 }
 
 /// Which namespaces a caller may read and write. Patterns are a namespace, `kind:*`, or `*`.
@@ -181,48 +187,6 @@ impl Default for NamespaceInfo {
     }
 }
 
-/// Why a memory operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    /// The input was refused.
-    #[error(transparent)]
-    Input(#[from] InputError),
-    /// No such record or consolidation.
-    #[error("{0}")]
-    NotFound(String),
-    /// The namespace was never created.
-    #[error("unknown namespace {0:?}")]
-    UnknownNamespace(String),
-    /// The caller lacks the capability.
-    #[error("{0}")]
-    Forbidden(String),
-    /// The operation conflicts with the current state.
-    #[error("{0}")]
-    Conflict(String),
-    /// The embedding model failed.
-    #[error("embedding failed: {0}")]
-    Embedding(String),
-    /// The store failed (full disk, I/O).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-macro_rules! store_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for MemoryError {
-            fn from(e: $t) -> Self {
-                MemoryError::Store(e.into())
-            }
-        }
-    )*};
-}
-store_err!(
-    redb::StorageError,
-    redb::CommitError,
-    redb::TransactionError,
-    redb::TableError
-);
-
 /// What a write answered.
 #[derive(Debug, Clone, Serialize)]
 pub struct Remembered {
@@ -297,8 +261,7 @@ impl std::fmt::Debug for Memory {
 }
 
 pub(crate) fn decode_record(b: &[u8]) -> Result<Record, MemoryError> {
-    serde_json::from_slice(b)
-        .map_err(|e| MemoryError::Store(StoreError::Other(format!("corrupt memory record: {e}"))))
+    serde_json::from_slice(b).map_err(|e| decode_error("memory record", e))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -344,7 +307,7 @@ fn ns_info(txn: &WriteTransaction, ns: &str) -> Result<NamespaceInfo, MemoryErro
     let v = t.get(ns)?;
     match v {
         Some(v) => serde_json::from_slice(v.value())
-            .map_err(|e| MemoryError::Store(StoreError::Other(format!("namespace {ns}: {e}")))),
+            .map_err(|e| decode_error(format!("namespace {ns:?}"), e)),
         None => Err(MemoryError::UnknownNamespace(ns.to_string())),
     }
 }
@@ -356,13 +319,9 @@ fn put_ns_info(txn: &WriteTransaction, ns: &str, info: &NamespaceInfo) -> Result
 }
 
 impl Memory {
-    /// Opens memory over the store's database (its tables exist from the schema migration)
-    /// and loads the vector graphs. `embedder` is the local embedding model, if any.
-    pub fn open(store: &Store, embedder: Option<Arc<dyn Embed>>) -> Result<Memory, MemoryError> {
-        Memory::open_database(store.database(), store.path(), embedder)
-    }
-
-    /// [`Memory::open`] over a shared database handle.
+    /// Opens memory over a database shared with its owner (`path` is its file; its memory
+    /// tables exist from [`migrate`]), replays the journal and loads the vector graphs.
+    /// `embedder` is the embedding model, if any.
     pub fn open_database(
         db: Arc<Database>,
         path: &std::path::Path,
@@ -413,7 +372,7 @@ impl Memory {
         m.index.set_all(graphs).map_err(|_| poisoned())?;
         m.indexer = Some(
             indexer::Indexer::start(m.index.clone(), m.graph_changes.clone(), m.writing.clone())
-                .map_err(|e| StoreError::Other(format!("starting the memory indexer: {e}")))?,
+                .map_err(StorageError::Indexer)?,
         );
         m.open_journal()?;
         Ok(m)
@@ -724,7 +683,7 @@ impl Memory {
         f: impl FnOnce(&WriteTransaction) -> Result<(T, Option<journal::Entry>), MemoryError>,
     ) -> Result<T, MemoryError> {
         // Postings, vector and graph links roughly triple a record; B-tree pages copy-on-write.
-        crate::store::ensure_space(&self.path, 4 * payload + (64 << 10))?;
+        disk::ensure_space(&self.path, 4 * payload + (64 << 10))?;
         let _w = self.writer.lock().map_err(|_| poisoned())?;
         let _busy = Busy::enter(&self.writing);
         let result = self.transact(touched, false, f);
@@ -756,7 +715,7 @@ impl Memory {
         // A segment takes roughly 4 bytes a posting and a record has about a dozen: room for
         // the segment, the pages it copies and the reserve.
         let need = (records as u64).saturating_mul(256) + (1 << 20);
-        if crate::store::ensure_space(&self.path, need).is_err() {
+        if disk::ensure_space(&self.path, need).is_err() {
             tracing::debug!("memory: too little space to merge keyword postings now");
             return;
         }
@@ -819,8 +778,7 @@ impl Memory {
                     (Some(e), Some(j)) => {
                         txn.open_table(tables::META)?
                             .insert(JOURNAL_SEQ, j.next_seq())?;
-                        txn.set_durability(redb::Durability::None)
-                            .map_err(|e| StoreError::Other(format!("memory journal: {e}")))?;
+                        txn.set_durability(redb::Durability::None)?;
                         let at = j.append(&e).map_err(journal_error)?;
                         if let Err(err) = txn.commit() {
                             // Told it failed, so it must not come back in a replay.
@@ -1473,7 +1431,7 @@ impl Memory {
     /// the next record id, which it returns. Compactions the new segments make due run only
     /// while the disk has room for them.
     fn merge_postings(&self, txn: &WriteTransaction) -> Result<u64, MemoryError> {
-        let room = |bytes: u64| crate::store::ensure_space(&self.path, bytes).is_ok();
+        let room = |bytes: u64| disk::ensure_space(&self.path, bytes).is_ok();
         for (ns, terms) in self.pending.collect()? {
             postings::add_segment(
                 txn,
@@ -1496,7 +1454,7 @@ impl Memory {
         let _w = self.writer.lock().map_err(|_| poisoned())?;
         self.merge_if_due();
         match self.merge_retry.lock().map_err(|_| poisoned())?.is_some() {
-            true => Err(StoreError::Other("the merge failed".into()).into()),
+            true => Err(StorageError::MergeFailed.into()),
             false => Ok(()),
         }
     }
@@ -1567,7 +1525,7 @@ impl Memory {
         let removed = c.remove(id)?.map(|v| v.value().to_vec());
         if let Some(v) = removed {
             let cons: consolidate::Consolidation = serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Other(format!("consolidation {id}: {e}")))?;
+                .map_err(|e| decode_error(format!("consolidation {id}"), e))?;
             drop(c);
             for s in cons.sources {
                 self.modify(txn, s, |o| o.consolidated_into = None)?;
@@ -1576,7 +1534,7 @@ impl Memory {
             let stored = c.get(into)?.map(|v| v.value().to_vec());
             if let Some(v) = stored {
                 let mut cons: consolidate::Consolidation = serde_json::from_slice(&v)
-                    .map_err(|e| StoreError::Other(format!("consolidation {into}: {e}")))?;
+                    .map_err(|e| decode_error(format!("consolidation {into}"), e))?;
                 cons.sources.retain(|s| *s != id);
                 cons.purged.push(id);
                 c.insert(into, encode(&cons).as_slice())?;
@@ -1767,7 +1725,7 @@ impl Memory {
             let (k, v) = row?;
             if access.can_read(k.value()) {
                 let info: NamespaceInfo = serde_json::from_slice(v.value())
-                    .map_err(|e| StoreError::Other(format!("namespace {}: {e}", k.value())))?;
+                    .map_err(|e| decode_error(format!("namespace {:?}", k.value()), e))?;
                 out.insert(k.value().to_string(), info);
             }
         }
@@ -1842,53 +1800,6 @@ impl Memory {
     }
 }
 
-/// How often buffered access statistics are written.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// How often every namespace is consolidated.
-pub const CONSOLIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
-/// Episodic records younger than this are left for a later consolidation.
-pub const CONSOLIDATE_MIN_AGE_MS: u64 = 3_600_000;
-
-/// The background job of `cairn serve`: flushes access statistics and consolidates every
-/// namespace (with the local chat model when there is one) on a timer.
-pub async fn background(memory: Arc<Memory>, inference: Arc<crate::inference::Inference>) {
-    let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let mut consolidate = tokio::time::interval(CONSOLIDATE_EVERY);
-    consolidate.tick().await; // not at start-up
-    loop {
-        tokio::select! {
-            _ = flush.tick() => {
-                let m = memory.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.flush()).await {
-                    tracing::warn!("memory: writing access statistics: {e}");
-                }
-            }
-            _ = consolidate.tick() => {
-                let m = memory.clone();
-                let summarizer = models::local_summarizer(&inference);
-                let _ = tokio::task::spawn_blocking(move || {
-                    let a = Access::admin();
-                    let names = m.namespaces(&a).map(|n| n.into_keys().collect::<Vec<_>>());
-                    for ns in names.unwrap_or_default() {
-                        let s = summarizer.as_ref().map(|s| s as &dyn Summarizer);
-                        match m.consolidate(&a, &ns, CONSOLIDATE_MIN_AGE_MS, s) {
-                            Ok(r) if !r.summaries.is_empty() || !r.evicted.is_empty() => {
-                                tracing::info!(
-                                    "memory: {ns}: {} summaries of {} records, {} evicted",
-                                    r.summaries.len(), r.consolidated, r.evicted.len()
-                                );
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!("memory: consolidating {ns}: {e}"),
-                        }
-                    }
-                })
-                .await;
-            }
-        }
-    }
-}
-
 fn next_id(txn: &WriteTransaction) -> Result<u64, MemoryError> {
     next_ids(txn, 1)
 }
@@ -1903,20 +1814,13 @@ fn next_ids(txn: &WriteTransaction, n: u64) -> Result<u64, MemoryError> {
 
 /// A journal write that failed (a full disk answers 507, as a failed commit does).
 fn journal_error(e: std::io::Error) -> MemoryError {
-    MemoryError::Store(crate::store::classify(
-        format!("memory journal: {e}"),
-        Some(&e),
-    ))
-}
-
-fn poisoned() -> MemoryError {
-    MemoryError::Store(StoreError::Other("memory lock poisoned".into()))
+    MemoryError::Store(StorageError::Journal(e))
 }
 
 /// Brings the memory tables of a store at schema version `found` to the current one (called
 /// by the store's migration): creates what is missing and moves schema 2 and 3 keyword
 /// postings into segments.
-pub(crate) fn migrate(txn: &WriteTransaction, found: u64) -> Result<(), MemoryError> {
+pub fn migrate(txn: &WriteTransaction, found: u64) -> Result<(), MemoryError> {
     tables::create(txn)?;
     if found == 2 || found == 3 {
         postings::migrate_to_segments(txn, found)?;
