@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no embedding model in --models")?;
     let _ = std::fs::remove_dir_all(&work);
     let store = Store::open(&work)?;
-    let m = Memory::open(&store, Some(embedder))?;
+    let m = Memory::open_database(store.database(), store.path(), Some(embedder))?;
     let admin = Access::admin();
     // Warm the model up (first call pages the weights in) outside the timed part.
     m.remember(

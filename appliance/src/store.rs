@@ -52,6 +52,17 @@ fn io_of_storage(e: &redb::StorageError) -> Option<&std::io::Error> {
     }
 }
 
+impl From<cairn_memory::StorageError> for StoreError {
+    fn from(e: cairn_memory::StorageError) -> Self {
+        use cairn_memory::StorageKind;
+        match e.kind() {
+            StorageKind::Full => StoreError::Full(e.to_string()),
+            StorageKind::Unavailable => StoreError::Unavailable(e.to_string()),
+            StorageKind::Failed => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
         classify(&e, io_of_storage(&e))
@@ -85,39 +96,11 @@ impl From<redb::TableError> for StoreError {
     }
 }
 
-/// Free space kept on the data partition for redb's own growth and metadata.
-pub const RESERVE_BYTES: u64 = 2 << 20;
-
-/// Free bytes for unprivileged writers on the file system holding `path`.
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = if path.is_dir() { path } else { path.parent()? };
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `st` points to writable memory of the right
-    // type; statvfs initialises it when it returns 0.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on macOS): widen explicitly.
-    #[allow(clippy::useless_conversion)]
-    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
-}
+pub use cairn_memory::{RESERVE_BYTES, free_bytes};
 
 /// See [`Store::ensure_space`].
 pub fn ensure_space(path: &Path, need: u64) -> Result<(), StoreError> {
-    match free_bytes(path) {
-        Some(free) if free < RESERVE_BYTES.saturating_add(need) => Err(StoreError::Full(format!(
-            "{} MiB free, a write needs {} MiB plus a {} MiB reserve",
-            free >> 20,
-            need.div_ceil(1 << 20),
-            RESERVE_BYTES >> 20
-        ))),
-        _ => Ok(()),
-    }
+    Ok(cairn_memory::ensure_space(path, need)?)
 }
 
 /// The open database.
@@ -293,7 +276,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.setting("k").unwrap().as_deref(), Some("\"v\""));
-        let m = crate::memory::Memory::open(&s, None).unwrap();
+        let m = crate::memory::Memory::open_database(s.database(), s.path(), None).unwrap();
         let ns = m.namespaces(&crate::memory::Access::admin()).unwrap();
         assert!(ns.contains_key("shared"), "{ns:?}");
     }

@@ -37,7 +37,7 @@ impl From<MemoryError> for ApiError {
             e @ MemoryError::Embedding(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "embedding", e.to_string())
             }
-            MemoryError::Store(s) => s.into(),
+            MemoryError::Store(s) => crate::store::StoreError::from(s).into(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The appliance's local models as memory's embedder and summarizer.
 
-use super::{Embed, Summarizer};
 use crate::inference::Inference;
+use cairn_memory::{BoxError, Embed, Summarizer};
 use cairn_models::chat::Message;
 use cairn_models::engine::{Event, Request};
 use cairn_models::sampling::SamplingParams;
@@ -24,12 +24,9 @@ impl Embed for LocalEmbedder {
         self.inference.embedder(&self.id).map_or(0, |e| e.dims())
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
-        let e = self
-            .inference
-            .embedder(&self.id)
-            .map_err(|e| e.to_string())?;
-        e.embed(texts).map_err(|e| e.to_string())
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BoxError> {
+        let e = self.inference.embedder(&self.id)?;
+        Ok(e.embed(texts)?)
     }
 }
 
@@ -59,38 +56,33 @@ impl Summarizer for LocalSummarizer {
         self.id.clone()
     }
 
-    fn summarize(&self, texts: &[&str]) -> Result<String, String> {
-        let engine = self
-            .inference
-            .chat_engine(&self.id)
-            .map_err(|e| e.to_string())?;
+    fn summarize(&self, texts: &[&str]) -> Result<String, BoxError> {
+        let engine = self.inference.chat_engine(&self.id)?;
         let mut notes = String::new();
         for t in texts {
             notes.push_str("- ");
             notes.push_str(t);
             notes.push('\n');
         }
-        let rx = engine
-            .submit(Request {
-                messages: vec![
-                    Message::new(
-                        "system",
-                        "You condense related notes into one short factual summary. \
+        let rx = engine.submit(Request {
+            messages: vec![
+                Message::new(
+                    "system",
+                    "You condense related notes into one short factual summary. \
                          Answer with the summary only, in one or two sentences.",
-                    ),
-                    Message::new("user", &format!("Notes:\n{notes}\nSummary:")),
-                ],
-                sampling: SamplingParams::default(),
-                max_tokens: 160,
-                stop: Vec::new(),
-            })
-            .map_err(|e| e.to_string())?;
+                ),
+                Message::new("user", &format!("Notes:\n{notes}\nSummary:")),
+            ],
+            sampling: SamplingParams::default(),
+            max_tokens: 160,
+            stop: Vec::new(),
+        })?;
         let mut out = String::new();
         for ev in rx {
             match ev {
                 Event::Text(t) => out.push_str(&t),
                 Event::Done { .. } => break,
-                Event::Error(e) => return Err(e),
+                Event::Error(e) => return Err(e.into()),
                 Event::Started { .. } => {}
             }
         }

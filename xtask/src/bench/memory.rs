@@ -45,8 +45,8 @@ fn figure(
     })
 }
 
-/// Builds example `name` of the appliance (release) and returns its path.
-fn build_example(name: &str) -> Result<std::path::PathBuf> {
+/// Builds example `name` of `package` (release) and returns its path.
+fn build_example(package: &str, name: &str) -> Result<std::path::PathBuf> {
     eprintln!("bench memory: building the {name} example (release)");
     let st = build::cargo()
         .args([
@@ -54,7 +54,7 @@ fn build_example(name: &str) -> Result<std::path::PathBuf> {
             "--release",
             "--locked",
             "-p",
-            "cairn",
+            package,
             "--example",
             name,
         ])
@@ -96,7 +96,7 @@ pub fn run(
 ) -> Result<Value> {
     let runs = runs.max(1);
     let sizes = sizes.unwrap_or_else(|| SIZES.to_vec());
-    let example = build_example("bench_memory")?;
+    let example = build_example("cairn-memory", "bench_memory")?;
     eprintln!("bench memory: numpy venv for the SQLite baseline");
     let python = crate::pyenv::venv(
         "memory-bench",
@@ -272,7 +272,7 @@ fn with_embedding(
         .file(model, "weights")
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .context("the embedding model has no weights")?;
-    let mut cmd = Command::new(build_example("bench_memory_embed")?);
+    let mut cmd = Command::new(build_example("cairn", "bench_memory_embed")?);
     cmd.arg("--dataset")
         .arg(dataset)
         .arg("--models")

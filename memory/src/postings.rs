@@ -20,7 +20,7 @@
 //! frequency, LEB128 document length.
 
 use super::{MemoryError, tables};
-use crate::store::StoreError;
+use crate::StorageError;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 /// Most postings in one block.
@@ -88,9 +88,12 @@ pub fn decode(first: u64, mut b: &[u8], out: &mut Vec<Posting>) -> Option<()> {
 }
 
 fn corrupt(term: &str, ns: &str, seg: u64, first: u64) -> MemoryError {
-    MemoryError::Store(StoreError::Other(format!(
-        "corrupt keyword postings of {term:?} in {ns:?} (segment {seg}, block {first})"
-    )))
+    MemoryError::Store(StorageError::CorruptPostings {
+        term: term.to_string(),
+        namespace: ns.to_string(),
+        segment: seg,
+        block: first,
+    })
 }
 
 /// A segment of a namespace: id, level and number of postings.

@@ -2,7 +2,31 @@
 //! cuts and a full disk).
 
 use super::*;
-use crate::store::Store;
+
+/// The database file, named as the appliance names it.
+const DB_FILE: &str = "cairn.redb";
+/// The schema table of the database's owner (the appliance's store), which runs [`migrate`].
+const OWNER_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+/// The owner's schema version that has today's memory tables.
+const OWNER_SCHEMA: u64 = 4;
+
+/// Opens the database in `dir` as its owner does: a store at an older schema version has
+/// its memory tables brought up to date by [`migrate`] in one transaction.
+fn open_db(dir: &std::path::Path) -> Arc<Database> {
+    std::fs::create_dir_all(dir).unwrap();
+    let db = Database::create(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(OWNER_META).unwrap();
+        let found = meta.get("schema_version").unwrap().map_or(0, |v| v.value());
+        if found < OWNER_SCHEMA {
+            migrate(&txn, found).unwrap();
+            meta.insert("schema_version", OWNER_SCHEMA).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    Arc::new(db)
+}
 
 /// A deterministic stand-in for the embedding model: hashed bag of words, so texts that
 /// share words are similar (the real model is exercised by the booted-image tests).
@@ -15,7 +39,7 @@ impl Embed for Words {
     fn dims(&self) -> usize {
         64
     }
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BoxError> {
         Ok(texts
             .iter()
             .map(|t| {
@@ -33,8 +57,12 @@ impl Embed for Words {
 }
 
 fn open(dir: &std::path::Path, embed: bool) -> Memory {
-    let store = Store::open(dir).unwrap();
-    Memory::open(&store, embed.then(|| Arc::new(Words) as Arc<dyn Embed>)).unwrap()
+    Memory::open_database(
+        open_db(dir),
+        &dir.join(DB_FILE),
+        embed.then(|| Arc::new(Words) as Arc<dyn Embed>),
+    )
+    .unwrap()
 }
 
 fn new(tier: &str, ns: &str, text: &str) -> NewRecord {
@@ -153,7 +181,7 @@ fn graph_checkpoint_plus_tail_reloads_after_a_crash() {
 /// leaves the journal out.
 fn disk_copy(from: &std::path::Path, to: &std::path::Path, journal: bool) {
     std::fs::create_dir_all(to).unwrap();
-    let db = crate::store::FILE_NAME;
+    let db = DB_FILE;
     std::fs::copy(from.join(db), to.join(db)).unwrap();
     let j = std::path::Path::new(db).with_extension("journal");
     if journal {
@@ -875,7 +903,7 @@ fn schema_2_and_3_postings_migrate_to_segments_with_the_same_answers() {
             (kept, before)
         };
         {
-            let db = redb::Database::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
+            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
             let txn = db.begin_write().unwrap();
             {
                 let mut rows = Vec::new();
@@ -905,7 +933,7 @@ fn schema_2_and_3_postings_migrate_to_segments_with_the_same_answers() {
                     }
                 }
                 // The unmerged last record had its postings in `mem_postings_new`.
-                let r = crate::memory::decode_record(
+                let r = crate::decode_record(
                     txn.open_table(tables::RECORDS)
                         .unwrap()
                         .get(kept[4])
@@ -914,7 +942,7 @@ fn schema_2_and_3_postings_migrate_to_segments_with_the_same_answers() {
                         .value(),
                 )
                 .unwrap();
-                let (counts, len) = crate::memory::text::term_counts(&r.text);
+                let (counts, len) = crate::text::term_counts(&r.text);
                 txn.open_table(tables::POSTINGS_NEW)
                     .unwrap()
                     .insert(
@@ -925,7 +953,7 @@ fn schema_2_and_3_postings_migrate_to_segments_with_the_same_answers() {
                 let mut meta = txn.open_table(tables::META).unwrap();
                 meta.remove(tables::POSTINGS_THROUGH).unwrap();
                 meta.remove(tables::NEXT_SEGMENT).unwrap();
-                txn.open_table(crate::store::META)
+                txn.open_table(OWNER_META)
                     .unwrap()
                     .insert("schema_version", schema)
                     .unwrap();

@@ -39,7 +39,7 @@ pub trait Summarizer: Send + Sync {
     /// Its name, recorded with the summary (e.g. the model id).
     fn name(&self) -> String;
     /// A short summary of `texts`.
-    fn summarize(&self, texts: &[&str]) -> Result<String, String>;
+    fn summarize(&self, texts: &[&str]) -> Result<String, crate::BoxError>;
 }
 
 /// One consolidation as stored (keyed by the summary's id).
@@ -378,7 +378,7 @@ impl Memory {
             .get(summary)?
             .map(|v| serde_json::from_slice(v.value()))
             .transpose()
-            .map_err(|e| super::StoreError::Other(format!("consolidation {summary}: {e}")))?
+            .map_err(|e| super::decode_error(format!("consolidation {summary}"), e))?
             .ok_or_else(|| MemoryError::NotFound(format!("no consolidation {summary}")))?;
         drop(txn);
         if !access.can_write(&c.namespace) {

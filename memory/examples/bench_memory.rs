@@ -1,5 +1,5 @@
 //! Memory throughput and recall quality, the Cairn side of `cargo xtask bench memory`:
-//! `cargo run --release -p cairn --example bench_memory -- --dataset DIR --records N [--json]`.
+//! `cargo run --release -p cairn-memory --example bench_memory -- --dataset DIR --records N [--json]`.
 //!
 //! The dataset (written by `--make-dataset`, which then exits; shared with the SQLite baseline):
 //! `texts.txt` (one record per line: 12 words of a 5 000-word vocabulary, Zipf-like),
@@ -18,8 +18,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use cairn::memory::{Access, Memory, Mode, NewRecord, Query};
-use cairn::store::Store;
+use cairn_memory::{Access, Memory, Mode, NewRecord, Query};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +27,22 @@ use std::time::Instant;
 const DIMS: usize = 384;
 const QUERIES: usize = 200;
 const SINGLE: usize = 1000;
+/// The database file, as the appliance names it.
+const DB_FILE: &str = "cairn.redb";
+
+/// Opens memory on a new database in `dir` as the appliance's store does (same cache size;
+/// the memory tables created by `migrate`).
+fn open_memory(dir: &Path) -> Result<Memory, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(DB_FILE);
+    let db = redb::Database::builder()
+        .set_cache_size(32 << 20)
+        .create(&path)?;
+    let txn = db.begin_write()?;
+    cairn_memory::migrate(&txn, 0)?;
+    txn.commit()?;
+    Ok(Memory::open_database(std::sync::Arc::new(db), &path, None)?)
+}
 
 struct Args {
     dataset: PathBuf,
@@ -156,8 +171,7 @@ fn import_rate(
     let n = texts.len().min(10_000);
     let work = a.work.with_extension("import");
     clear(&work);
-    let store = Store::open(&work)?;
-    let m = Memory::open(&store, None)?;
+    let m = open_memory(&work)?;
     let bodies: Vec<String> = (0..n)
         .collect::<Vec<_>>()
         .chunks(5000)
@@ -184,7 +198,6 @@ fn import_rate(
     let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
     eprintln!("bench_memory: JSON Lines import: {rate:.0}/s");
     drop(m);
-    drop(store);
     clear(&work);
     Ok(rate)
 }
@@ -220,8 +233,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let qvecs = read_f32(&a.dataset.join("queries.f32"))?;
     let n = texts.len();
     clear(&a.work);
-    let store = Store::open(&a.work)?;
-    let m = Memory::open(&store, None)?;
+    let m = open_memory(&a.work)?;
     let admin = Access::admin();
 
     // Single durable inserts.
@@ -311,8 +323,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let p99 = percentile(&mut lat, 0.99);
     m.flush()?;
     drop(m);
-    drop(store);
-    let bytes = std::fs::metadata(a.work.join(cairn::store::FILE_NAME))?.len();
+    let bytes = std::fs::metadata(a.work.join(DB_FILE))?.len();
     let report = json!({
         "records": n,
         "single_insert_per_s": single_rate,

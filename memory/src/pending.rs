@@ -235,9 +235,7 @@ impl Pending {
             }
             return Ok((txn, out));
         }
-        Err(MemoryError::Store(crate::store::StoreError::Other(
-            "the unmerged keyword postings did not settle".into(),
-        )))
+        Err(MemoryError::Store(crate::StorageError::Unsettled))
     }
 }
 
@@ -285,9 +283,7 @@ fn read_epoch(txn: &ReadTransaction) -> Result<u64, MemoryError> {
 
 /// The error for a malformed `POSTINGS_NEW` row of record `id`.
 pub fn corrupt(id: u64) -> MemoryError {
-    MemoryError::Store(crate::store::StoreError::Other(format!(
-        "corrupt unmerged postings of record {id}"
-    )))
+    MemoryError::Store(crate::StorageError::CorruptPending(id))
 }
 
 #[cfg(test)]
