@@ -57,7 +57,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use vector::QVec;
-use write::{dedup_key, new_record, next_id, next_ids};
+use write::{dedup_key, next_id, next_ids};
 
 /// Semantic records at least this similar to an existing one are merged into it.
 pub(crate) const DEDUP_SIMILARITY: f32 = 0.95;

@@ -6,8 +6,6 @@
 //! than [`MAX_TERM_BYTES`] are cut at a character boundary. No stemming: "agents" and "agent"
 //! are different terms (the vector half of hybrid retrieval covers morphology).
 
-/// Version of this analysis; stored with the index so a change re-indexes on migration.
-pub const ANALYZER_VERSION: u64 = 1;
 /// Longest term kept, in bytes.
 pub const MAX_TERM_BYTES: usize = 48;
 
