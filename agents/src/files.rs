@@ -3,8 +3,8 @@
 //! WASI writes reach files through `descriptor.write` (a positioned write), the output streams
 //! of `descriptor.write-via-stream` / `append-via-stream`, and `descriptor.set-size`. The
 //! runtime shadows those four imports: each write is checked against the quota before any of
-//! its bytes reach the disk, and a write that would cross it fails whole with ENOSPC
-//! (`insufficient-space`, "No space left on device" in the guest). The usage is counted from
+//! its bytes reach the disk, and a write that would cross it fails whole: `descriptor.write` answers
+//! `insufficient-space`; a stream write fails with ENOSPC, which a Rust guest sees as an I/O error. The usage is counted from
 //! the directory when the agent is loaded, before each task and before refusing a write, so
 //! deletions and truncations are credited back. A guest's large write reaches the host as a
 //! series of stream writes (4 KiB each through wasi-libc), so the chunks before the one that

@@ -19,6 +19,20 @@ fn versioned(key: &SigningKey, example: &str, name: &str, version: &str, extra: 
     key.sign(&manifest, component(example)).unwrap().to_bytes()
 }
 
+/// The error a manifest with `extra` gets. `cairn agent sign` and the runtime's install read a
+/// manifest with the same strict parser, so a manifest that cannot be signed cannot be installed
+/// either (an unsigned package is refused before its manifest is read).
+fn refused_manifest(key: &SigningKey, extra: &str) -> String {
+    let manifest = format!(
+        "name = \"hostile\"\nversion = \"1.0.0\"\npublisher = \"{}\"\n{extra}",
+        key.public_hex()
+    );
+    match key.sign(&manifest, component("hostile")) {
+        Ok(_) => panic!("the manifest was accepted: {extra}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 const PRIVATE_URLS: [&str; 7] = [
     "https://127.0.0.1/",
     "https://169.254.169.254/latest/meta-data/",
@@ -50,10 +64,7 @@ async fn egress_never_reaches_loopback_link_local_or_private_addresses() {
         ("http_ip_literals = true\n", "10.0.0.1:8080"),
     ] {
         let caps = format!("[capabilities]\n{optin}http = [\"{host}\"]\n");
-        let e = rt
-            .install(package(&key, "hostile", "hostile", &caps), true)
-            .await
-            .unwrap_err();
+        let e = refused_manifest(&key, &caps);
         assert!(
             e.to_string().contains("capabilities.http"),
             "{optin}{host}: {e}"
@@ -108,19 +119,8 @@ async fn ip_literals_and_plain_http_need_the_manifest_opt_in() {
     let key = key();
     rt.trust(&key.public_hex(), "tests").unwrap();
 
-    let e = rt
-        .install(
-            package(
-                &key,
-                "hostile",
-                "hostile",
-                "[capabilities]\nhttp = [\"1.1.1.1\"]\n",
-            ),
-            true,
-        )
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("http_ip_literals"), "{e}");
+    let e = refused_manifest(&key, "[capabilities]\nhttp = [\"1.1.1.1\"]\n");
+    assert!(e.contains("http_ip_literals"), "{e}");
 
     rt.install(
         package(
@@ -361,10 +361,8 @@ async fn files_quota_refuses_writes_past_it() {
         .unwrap();
     assert_eq!(over.status, RunStatus::Failed, "{over:?}");
     let err = over.error.unwrap_or_default();
-    assert!(
-        err.contains("write failed") && err.contains("space"),
-        "{err}"
-    );
+    // The guest's std reports the refused stream write as an I/O error (see docs/agents.md).
+    assert!(err.contains("write failed"), "{err}");
     let files = dir.path().join("agents").join("files").join("hostile");
     let total: u64 = std::fs::read_dir(&files)
         .unwrap()
