@@ -1,6 +1,3 @@
-//! The kernel command line: any bytes give options and warnings, never a panic.
+//! cargo-fuzz entry of `cairn_fuzz::kernel_cmdline` (the target itself, documented there).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let line = String::from_utf8_lossy(data);
-    let (_opts, _warnings) = cairn_init::cmdline::boot_options(&line);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cairn_fuzz::kernel_cmdline::run(data));

@@ -1,20 +1,3 @@
-//! A workflow definition (TOML, or JSON when it starts with `{`), as `POST /api/v1/workflows`
-//! takes it: parse and check it, then walk what the runner reads; never a panic.
+//! cargo-fuzz entry of `cairn_fuzz::workflow` (the target itself, documented there).
 #![no_main]
-use cairn_agents::Workflow;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(wf) = Workflow::parse(text) {
-        let _ = wf.agents();
-        // A checked workflow survives its own JSON form unchanged.
-        let json = serde_json::to_string(&wf).expect("a workflow serializes");
-        let again = Workflow::from_json(&json).expect("a checked workflow checks again");
-        assert_eq!(
-            serde_json::to_value(&again).ok(),
-            serde_json::to_value(&wf).ok()
-        );
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cairn_fuzz::workflow::run(data));

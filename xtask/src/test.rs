@@ -25,7 +25,6 @@ pub struct TestOptions {
     pub jobs: usize,
 }
 
-
 fn step(name: &str, cmd: &mut std::process::Command) -> Result<()> {
     let t = Instant::now();
     eprintln!("xtask: == {name}");
