@@ -236,7 +236,11 @@ impl<T> Guarded<T> {
         }
     }
 
-    fn write_progress<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn write_progress<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         match r {
             Poll::Ready(r) => {
                 self.write_stalled = false;

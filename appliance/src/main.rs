@@ -48,11 +48,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "lazy")]
         load_models: cairn::inference::LoadPolicy,
         /// Connections served at once, in all (more are closed at once).
-        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
-        max_connections: usize,
+        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections: u64,
         /// Connections served at once from one client address (an IPv6 /64).
-        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS_PER_ADDRESS, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
-        max_connections_per_address: usize,
+        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS_PER_ADDRESS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections_per_address: u64,
         /// Seconds a connection may wait for its next request (headers included).
         #[arg(long, value_name = "SECS", default_value_t = cairn::conn::IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
         idle_timeout: u64,
@@ -155,8 +155,8 @@ fn main() -> Result<()> {
                 degraded,
                 inference,
                 limits: cairn::conn::Limits {
-                    max_connections,
-                    max_per_address: max_connections_per_address,
+                    max_connections: max_connections as usize,
+                    max_per_address: max_connections_per_address as usize,
                     idle_timeout: std::time::Duration::from_secs(idle_timeout),
                     body_timeout: std::time::Duration::from_secs(body_timeout),
                 },

@@ -413,8 +413,9 @@ async fn serve_connection(
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = conn.enter();
             let missed = BodyDeadline::default();
-            let mut req =
-                req.map(|b| axum::body::Body::new(TimedBody::new(b, limits.body_timeout, missed.clone())));
+            let mut req = req.map(|b| {
+                axum::body::Body::new(TimedBody::new(b, limits.body_timeout, missed.clone()))
+            });
             req.extensions_mut().insert(peer_addr);
             req.extensions_mut().insert(missed);
             let answer = tower::ServiceExt::oneshot(app.clone(), req);
@@ -423,9 +424,7 @@ async fn serve_connection(
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
-                Ok::<_, std::convert::Infallible>(
-                    response.map(|b| TrackedBody::new(b, in_flight)),
-                )
+                Ok::<_, std::convert::Infallible>(response.map(|b| TrackedBody::new(b, in_flight)))
             }
         })
     };

@@ -153,7 +153,10 @@ async fn silent_clients_and_trickling_bodies_are_cut_off_and_answers_carry_heade
         let r = c.get(format!("{}{path}", s.url)).send().await.unwrap();
         let h = r.headers();
         let id = h["x-request-id"].to_str().unwrap();
-        assert!(id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["cache-control"], "no-store", "{path}");
         assert_eq!(h["strict-transport-security"], "max-age=31536000", "{path}");

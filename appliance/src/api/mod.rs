@@ -292,10 +292,7 @@ async fn answer(req: axum::extract::Request, next: axum::middleware::Next) -> Re
     use axum::http::{HeaderValue, Version, header};
     use futures_util::FutureExt;
     let id = new_request_id();
-    let missed = req
-        .extensions()
-        .get::<crate::conn::BodyDeadline>()
-        .cloned();
+    let missed = req.extensions().get::<crate::conn::BodyDeadline>().cloned();
     let http1 = req.version() <= Version::HTTP_11;
     let local = req
         .uri()
@@ -439,10 +436,20 @@ mod tests {
 
     #[test]
     fn hsts_is_left_out_for_localhost_only() {
-        for host in ["localhost", "localhost:8443", "LOCALHOST.", "cairn.localhost:443"] {
+        for host in [
+            "localhost",
+            "localhost:8443",
+            "LOCALHOST.",
+            "cairn.localhost:443",
+        ] {
             assert!(is_localhost(host), "{host}");
         }
-        for host in ["cairn.lan", "127.0.0.1:8443", "[::1]:443", "localhost.example"] {
+        for host in [
+            "cairn.lan",
+            "127.0.0.1:8443",
+            "[::1]:443",
+            "localhost.example",
+        ] {
             assert!(!is_localhost(host), "{host}");
         }
     }
