@@ -26,7 +26,7 @@ pub fn raise_open_files() -> std::io::Result<u64> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 #[cfg(target_os = "linux")]
@@ -243,7 +243,7 @@ mod tests {
         };
         // SAFETY: getrlimit writes into the struct we pass.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(lim.rlim_cur as u64, soft);
+        assert_eq!(lim.rlim_cur, soft);
         assert_eq!(lim.rlim_cur, lim.rlim_max);
     }
 }

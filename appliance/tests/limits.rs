@@ -122,9 +122,8 @@ async fn silent_clients_and_trickling_bodies_are_cut_off_and_answers_carry_heade
         // Half a second between bytes; stop as soon as the server answered and closed.
         if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), async {
             let mut buf = [0u8; 4096];
-            slow.read(&mut buf).await.map(|n| {
+            slow.read(&mut buf).await.inspect(|&n| {
                 answer.push_str(&String::from_utf8_lossy(&buf[..n]));
-                n
             })
         })
         .await
