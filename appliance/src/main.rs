@@ -47,6 +47,18 @@ enum Command {
         /// Load models at start-up or on first use.
         #[arg(long, value_enum, default_value = "lazy")]
         load_models: cairn::inference::LoadPolicy,
+        /// Connections served at once, in all (more are closed at once).
+        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections: u64,
+        /// Connections served at once from one client address (an IPv6 /64).
+        #[arg(long, default_value_t = cairn::conn::MAX_CONNECTIONS_PER_ADDRESS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections_per_address: u64,
+        /// Seconds a connection may wait for its next request (headers included).
+        #[arg(long, value_name = "SECS", default_value_t = cairn::conn::IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+        idle_timeout: u64,
+        /// Seconds a request body gets to arrive (plus one per 16 KiB received).
+        #[arg(long, value_name = "SECS", default_value_t = cairn::conn::BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+        body_timeout: u64,
     },
     /// Agents: package keys, signing, trust, deployment, and running agents.
     #[command(subcommand)]
@@ -88,10 +100,27 @@ fn main() -> Result<()> {
             device,
             threads,
             load_models,
+            max_connections,
+            max_connections_per_address,
+            idle_timeout,
+            body_timeout,
         } => {
             // Take init's control socket before any thread exists.
             let control = cairn::control::Control::from_env();
             init_tracing(appliance);
+            // Before any thread exists, so every thread inherits the limit and the filter.
+            match cairn::sandbox::raise_open_files() {
+                Ok(n) => tracing::debug!("open files: up to {n}"),
+                Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+            }
+            if appliance {
+                #[cfg(target_os = "linux")]
+                if let Err(e) = cairn::sandbox::confine() {
+                    // The image's kernel has seccomp; running unconfined is not an option.
+                    tracing::error!("no_new_privs and seccomp filter: {e}");
+                    return Err(anyhow::anyhow!("confining the service: {e}"));
+                }
+            }
             let listen = listen.unwrap_or_else(|| {
                 if appliance {
                     SocketAddr::from(([0, 0, 0, 0], 443))
@@ -125,6 +154,12 @@ fn main() -> Result<()> {
                 appliance,
                 degraded,
                 inference,
+                limits: cairn::conn::Limits {
+                    max_connections: max_connections as usize,
+                    max_per_address: max_connections_per_address as usize,
+                    idle_timeout: std::time::Duration::from_secs(idle_timeout),
+                    body_timeout: std::time::Duration::from_secs(body_timeout),
+                },
             };
             if let Err(e) = rt.block_on(cairn::serve::run(opts, control)) {
                 tracing::error!("{e:#}");

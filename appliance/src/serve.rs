@@ -2,8 +2,10 @@
 //!
 //! Start-up: open the store (a failure degrades to read-only mode instead of exiting, so the
 //! operator can still see what is wrong), load or create the TLS identity, bind, tell init it
-//! is ready. Each connection gets a TLS handshake deadline and a header-read deadline so idle
-//! or slow clients cannot pin resources. SIGTERM stops accepting, lets requests in flight
+//! is ready. Connections are bounded in number (in all and per client address) and in time (a
+//! handshake deadline, an idle deadline covering protocol detection and headers, body and write
+//! deadlines, HTTP/2 stream and keep-alive limits: `conn.rs`), so idle or slow clients cannot
+//! pin resources. SIGTERM stops accepting, lets requests in flight
 //! finish (up to five seconds) and closes the database cleanly.
 
 use crate::api::{self, AppState};
@@ -11,11 +13,9 @@ use crate::control::Control;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
@@ -40,23 +40,8 @@ pub struct ServeOptions {
     pub degraded: Option<String>,
     /// Local models.
     pub inference: crate::inference::InferenceOptions,
-}
-
-/// One open connection in the count the shutdown drains: counted when made, uncounted when
-/// dropped, so a connection whose task panics or is cancelled still leaves the count.
-struct ActiveConnection(Arc<AtomicUsize>);
-
-impl ActiveConnection {
-    fn new(count: &Arc<AtomicUsize>) -> ActiveConnection {
-        count.fetch_add(1, Ordering::SeqCst);
-        ActiveConnection(count.clone())
-    }
-}
-
-impl Drop for ActiveConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// Connection limits and deadlines.
+    pub limits: crate::conn::Limits,
 }
 
 async fn shutdown_signal() {
@@ -74,11 +59,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// Whether the client's first byte is a TLS handshake record (0x16), waiting at most the
+/// Whether the client's first byte is a TLS handshake record (0x16), waiting at most until the
 /// handshake deadline for it.
-async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> bool {
+async fn starts_with_tls(tcp: &tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => first[0] == 0x16,
         // Closed, failed or silent: let the TLS path fail it with its own deadline.
         _ => true,
@@ -328,7 +313,8 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         }
     }
 
-    let active = Arc::new(AtomicUsize::new(0));
+    let limits = opts.limits;
+    let admission = crate::conn::Admission::new(limits);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -344,41 +330,27 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
             },
             _ = &mut shutdown => break,
         };
+        // Over a limit: closed at once, before any byte is read.
+        let permit = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                debug!("refused {peer}: {why:?}");
+                drop(tcp);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let active = ActiveConnection::new(&active);
         tokio::spawn(async move {
-            // Counted until this task ends, however it ends (a panic included).
-            let _active = active;
+            let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            if !starts_with_tls(&tcp).await {
+            let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+            if !starts_with_tls(&tcp, deadline).await {
                 redirect_plain_http(tcp, port).await;
                 return;
             }
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let mut builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    builder
-                        .http1()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT);
-                    let peer_addr = crate::auth::guard::PeerAddr(peer);
-                    let app = tower::ServiceExt::map_request(
-                        app,
-                        move |mut req: hyper::Request<hyper::body::Incoming>| {
-                            req.extensions_mut().insert(peer_addr);
-                            req
-                        },
-                    );
-                    let svc = TowerToHyperService::new(app);
-                    if let Err(e) = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                        .await
-                    {
-                        debug!("connection from {peer}: {e}");
-                    }
-                }
+            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_connection(tls, peer, app, limits).await,
                 Ok(Err(e)) => debug!("TLS handshake from {peer} failed: {e}"),
                 Err(_) => debug!("TLS handshake from {peer} timed out"),
             }
@@ -387,7 +359,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     info!("shutting down");
     drop(listener);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while admission.open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(app);
@@ -408,20 +380,56 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_connection_whose_task_panics_leaves_the_count() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let active = ActiveConnection::new(&count);
-        assert_eq!(count.load(Ordering::SeqCst), 1);
-        let task = tokio::spawn(async move {
-            let _active = active;
-            panic!("a handler bug");
-        });
-        assert!(task.await.is_err());
-        assert_eq!(count.load(Ordering::SeqCst), 0);
+/// Serves HTTP/1.1 or HTTP/2 on an established TLS connection under `limits`.
+async fn serve_connection(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: crate::conn::Limits,
+) {
+    use crate::conn::{BodyDeadline, ConnState, Guarded, TimedBody, TrackedBody};
+    use crate::conn::{
+        H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, H2_MAX_ERROR_RESETS, H2_MAX_HEADER_LIST,
+        H2_MAX_PENDING_RESETS, H2_MAX_STREAMS,
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT.min(limits.idle_timeout));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+    let conn = ConnState::new(limits.idle_timeout);
+    let peer_addr = crate::auth::guard::PeerAddr(peer);
+    let svc = {
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let in_flight = conn.enter();
+            let missed = BodyDeadline::default();
+            let mut req = req.map(|b| {
+                axum::body::Body::new(TimedBody::new(b, limits.body_timeout, missed.clone()))
+            });
+            req.extensions_mut().insert(peer_addr);
+            req.extensions_mut().insert(missed);
+            let answer = tower::ServiceExt::oneshot(app.clone(), req);
+            async move {
+                let response = match answer.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok::<_, std::convert::Infallible>(response.map(|b| TrackedBody::new(b, in_flight)))
+            }
+        })
+    };
+    let io = TokioIo::new(Guarded::new(tls, conn));
+    if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+        debug!("connection from {peer}: {e}");
     }
 }

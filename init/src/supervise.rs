@@ -22,6 +22,9 @@ const CRASH_WINDOW: Duration = Duration::from_secs(120);
 const CRASH_LOOP_BACKOFF: Duration = Duration::from_secs(60);
 /// File descriptor number the child finds its control socket on.
 pub const CHILD_CONTROL_FD: RawFd = 3;
+/// The appliance's open-file limit (soft and hard): its connections, database, models and
+/// agents, with room to spare over its own connection cap.
+pub const APPLIANCE_OPEN_FILES: libc::rlim_t = 65536;
 
 /// Restart bookkeeping, separate from process handling so it can be tested.
 #[derive(Debug)]
@@ -131,9 +134,17 @@ impl Supervisor {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         // SAFETY: the closure only makes async-signal-safe calls (dup2, fcntl, sigprocmask,
-        // setsid) between fork and exec.
+        // setsid, setrlimit, prctl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Room for the appliance's connections (it caps them itself, docs/init.md).
+                let files = libc::rlimit {
+                    rlim_cur: APPLIANCE_OPEN_FILES,
+                    rlim_max: APPLIANCE_OPEN_FILES,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+                // Nothing the appliance executes gains privileges (it confines itself further).
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 if child_fd == CHILD_CONTROL_FD {
                     libc::fcntl(child_fd, libc::F_SETFD, 0);
                 } else if libc::dup2(child_fd, CHILD_CONTROL_FD) < 0 {

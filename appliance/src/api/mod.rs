@@ -94,11 +94,52 @@ impl ApiError {
     }
 }
 
+tokio::task_local! {
+    /// The id of the request being answered (set by [`answer`]).
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being answered, when called while answering one.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(|id| id.clone()).ok()
+}
+
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 8];
+    // An all-zero id (random source failing) still answers; ids are for finding log lines.
+    let _ = ring::rand::SystemRandom::new().fill(&mut id);
+    hex::encode(id)
+}
+
+/// The message a client gets for a server error (5xx): the detail goes to the log with the
+/// request id; a 500's detail (an internal failure) stays there, other 5xx keep their message,
+/// which is meant for the operator (degraded mode, full disk, an upstream provider's answer).
+pub fn server_error_message(status: StatusCode, code: &str, detail: String) -> String {
+    let id = request_id().unwrap_or_else(|| "-".into());
+    tracing::error!("request {id}: {} {code}: {detail}", status.as_u16());
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        format!("internal error; the appliance's log has the details under request id {id}")
+    } else {
+        detail
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        let message = if self.status.is_server_error() {
+            server_error_message(self.status, self.code, self.message)
+        } else {
+            self.message
+        };
+        let mut error = serde_json::json!({"code": self.code, "message": message});
         if let Some(f) = self.field {
             error["field"] = f.into();
+        }
+        if self.status.is_server_error()
+            && let Some(id) = request_id()
+        {
+            error["request_id"] = id.into();
         }
         let mut r = (self.status, Json(serde_json::json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
@@ -209,14 +250,207 @@ pub fn route_table() -> Vec<&'static str> {
     paths
 }
 
-/// Every route of the API, behind the authentication guard (`docs/console.md`).
+/// Every route of the API, behind the authentication guard (`docs/console.md`), wrapped by
+/// [`harden`].
 pub fn router(state: Shared) -> Router {
-    routes()
-        .router
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::guard::guard,
-        ))
-        .with_state(state)
+    harden(
+        routes()
+            .router
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::auth::guard::guard,
+            ))
+            .with_state(state),
+    )
+}
+
+/// Wraps every answer of `app` (see [`answer`]).
+pub fn harden(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(answer))
+}
+
+/// Whether `host` (a `Host` header or URI authority) names this machine's loopback by name,
+/// where HSTS would pin every local port of a developer's browser to HTTPS.
+fn is_localhost(host: &str) -> bool {
+    if host.starts_with('[') {
+        return false;
+    }
+    let name = host.split(':').next().unwrap_or(host).trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, tld)| tld.eq_ignore_ascii_case("localhost"))
+}
+
+/// The outermost layer of every answer: gives the request an id (the `X-Request-Id` header,
+/// the `request_id` of 5xx error bodies, the log lines of its failures), turns a panicking
+/// handler into a 500 (the server goes on serving), answers 408 when the request body missed
+/// its deadline (`conn.rs`), and adds `X-Content-Type-Options: nosniff`, `Cache-Control:
+/// no-store` (unless the route set its own) and HSTS.
+async fn answer(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{HeaderValue, Version, header};
+    use futures_util::FutureExt;
+    let id = new_request_id();
+    let missed = req.extensions().get::<crate::conn::BodyDeadline>().cloned();
+    let http1 = req.version() <= Version::HTTP_11;
+    let local = req
+        .uri()
+        .host()
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .is_some_and(is_localhost);
+    let mut r = REQUEST_ID
+        .scope(id.clone(), async move {
+            let r = match std::panic::AssertUnwindSafe(next.run(req))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("handler panicked: {what}"),
+                    )
+                    .into_response()
+                }
+            };
+            if missed.is_some_and(|m| m.missed()) {
+                let mut r = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                )
+                .into_response();
+                if http1 {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return r;
+            }
+            r
+        })
+        .await;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    if !local {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// Test routes (outside the production route table) behind the same outer layer.
+    fn app() -> Router {
+        harden(
+            Router::new()
+                .route(
+                    "/panics",
+                    get(|| async {
+                        if std::hint::black_box(true) {
+                            panic!("index out of bounds in /data/secret");
+                        }
+                        "unreachable"
+                    }),
+                )
+                .route(
+                    "/fails",
+                    get(|| async {
+                        Err::<(), _>(ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "opening /data/secret.redb: permission denied",
+                        ))
+                    }),
+                )
+                .route("/ok", get(|| async { "ok" })),
+        )
+    }
+
+    async fn fetch(app: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+        let req = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into(),
+        )
+    }
+
+    fn assert_generic_500(status: StatusCode, headers: &axum::http::HeaderMap, body: &str) {
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert_eq!(v["error"]["request_id"], id);
+        assert_eq!(v["error"]["code"], "internal");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(id), "{message}");
+        assert!(!body.contains("/data/secret"), "the detail leaked: {body}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_a_request_id_and_serving_goes_on() {
+        let app = app();
+        let (status, headers, body) = fetch(&app, "/panics").await;
+        assert_generic_500(status, &headers, &body);
+        let (status, _, body) = fetch(&app, "/ok").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+
+    #[tokio::test]
+    async fn internal_errors_answer_a_request_id_not_their_detail() {
+        let (status, headers, body) = fetch(&app(), "/fails").await;
+        assert_generic_500(status, &headers, &body);
+        // Two requests, two ids.
+        let (_, again, _) = fetch(&app(), "/fails").await;
+        assert_ne!(headers["x-request-id"], again["x-request-id"]);
+    }
+
+    #[test]
+    fn hsts_is_left_out_for_localhost_only() {
+        for host in [
+            "localhost",
+            "localhost:8443",
+            "LOCALHOST.",
+            "cairn.localhost:443",
+        ] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in [
+            "cairn.lan",
+            "127.0.0.1:8443",
+            "[::1]:443",
+            "localhost.example",
+        ] {
+            assert!(!is_localhost(host), "{host}");
+        }
+    }
 }

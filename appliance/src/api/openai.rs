@@ -63,7 +63,17 @@ impl OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let message = if self.status.is_server_error() {
+            super::server_error_message(self.status, self.code.unwrap_or(self.kind), self.message)
+        } else {
+            self.message
+        };
+        let mut body = json!({"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}});
+        if self.status.is_server_error()
+            && let Some(id) = super::request_id()
+        {
+            body["error"]["request_id"] = id.into();
+        }
         let mut r = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())

@@ -245,22 +245,33 @@ pub(crate) fn gemm_packed(
         let mut c = c0;
         while c < c1 {
             let tn = (c1 - c).min(tmax);
+            // SAFETY (all offsets): panel p < panels and block 0, token c < a.n, as
+            // asserted above.
+            let (qs, sc, xq, xd, xs, xsum, o) = unsafe {
+                (
+                    w.qs().as_ptr().add(p * nb * qb),
+                    w.sc().as_ptr().add(p * nb * sb),
+                    a.qs.as_i8().as_ptr().add(c * np * 64),
+                    a.dv.as_slice().as_ptr().add(c * np * 8),
+                    a.s.as_slice().as_ptr().add(c * a.sstride),
+                    a.qsum.as_ptr().add(c * a.sstride),
+                    out.ptr.add(c * ldo + p * PANEL),
+                )
+            };
             let t = Tile {
-                // SAFETY (all offsets): panel p < panels and block 0, token c < a.n, as
-                // asserted above.
-                qs: unsafe { w.qs().as_ptr().add(p * nb * qb) },
-                sc: unsafe { w.sc().as_ptr().add(p * nb * sb) },
+                qs,
+                sc,
                 pq: nb * qb,
                 ps: nb * sb,
                 nb,
-                xq: unsafe { a.qs.as_i8().as_ptr().add(c * np * 64) },
-                xd: unsafe { a.dv.as_slice().as_ptr().add(c * np * 8) },
-                xs: unsafe { a.s.as_slice().as_ptr().add(c * a.sstride) },
-                xsum: unsafe { a.qsum.as_ptr().add(c * a.sstride) },
+                xq,
+                xd,
+                xs,
+                xsum,
                 xqs: np * 64,
                 xds: np * 8,
                 xss: a.sstride,
-                out: unsafe { out.ptr.add(c * ldo + p * PANEL) },
+                out: o,
                 ldo,
                 last_rows,
             };
