@@ -7,10 +7,10 @@ pub fn run(data: &[u8]) {
         if let Ok(t) = cairn_models::tokenizer::GgufTokenizer::from_gguf(&h) {
             let _ = t.encode("Hello, world! 123 éß 🙂");
         }
-        if let Some(src) = h.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-            if let Ok(c) = cairn_models::chat::ChatTemplate::new(src, "<s>", "</s>") {
-                let _ = c.render(&[cairn_models::chat::Message::new("user", "hi")], true);
-            }
+        if let Some(src) = h.get("tokenizer.chat_template").and_then(|v| v.as_str())
+            && let Ok(c) = cairn_models::chat::ChatTemplate::new(src, "<s>", "</s>")
+        {
+            let _ = c.render(&[cairn_models::chat::Message::new("user", "hi")], true);
         }
     }
 }

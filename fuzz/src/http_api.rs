@@ -260,10 +260,11 @@ pub fn run(data: &[u8]) {
         };
         (status, text)
     });
-    if by_session && status == StatusCode::UNAUTHORIZED {
-        if let Ok(s) = a.auth.login("admin", PASSWORD) {
-            *a.session.lock().expect("session") = (s.id, s.csrf);
-        }
+    if by_session
+        && status == StatusCode::UNAUTHORIZED
+        && let Ok(s) = a.auth.login("admin", PASSWORD)
+    {
+        *a.session.lock().expect("session") = (s.id, s.csrf);
     }
     let expected = matches!(
         status,
