@@ -20,7 +20,7 @@ mod tests {
         let euros = "€".repeat(65);
         for max in 0..=euros.len() + 2 {
             let c = clip(&euros, max);
-            assert!(c.len() <= max && c.len() % 3 == 0, "{max}");
+            assert!(c.len() <= max && c.len().is_multiple_of(3), "{max}");
             let mut o = euros.clone();
             clip_owned(&mut o, max);
             assert_eq!(o, c);

@@ -126,9 +126,13 @@ fn app() -> &'static App {
         let code = auth
             .setup_code()
             .expect("a fresh appliance has a setup code");
-        let session = auth.onboard(&code, "admin", PASSWORD).expect("onboard");
+        let permit = auth.hashing.try_acquire().expect("a hashing permit");
+        let session = auth
+            .onboard(&permit, &code, "admin", PASSWORD)
+            .expect("onboard");
+        drop(permit);
         let (_, token) = auth
-            .create_token("fuzz", cairn::auth::Scope::Admin)
+            .create_token("fuzz", cairn::auth::Scope::Admin, None)
             .expect("token");
         let mut routes = route_table();
         routes.push("/no/such/route");
@@ -262,7 +266,8 @@ pub fn run(data: &[u8]) {
     });
     if by_session
         && status == StatusCode::UNAUTHORIZED
-        && let Ok(s) = a.auth.login("admin", PASSWORD)
+        && let Some(permit) = a.auth.hashing.try_acquire()
+        && let Ok(s) = a.auth.login(&permit, "admin", PASSWORD)
     {
         *a.session.lock().expect("session") = (s.id, s.csrf);
     }

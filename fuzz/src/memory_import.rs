@@ -18,7 +18,8 @@ pub fn run(data: &[u8]) {
     };
     let dir = scratch();
     let store = Store::open(dir.path()).expect("a fresh store opens");
-    let m = Memory::open(&store, None).expect("memory opens on a fresh store");
+    let m = Memory::open_database(store.database(), store.path(), None)
+        .expect("memory opens on a fresh store");
     let admin = Access::admin();
     let Ok(report) = m.import(&admin, body) else {
         return;

@@ -1,5 +1,5 @@
 //! Memory's write-ahead journal as found on disk at start: the frames are read back and the
-//! acknowledged writes replayed into a fresh store by the real `Memory::open`; a damaged or
+//! acknowledged writes replayed into a fresh store by the real `Memory::open_database`; a damaged or
 //! hostile journal may be cut short or refused, never panic the service.
 //!
 //! First byte even: the rest is the journal file as is (the frame reader: magic, sequence,
@@ -45,7 +45,7 @@ pub fn run(data: &[u8]) {
     let store = Store::open(dir.path()).expect("a fresh store opens");
     std::fs::write(store.path().with_extension("journal"), &journal).expect("write the journal");
     // Replay may refuse entries that contradict the store (an error), never panic.
-    let Ok(m) = Memory::open(&store, None) else {
+    let Ok(m) = Memory::open_database(store.database(), store.path(), None) else {
         return;
     };
     let admin = Access::admin();
@@ -59,5 +59,6 @@ pub fn run(data: &[u8]) {
     m.flush().expect("a durable commit after replay");
     drop(m);
     // What was replayed and flushed opens again with nothing left to replay.
-    Memory::open(&store, None).expect("memory reopens after a replay");
+    Memory::open_database(store.database(), store.path(), None)
+        .expect("memory reopens after a replay");
 }

@@ -124,7 +124,7 @@ async fn install(
     Query(q): Query<InstallQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if q.force && !caller.is_some_and(|Extension(c)| c.scope == Scope::Admin) {
+    if q.force && caller.is_none_or(|Extension(c)| c.scope != Scope::Admin) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

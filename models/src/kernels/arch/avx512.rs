@@ -245,7 +245,7 @@ pub(crate) fn gemm_packed(
         let mut c = c0;
         while c < c1 {
             let tn = (c1 - c).min(tmax);
-            // SAFETY (all offsets): panel p < panels and block 0, token c < a.n, as
+            // SAFETY: every offset is in bounds: panel p < panels and block 0, token c < a.n, as
             // asserted above.
             let (qs, sc, xq, xd, xs, xsum, o) = unsafe {
                 (
