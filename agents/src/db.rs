@@ -261,13 +261,49 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A storage failure.
+/// A storage failure of the agents' tables, with its typed cause.
 #[derive(Debug, thiserror::Error)]
-#[error("agent store: {0}")]
-pub struct DbError(pub String);
+pub enum DbError {
+    /// The database failed.
+    #[error("agent store: {0}")]
+    Database(#[source] Box<redb::Error>),
+    /// A stored row could not be encoded or decoded.
+    #[error("agent store: a stored row: {0}")]
+    Encoding(#[source] serde_json::Error),
+}
 
-fn e<E: std::fmt::Display>(x: E) -> DbError {
-    DbError(x.to_string())
+/// The causes a [`DbError`] is made from.
+trait Cause {
+    fn into_db(self) -> DbError;
+}
+
+impl Cause for serde_json::Error {
+    fn into_db(self) -> DbError {
+        DbError::Encoding(self)
+    }
+}
+
+macro_rules! redb_causes {
+    ($($t:ty),*) => {$(
+        impl Cause for $t {
+            fn into_db(self) -> DbError {
+                DbError::Database(Box::new(self.into()))
+            }
+        }
+    )*};
+}
+redb_causes!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn e<E: Cause>(x: E) -> DbError {
+    x.into_db()
 }
 
 /// Typed access to the runtime's tables.

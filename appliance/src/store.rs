@@ -18,7 +18,8 @@ pub const FILE_NAME: &str = "cairn.redb";
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
-/// Why a store operation failed, in terms the API maps to status codes.
+/// Why a store operation failed, in terms the API maps to status codes. Each failure keeps its
+/// cause as a typed source, logged on the box; the client of a 500 sees a generic message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The disk is full (HTTP 507).
@@ -27,27 +28,76 @@ pub enum StoreError {
     /// The data partition is unavailable (degraded mode, HTTP 503).
     #[error("the data partition is unavailable: {0}")]
     Unavailable(String),
-    /// Anything else (HTTP 500).
-    #[error("storage error: {0}")]
-    Other(String),
+    /// The database failed (HTTP 500).
+    #[error("database error: {0}")]
+    Database(#[source] Box<redb::Error>),
+    /// The memory engine's storage failed (HTTP 500).
+    #[error("memory storage error: {0}")]
+    Memory(#[source] cairn_memory::StorageError),
+    /// Migrating the memory tables to this schema failed (HTTP 500).
+    #[error("migrating memory: {0}")]
+    Migration(#[source] Box<cairn_memory::MemoryError>),
+    /// The database was written by a newer Cairn; it is not opened (HTTP 500).
+    #[error(
+        "the database has schema version {found}, newer than this Cairn ({supported}); refusing to open it"
+    )]
+    NewerSchema {
+        /// The version on disk.
+        found: u64,
+        /// The newest version this build writes.
+        supported: u64,
+    },
+    /// The database file could not be opened or created (HTTP 500).
+    #[error("opening {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A file-system step around the database failed (HTTP 500).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored row could not be encoded or decoded (HTTP 500).
+    #[error("stored row: {0}")]
+    Encoding(#[from] serde_json::Error),
+    /// A thread the store needs could not be started (HTTP 500).
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why the operating system refused.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-pub(crate) fn classify(
-    e: impl std::fmt::Display + std::fmt::Debug,
-    io: Option<&std::io::Error>,
-) -> StoreError {
-    match io.map(|e| e.kind()) {
+/// Sorts a failure into full disk, read-only disk or `e` itself by its I/O cause.
+fn by_cause(io: Option<std::io::ErrorKind>, e: StoreError) -> StoreError {
+    match io {
         Some(std::io::ErrorKind::StorageFull) | Some(std::io::ErrorKind::QuotaExceeded) => {
             StoreError::Full(e.to_string())
         }
         Some(std::io::ErrorKind::ReadOnlyFilesystem) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Other(e.to_string()),
+        _ => e,
     }
 }
 
-fn io_of_storage(e: &redb::StorageError) -> Option<&std::io::Error> {
+/// Sorts a redb failure into full disk, read-only disk or a database error by its I/O cause.
+pub(crate) fn classify(e: impl Into<redb::Error>, io: Option<std::io::ErrorKind>) -> StoreError {
+    by_cause(io, StoreError::Database(Box::new(e.into())))
+}
+
+fn io_of_storage(e: &redb::StorageError) -> Option<std::io::ErrorKind> {
     match e {
-        redb::StorageError::Io(io) => Some(io),
+        redb::StorageError::Io(io) => Some(io.kind()),
         _ => None,
     }
 }
@@ -58,14 +108,15 @@ impl From<cairn_memory::StorageError> for StoreError {
         match e.kind() {
             StorageKind::Full => StoreError::Full(e.to_string()),
             StorageKind::Unavailable => StoreError::Unavailable(e.to_string()),
-            StorageKind::Failed => StoreError::Other(e.to_string()),
+            StorageKind::Failed => StoreError::Memory(e),
         }
     }
 }
 
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
-        classify(&e, io_of_storage(&e))
+        let io = io_of_storage(&e);
+        classify(e, io)
     }
 }
 impl From<redb::CommitError> for StoreError {
@@ -74,7 +125,7 @@ impl From<redb::CommitError> for StoreError {
             redb::CommitError::Storage(s) => io_of_storage(s),
             _ => None,
         };
-        classify(&e, io)
+        classify(e, io)
     }
 }
 impl From<redb::TransactionError> for StoreError {
@@ -83,7 +134,7 @@ impl From<redb::TransactionError> for StoreError {
             redb::TransactionError::Storage(s) => io_of_storage(s),
             _ => None,
         };
-        classify(&e, io)
+        classify(e, io)
     }
 }
 impl From<redb::TableError> for StoreError {
@@ -92,7 +143,7 @@ impl From<redb::TableError> for StoreError {
             redb::TableError::Storage(s) => io_of_storage(s),
             _ => None,
         };
-        classify(&e, io)
+        classify(e, io)
     }
 }
 
@@ -112,8 +163,15 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir`, migrating it to [`SCHEMA_VERSION`].
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| classify(format!("creating {}: {e}", dir.display()), Some(&e)))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            by_cause(
+                Some(e.kind()),
+                StoreError::Io {
+                    what: format!("creating {}", dir.display()),
+                    source: e,
+                },
+            )
+        })?;
         let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(32 << 20)
@@ -123,7 +181,13 @@ impl Store {
                     redb::DatabaseError::Storage(s) => io_of_storage(s),
                     _ => None,
                 };
-                classify(format!("opening {}: {e}", path.display()), io)
+                by_cause(
+                    io,
+                    StoreError::Open {
+                        path: path.clone(),
+                        source: Box::new(e.into()),
+                    },
+                )
             })?;
         let store = Store {
             db: std::sync::Arc::new(db),
@@ -161,10 +225,10 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0);
             if found > SCHEMA_VERSION {
-                return Err(StoreError::Other(format!(
-                    "the database has schema version {found}, newer than this Cairn ({SCHEMA_VERSION}); \
-                     refusing to open it"
-                )));
+                return Err(StoreError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
             }
             // Forward migrations run here in order: 0 -> 1 creates the settings table,
             // 1 -> 2 the memory tables, 2 -> 3 moved keyword postings into blocks, 3 -> 4 moves
@@ -174,7 +238,7 @@ impl Store {
             }
             if found < 4 {
                 crate::memory::migrate(&txn, found)
-                    .map_err(|e| StoreError::Other(format!("migrating memory: {e}")))?;
+                    .map_err(|e| StoreError::Migration(Box::new(e)))?;
             }
             meta.insert("schema_version", SCHEMA_VERSION)?;
         }

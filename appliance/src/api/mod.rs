@@ -161,7 +161,12 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_only", m)
             }
-            StoreError::Other(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", m),
+            // The cause stays on the box (the 500 answer carries a request id instead).
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                crate::tls::error_chain(&other),
+            ),
         }
     }
 }

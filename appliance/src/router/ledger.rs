@@ -221,7 +221,7 @@ fn commit_usage(
                 None => UsageRow::default(),
             };
             row.add(&q.add);
-            let v = serde_json::to_vec(&row).map_err(other)?;
+            let v = serde_json::to_vec(&row)?;
             t.insert(key, v.as_slice())?;
             let tokens = q.add.prompt_tokens + q.add.completion_tokens;
             if tokens > 0 {
@@ -248,10 +248,6 @@ impl UsageRow {
         self.completion_tokens += add.completion_tokens;
         self.cost_usd += add.cost_usd;
     }
-}
-
-fn other(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(e.to_string())
 }
 
 /// The UTC date of a day number.
@@ -365,7 +361,7 @@ impl Ledger {
 
     /// Writes (creates or replaces) a provider.
     pub fn put_provider(&self, p: &StoredProvider) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(p).map_err(other)?;
+        let v = serde_json::to_vec(p)?;
         self.write(4 * v.len() as u64 + 4096, |txn| {
             txn.open_table(PROVIDERS)?
                 .insert(p.config.name.as_str(), v.as_slice())?;
@@ -389,7 +385,7 @@ impl Ledger {
                 Err(e) => return Err(e.into()),
             };
             Ok(match t.get("settings")? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(other)?,
+                Some(v) => serde_json::from_slice(v.value())?,
                 None => RouterSettings::default(),
             })
         })
@@ -397,7 +393,7 @@ impl Ledger {
 
     /// Stores the settings.
     pub fn put_settings(&self, s: &RouterSettings) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(s).map_err(other)?;
+        let v = serde_json::to_vec(s)?;
         self.write(4 * v.len() as u64 + 4096, |txn| {
             txn.open_table(SETTINGS)?.insert("settings", v.as_slice())?;
             Ok(())
@@ -442,7 +438,10 @@ impl Ledger {
                 Ok(h) => st.thread = Some(h),
                 Err(e) => {
                     st.rows.pop();
-                    return Err(other(format!("cannot start the usage writer: {e}")));
+                    return Err(StoreError::Thread {
+                        what: "usage writer",
+                        source: e,
+                    });
                 }
             }
         }
@@ -549,7 +548,7 @@ impl Ledger {
 
     /// Stores one learned score.
     pub fn put_score(&self, model: &str, kind: &str, s: &Score) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(s).map_err(other)?;
+        let v = serde_json::to_vec(s)?;
         self.write(16 << 10, |txn| {
             txn.open_table(SCORES)?
                 .insert((model, kind), v.as_slice())?;

@@ -269,9 +269,19 @@ pub enum RouterError {
     /// Targets answered with errors (502).
     #[error("{0}")]
     Upstream(String),
-    /// Something broke inside the appliance (500).
+    /// The usage ledger could not be read (500).
+    #[error("usage ledger: {0}")]
+    Ledger(#[source] std::sync::Arc<crate::store::StoreError>),
+    /// A local model failed while generating (500); the message is the engine's, which logs
+    /// its typed cause on its worker thread.
     #[error("{0}")]
-    Internal(String),
+    LocalModel(String),
+}
+
+impl From<crate::store::StoreError> for RouterError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RouterError::Ledger(std::sync::Arc::new(e))
+    }
 }
 
 impl RouterError {
@@ -287,7 +297,7 @@ impl RouterError {
             RouterError::Budget { cost: false, .. } | RouterError::Busy { .. } => 429,
             RouterError::Unavailable { .. } => 503,
             RouterError::Upstream(_) => 502,
-            RouterError::Internal(_) => 500,
+            RouterError::Ledger(_) | RouterError::LocalModel(_) => 500,
         }
     }
 
@@ -303,7 +313,7 @@ impl RouterError {
             RouterError::Unavailable { load: true, .. } => "model_unavailable",
             RouterError::Unavailable { .. } => "no_target_available",
             RouterError::Upstream(_) => "upstream_failed",
-            RouterError::Internal(_) => return None,
+            RouterError::Ledger(_) | RouterError::LocalModel(_) => return None,
         })
     }
 
@@ -371,7 +381,7 @@ fn combine(mut failures: Vec<(String, TargetFailure)>) -> RouterError {
                 message: m,
                 param: None,
             },
-            TargetFailure::Local(LocalFailure::Failed(m)) => RouterError::Internal(m),
+            TargetFailure::Local(LocalFailure::Failed(m)) => RouterError::LocalModel(m),
             TargetFailure::BreakerOpen(d) => RouterError::Unavailable {
                 message: format!("{name}: {}", f.message()),
                 retry_after: Some(d.as_secs().max(1)),

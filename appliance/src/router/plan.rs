@@ -68,8 +68,7 @@ impl Router {
         let today = (unix_now() / 86_400) as u32;
         Ok(self
             .ledger
-            .usage(today, today, caller)
-            .map_err(|e| RouterError::Internal(e.to_string()))?
+            .usage(today, today, caller)?
             .iter()
             .map(|r| r.4.cost_usd)
             .sum())
@@ -100,10 +99,7 @@ impl Router {
         let mut cost_left: Option<f64> = None;
         for (scope, budget, who) in scopes.into_iter().flatten() {
             if let Some(limit) = budget.tokens_per_hour {
-                let used = self
-                    .ledger
-                    .tokens_in_hour(hour, who)
-                    .map_err(|e| RouterError::Internal(e.to_string()))?;
+                let used = self.ledger.tokens_in_hour(hour, who)?;
                 if used.saturating_add(need) > limit {
                     return Err(RouterError::Budget {
                         message: format!(
