@@ -22,8 +22,8 @@ const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 /// cause as a typed source, logged on the box; the client of a 500 sees a generic message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The disk is full (HTTP 507).
-    #[error("the data partition is full: {0}")]
+    /// The disk is full (HTTP 507); the message says so.
+    #[error("{0}")]
     Full(String),
     /// The data partition is unavailable (degraded mode, HTTP 503).
     #[error("the data partition is unavailable: {0}")]
@@ -83,7 +83,7 @@ pub enum StoreError {
 fn by_cause(io: Option<std::io::ErrorKind>, e: StoreError) -> StoreError {
     match io {
         Some(std::io::ErrorKind::StorageFull) | Some(std::io::ErrorKind::QuotaExceeded) => {
-            StoreError::Full(e.to_string())
+            StoreError::Full(format!("the data partition is full: {e}"))
         }
         Some(std::io::ErrorKind::ReadOnlyFilesystem) => StoreError::Unavailable(e.to_string()),
         _ => e,

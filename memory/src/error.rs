@@ -37,7 +37,7 @@ pub enum StorageError {
     /// The data partition has too little free space for the write: refused before the write
     /// started, so reads keep working.
     #[error(
-        "{} MiB free, a write needs {} MiB plus a {} MiB reserve",
+        "the data partition is full: {} MiB free, a write needs {} MiB plus a {} MiB reserve",
         free >> 20,
         need.div_ceil(1 << 20),
         RESERVE_BYTES >> 20
@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(short.kind(), StorageKind::Full);
         assert_eq!(
             short.to_string(),
-            "1 MiB free, a write needs 3 MiB plus a 2 MiB reserve"
+            "the data partition is full: 1 MiB free, a write needs 3 MiB plus a 2 MiB reserve"
         );
         assert_eq!(StorageError::Poisoned.kind(), StorageKind::Failed);
     }
