@@ -310,6 +310,75 @@ impl Booted {
     }
 }
 
+/// Named checks against booted appliances: each boot serves many checks, and a failed check
+/// does not hide the ones after it. Every result is printed as it happens; [`Checks::finish`]
+/// fails the test with the list of failures.
+pub struct Checks {
+    arch: Arch,
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    /// No checks run yet.
+    pub fn new(arch: Arch) -> Self {
+        Checks {
+            arch,
+            passed: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Runs one check; its value when it passed.
+    pub fn step<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
+        let t = std::time::Instant::now();
+        match f() {
+            Ok(v) => {
+                eprintln!("[{}] ok: {name} ({} s)", self.arch, t.elapsed().as_secs());
+                self.passed += 1;
+                Some(v)
+            }
+            Err(e) => {
+                eprintln!("[{}] FAILED: {name}: {e:#}", self.arch);
+                self.failed.push(format!("{name}: {e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Runs one check that returns nothing; whether it passed.
+    pub fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+        self.step(name, f).is_some()
+    }
+
+    /// Passes when every check passed; otherwise fails naming each failure.
+    pub fn finish(self) -> Result<()> {
+        if self.failed.is_empty() {
+            eprintln!("[{}] all {} checks passed", self.arch, self.passed);
+            return Ok(());
+        }
+        bail!(
+            "{} of {} checks failed:\n{}",
+            self.failed.len(),
+            self.failed.len() + self.passed,
+            self.failed.join("\n")
+        )
+    }
+}
+
+/// Fails when the console logged a panic.
+pub fn no_panic_on(b: &Booted) -> Result<()> {
+    let c = b.vm.console();
+    match c.find("panicked") {
+        Some(at) => {
+            let from = c[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line: String = c[from..].chars().take(300).collect();
+            bail!("a panic was logged on the console: {line}")
+        }
+        None => Ok(()),
+    }
+}
+
 /// Generates one test per architecture, ignored unless run through `cargo xtask test`.
 #[macro_export]
 macro_rules! both_arches {
