@@ -9,12 +9,14 @@
 
 pub mod accel;
 pub mod http;
+pub mod lazydisk;
 mod qmp;
 mod serial;
 
 pub use accel::Accel;
 use anyhow::{Context, Result, bail};
 pub use cairn_image::Arch;
+pub use lazydisk::{CutReport, LazyDisk};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -112,6 +114,17 @@ pub enum Attach {
     UsbStick,
 }
 
+/// Where the guest's writes wait before they are on the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCache {
+    /// QEMU writes to the image file at once (the host's page cache): a killed QEMU loses
+    /// nothing the guest wrote, flushed or not.
+    Host,
+    /// A volatile cache ([`LazyDisk`]): writes reach the image only when the guest flushes, and
+    /// a power cut ([`Vm::kill`]) loses the rest but a random subset. For power-cut tests.
+    Volatile,
+}
+
 /// A raw disk image attached to the VM.
 #[derive(Debug, Clone)]
 pub struct Drive {
@@ -119,6 +132,8 @@ pub struct Drive {
     pub path: PathBuf,
     /// Bus.
     pub attach: Attach,
+    /// Where unflushed writes wait.
+    pub cache: WriteCache,
 }
 
 /// A host TCP port forwarded to a guest port.
@@ -202,6 +217,11 @@ pub fn qemu_package(arch: Arch) -> &'static str {
         Arch::X86_64 => "qemu-system-x86",
         Arch::Aarch64 => "qemu-system-arm",
     }
+}
+
+/// The NBD socket of drive `i`, next to the serial socket in the VM's private directory.
+fn nbd_socket(serial_sock: &Path, i: usize) -> PathBuf {
+    serial_sock.with_file_name(format!("disk{i}.nbd"))
 }
 
 /// The full QEMU argument list for a config (without the binary).
@@ -328,10 +348,17 @@ pub fn command_line(
     let mut usb = false;
     for (i, d) in cfg.drives.iter().enumerate() {
         push("-drive");
-        push(&format!(
-            "if=none,id=disk{i},format=raw,file={}",
-            d.path.display()
-        ));
+        match d.cache {
+            WriteCache::Host => push(&format!(
+                "if=none,id=disk{i},format=raw,file={}",
+                d.path.display()
+            )),
+            WriteCache::Volatile => push(&format!(
+                "if=none,id=disk{i},format=raw,file.driver=nbd,file.server.type=unix,\
+                 file.server.path={}",
+                nbd_socket(serial_sock, i).display()
+            )),
+        }
         match d.attach {
             Attach::Virtio => {
                 push("-device");
@@ -375,6 +402,9 @@ pub fn command_line(
 /// A running VM.
 pub struct Vm {
     child: Child,
+    /// The volatile-cache disks' servers (dropped after QEMU has ended).
+    disks: Vec<LazyDisk>,
+    cuts: Vec<CutReport>,
     serial: Arc<serial::Serial>,
     qmp_sock: PathBuf,
     work_dir: PathBuf,
@@ -448,6 +478,13 @@ impl Vm {
         let serial_sock = sockets.0.join("serial.sock");
         let qmp_sock = sockets.0.join("qmp.sock");
         let args = command_line(cfg, accel, &serial_sock, &qmp_sock)?;
+        // The volatile-cache disks are served before QEMU connects to them.
+        let mut disks = Vec::new();
+        for (i, d) in cfg.drives.iter().enumerate() {
+            if d.cache == WriteCache::Volatile {
+                disks.push(LazyDisk::serve(&d.path, &nbd_socket(&serial_sock, i))?);
+            }
+        }
         let bin = qemu_binary(cfg.arch);
         let mut cmd = Command::new(bin);
         cmd.args(&args);
@@ -491,6 +528,8 @@ impl Vm {
         };
         Ok(Vm {
             child,
+            disks,
+            cuts: Vec::new(),
             serial,
             qmp_sock,
             work_dir: cfg.work_dir.clone(),
@@ -616,11 +655,26 @@ impl Vm {
             .map(|_| ())
     }
 
-    /// Hard power cut: SIGKILL to QEMU, nothing flushed by the guest.
+    /// Hard power cut: SIGKILL to QEMU, nothing flushed by the guest. Disks with a
+    /// [`WriteCache::Volatile`] cache lose their unflushed writes but a random subset (see
+    /// [`Vm::cuts`]).
     pub fn kill(&mut self) -> Result<()> {
         let _ = self.child.kill();
         self.child.wait()?;
+        for d in &self.disks {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |t| t.as_nanos() as u64);
+            let report = d.cut(seed)?;
+            eprintln!("cairn-qemu: power cut: {report}");
+            self.cuts.push(report);
+        }
         Ok(())
+    }
+
+    /// What each power cut did to the volatile-cache disks.
+    pub fn cuts(&self) -> &[CutReport] {
+        &self.cuts
     }
 
     /// Waits for QEMU to exit on its own.
@@ -682,6 +736,7 @@ mod tests {
         cfg.drives.push(Drive {
             path: "stick.img".into(),
             attach: Attach::UsbStick,
+            cache: WriteCache::Host,
         });
         cfg.network = Some(vec![Forward {
             host: 8443,

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 pub use cairn_qemu::Arch;
-use cairn_qemu::{Attach, Boot, Drive, Forward, Vm, VmConfig, http};
+use cairn_qemu::{Attach, Boot, Drive, Forward, Vm, VmConfig, WriteCache, http};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +102,9 @@ pub struct BootPlan {
     pub air_gapped: bool,
     /// Guest memory, MiB (0: the harness default).
     pub memory_mib: u32,
+    /// The disk's writes wait in a volatile cache until the guest flushes, and a kill loses
+    /// them ([`cairn_qemu::LazyDisk`]): for power-cut tests.
+    pub volatile_cache: bool,
 }
 
 impl Default for BootPlan {
@@ -112,6 +115,7 @@ impl Default for BootPlan {
             extra_cmdline: String::new(),
             air_gapped: false,
             memory_mib: 0,
+            volatile_cache: false,
         }
     }
 }
@@ -184,6 +188,11 @@ pub fn start(a: &Artifacts, dir: &Path, disk: &Path, plan: &BootPlan) -> Result<
             Attach::UsbStick
         } else {
             Attach::Virtio
+        },
+        cache: if plan.volatile_cache {
+            WriteCache::Volatile
+        } else {
+            WriteCache::Host
         },
     });
     let port = if plan.network {

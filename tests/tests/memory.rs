@@ -1,5 +1,6 @@
 //! Agent memory in the booted image: acknowledged writes survive power cuts (QEMU SIGKILLed
-//! at random moments), nothing unacknowledged half-exists, the store opens without repair,
+//! at random moments, on a disk whose volatile write cache loses what the guest did not flush:
+//! `cairn_qemu::LazyDisk`), nothing unacknowledged half-exists, the store opens without repair,
 //! the baked embedding model serves hybrid recall, and a full data partition answers 507
 //! while reads keep working.
 
@@ -13,6 +14,14 @@ use std::time::{Duration, Instant};
 both_arches!(memory_survives_power_cuts, full_data_partition_answers_507);
 
 const GIB: u64 = 1 << 30;
+
+/// Boots on a disk with a volatile write cache: what the guest has not flushed is lost at a cut.
+fn lazy() -> BootPlan {
+    BootPlan {
+        volatile_cache: true,
+        ..BootPlan::default()
+    }
+}
 
 /// What a writer thread did: acknowledged (id, text), and every text it tried.
 type WriteLog = (Vec<(u64, String)>, Vec<String>);
@@ -77,13 +86,8 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
     let (mut cut_log, mut ready_ms, mut landed_unacked) = (Vec::new(), Vec::new(), 0usize);
     for cut in 0..=cuts {
         let started = Instant::now();
-        let mut b = boot(
-            &a,
-            &dir.join(format!("boot{cut}")),
-            &disk,
-            &BootPlan::default(),
-        )
-        .with_context(|| format!("boot after cut {cut}"))?;
+        let mut b = boot(&a, &dir.join(format!("boot{cut}")), &disk, &lazy())
+            .with_context(|| format!("boot after cut {cut}"))?;
         // The store opened without repair by hand: memory answers.
         let (st, overview) = b.get("/api/v1/memory")?;
         ensure!(st == 200, "after cut {cut}: /api/v1/memory {st} {overview}");
@@ -216,6 +220,7 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
         }
         b.vm.kill()?;
         let _ = writer.join();
+        let disk_cut = b.vm.cuts().last().copied().unwrap_or_default();
         let (ok, tried) = std::mem::take(&mut *log.lock().map_err(|_| anyhow::anyhow!("lock"))?);
         eprintln!(
             "cut {cut}: after {} ms, {} writes acknowledged, {} attempted",
@@ -225,7 +230,8 @@ fn memory_survives_power_cuts(arch: Arch) -> Result<()> {
         );
         cut_log.push(
             json!({"after_ms": wait.as_millis() as u64, "acknowledged": ok.len(),
-            "attempted": tried.len()}),
+            "attempted": tried.len(), "unflushed_blocks_at_cut": disk_cut.unflushed,
+            "written_back_at_cut": disk_cut.written_back, "disk_flushes": disk_cut.flushes}),
         );
         let ok_texts: HashSet<&String> = ok.iter().map(|x| &x.1).collect();
         for t in &tried {
@@ -265,7 +271,7 @@ fn full_data_partition_answers_507(arch: Arch) -> Result<()> {
     // A disk exactly the image's size: the data partition stays at its built size (small).
     let size = std::fs::metadata(&a.image)?.len();
     let disk = disk_copy(&a, &dir, size)?;
-    let b = boot(&a, &dir.join("first"), &disk, &BootPlan::default())?;
+    let b = boot(&a, &dir.join("first"), &disk, &lazy())?;
     let (st, r) = b.send(
         "POST",
         "/api/v1/memory/records",
@@ -343,7 +349,7 @@ fn full_data_partition_answers_507(arch: Arch) -> Result<()> {
     // Nothing is corrupted: after a hard power cut the store opens and the first record
     // is intact.
     drop(b);
-    let b = boot(&a, &dir.join("second"), &disk, &BootPlan::default())?;
+    let b = boot(&a, &dir.join("second"), &disk, &lazy())?;
     let (st, got) = b.get(&format!("/api/v1/memory/records/{first}"))?;
     ensure!(
         st == 200 && got["text"] == "The first record, written while there is room.",

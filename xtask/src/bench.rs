@@ -89,6 +89,7 @@ fn vm_config(
     cfg.drives.push(Drive {
         path: disk.to_path_buf(),
         attach: Attach::Virtio,
+        cache: cairn_qemu::WriteCache::Host,
     });
     cfg.network = Some(vec![Forward {
         host: port,

@@ -132,6 +132,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         } else {
             Attach::UsbStick
         },
+        cache: cairn_qemu::WriteCache::Host,
     });
     cfg.network = Some(vec![Forward {
         host: opts.port,
