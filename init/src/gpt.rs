@@ -7,12 +7,17 @@
 //! agree on one layout. Only 512-byte logical sectors are supported (USB sticks, virtio, NVMe
 //! formatted 512e); a 4Kn disk is reported as unsupported rather than misread.
 
+// Sizes and offsets come from the disk: no cast may silently cut one.
+#![deny(clippy::cast_possible_truncation)]
+
 use crate::bytes::{bytes16, le32, le64, put, set};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Logical sector size.
 pub const SECTOR: u64 = 512;
+/// [`SECTOR`] as a buffer length.
+const SECTOR_BYTES: usize = 512;
 /// Number of partition entries (128 × 128 bytes = 16 KiB, the UEFI minimum).
 pub const NUM_ENTRIES: u32 = 128;
 /// Size of one partition entry.
@@ -189,7 +194,7 @@ fn parse_header(sector: &[u8], expect_lba: u64) -> Result<Header, String> {
         return Err("signature missing".into());
     }
     let size = le32(sector, 12);
-    if !(HEADER_SIZE..=SECTOR as u32).contains(&size) {
+    if !(HEADER_SIZE as usize..=SECTOR_BYTES).contains(&(size as usize)) {
         return Err(format!("header size {size} out of range"));
     }
     let mut h = sector.get(..size as usize).unwrap_or_default().to_vec();
@@ -262,7 +267,7 @@ impl Gpt {
                 "device of {sectors} sectors is too small"
             )));
         }
-        let primary = read_at(dev, 1, SECTOR as usize)?;
+        let primary = read_at(dev, 1, SECTOR_BYTES)?;
         let (hdr, why_primary) = match parse_header(&primary, 1) {
             Ok(h) => match Self::read_entries(dev, &h, sectors) {
                 Ok(parts) => return Ok(Self::from_header(&h, parts, sectors)),
@@ -276,7 +281,7 @@ impl Gpt {
         }
         let mut why = format!("primary: {why_primary}");
         for lba in candidates {
-            let sec = read_at(dev, lba, SECTOR as usize)?;
+            let sec = read_at(dev, lba, SECTOR_BYTES)?;
             match parse_header(&sec, lba).and_then(|h| {
                 let parts = Self::read_entries(dev, &h, sectors)?;
                 Ok((h, parts))
@@ -324,7 +329,7 @@ impl Gpt {
                 continue;
             }
             let p = Partition {
-                number: i as u32 + 1,
+                number: u32::try_from(i + 1).unwrap_or(u32::MAX),
                 type_guid,
                 guid: guid_at(e, 16),
                 first_lba: le64(e, 32),
@@ -416,7 +421,7 @@ impl Gpt {
         } else {
             (last, 1, last - ENTRY_SECTORS)
         };
-        let mut h = vec![0u8; SECTOR as usize];
+        let mut h = vec![0u8; SECTOR_BYTES];
         put(&mut h, 0, SIGNATURE);
         put(&mut h, 8, &0x0001_0000u32.to_le_bytes());
         put(&mut h, 12, &HEADER_SIZE.to_le_bytes());
@@ -435,8 +440,8 @@ impl Gpt {
     }
 
     fn protective_mbr(&self) -> Vec<u8> {
-        let mut m = vec![0u8; SECTOR as usize];
-        let size = (self.sectors - 1).min(u32::MAX as u64) as u32;
+        let mut m = vec![0u8; SECTOR_BYTES];
+        let size = u32::try_from(self.sectors - 1).unwrap_or(u32::MAX);
         // One partition of type 0xEE covering the disk, as UEFI requires.
         put(&mut m, 446 + 1, &[0x00, 0x02, 0x00]);
         set(&mut m, 446 + 4, 0xEE);
@@ -529,7 +534,7 @@ mod tests {
     }
 
     fn disk(sectors: u64) -> Cursor<Vec<u8>> {
-        Cursor::new(vec![0u8; (sectors * SECTOR) as usize])
+        Cursor::new(vec![0u8; usize::try_from(sectors * SECTOR).unwrap()])
     }
 
     #[test]
@@ -572,7 +577,7 @@ mod tests {
         let mut d = disk(g.sectors);
         g.write(&mut d).unwrap();
         d.get_mut()[512] = b'X';
-        let last = ((g.sectors - 1) * 512) as usize;
+        let last = usize::try_from((g.sectors - 1) * 512).unwrap();
         d.get_mut()[last] = b'X';
         let e = Gpt::read(&mut d, g.sectors).unwrap_err().to_string();
         assert!(e.contains("signature missing"), "{e}");
@@ -586,7 +591,8 @@ mod tests {
         g.write(&mut d).unwrap();
         // The image is copied to a disk four times bigger.
         let big = 4 * g.sectors;
-        d.get_mut().resize((big * SECTOR) as usize, 0);
+        d.get_mut()
+            .resize(usize::try_from(big * SECTOR).unwrap(), 0);
         let read = Gpt::read(&mut d, big).unwrap();
         assert_eq!(
             read.sectors, g.sectors,

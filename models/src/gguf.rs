@@ -6,6 +6,9 @@
 //! problem instead of a panic, an out-of-bounds read or an unbounded allocation (fuzzed in
 //! `fuzz/fuzz_targets/gguf.rs`). Tensor data is memory-mapped and never copied.
 
+// Sizes, counts and offsets come from the file: no cast may silently cut one.
+#![deny(clippy::cast_possible_truncation)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -276,7 +279,8 @@ impl<'a> Reader<'a> {
                 self.remaining()
             )));
         }
-        let n = n as usize;
+        // At most `remaining()`, which came from a usize.
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
@@ -346,7 +350,7 @@ impl<'a> Reader<'a> {
                         "{what}: array of {count} elements does not fit in the file"
                     )));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
                 for _ in 0..count {
                     items.push(self.value(elem, what, depth + 1)?);
                 }
@@ -399,7 +403,7 @@ impl Header {
                 "{n_tensors} tensors cannot fit in the file"
             )));
         }
-        let mut infos = Vec::with_capacity(n_tensors as usize);
+        let mut infos = Vec::with_capacity(usize::try_from(n_tensors).unwrap_or(0));
         for i in 0..n_tensors {
             let name = r.string(&format!("tensor {i} name"))?;
             let n_dims = r.u32(&format!("{name} dimension count"))?;
@@ -540,8 +544,9 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (bounds were checked when the header was parsed).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let (a, b) = (t.offset as usize, (t.offset + t.size) as usize);
-        self.map.get(a..b).unwrap_or_default()
+        let range = usize::try_from(t.offset)
+            .and_then(|a| Ok(a..usize::try_from(t.offset.saturating_add(t.size))?));
+        range.ok().and_then(|r| self.map.get(r)).unwrap_or_default()
     }
 
     /// Bytes `offset..offset + len` of the file (empty if out of range).
@@ -651,7 +656,11 @@ pub mod write {
         let mut offsets = Vec::new();
         for (name, dims, ty, data) in tensors {
             s(&mut out, name);
-            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            out.extend_from_slice(
+                &u32::try_from(dims.len())
+                    .expect("a test tensor has few dimensions")
+                    .to_le_bytes(),
+            );
             for d in *dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
