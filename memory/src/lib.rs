@@ -1,6 +1,6 @@
 //! Agent memory on redb: four tiers (working, episodic, semantic, procedural) in namespaces,
 //! hybrid retrieval (BM25 + HNSW, fused by reciprocal rank), consolidation and forgetting.
-//! The written promises are in `docs/memory.md`; the tests here and in `tests/tests/memory.rs`
+//! The written promises are in `docs/memory.md`; the tests here and in `tests/tests/e2e/memory.rs`
 //! enforce them.
 //!
 //! Durability: every write is one redb transaction, durable before the call returns: committed

@@ -6,9 +6,7 @@
 //! power-off and a new boot on the same disk the second phase logs in, finds the new site name
 //! and checks the lockout. Screenshots land in `target/cairn/e2e/x86_64/console/shots`.
 
-#[path = "../../agents/tests/common/mod.rs"]
-mod common;
-
+use crate::common;
 use anyhow::{Context, Result, ensure};
 use cairn_e2e::{Arch, BootPlan, artifacts, disk_copy, repo_root, scratch, setup_code};
 use std::path::Path;

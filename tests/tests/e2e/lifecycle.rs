@@ -27,9 +27,7 @@
 //! (QEMU starts each process with the host's time in its RTC, so the RTC write is not checked
 //! across the reboot.)
 
-#[path = "../../agents/tests/common/mod.rs"]
-mod common;
-
+use crate::common;
 use anyhow::{Context, Result, bail, ensure};
 use cairn_e2e::{
     Arch, BootPlan, Booted, Checks, artifacts, boot, both_arches, disk_copy, no_panic_on,

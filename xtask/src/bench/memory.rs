@@ -356,7 +356,10 @@ fn power_cuts(cuts: usize, arch: Arch) -> Result<Value> {
         .env("CAIRN_MEMORY_CUTS", cuts.to_string())
         .env("CAIRN_MEMORY_CUTS_REPORT", &report)
         .args(["--", "--ignored", "--exact", "--nocapture"])
-        .arg(format!("memory_survives_power_cuts::{}", arch.name()))
+        .arg(format!(
+            "memory::memory_survives_power_cuts::{}",
+            arch.name()
+        ))
         .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .context("running the power-cut test")?;
