@@ -58,6 +58,8 @@ pub struct Process {
     pub pid: u32,
     /// Resident set size, KiB.
     pub rss_kib: u64,
+    /// The user it runs as (real uid).
+    pub uid: Option<u32>,
 }
 
 /// SIMD features of this CPU, detected at run time.
@@ -227,6 +229,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The real user id of a process.
+pub fn uid(pid: u32) -> Option<u32> {
+    read(format!("/proc/{pid}/status"))
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Kernel release.
 pub fn kernel() -> String {
     read("/proc/sys/kernel/osrelease").trim().to_string()
@@ -265,6 +276,8 @@ mod tests {
             lo.addresses
         );
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(uid(std::process::id()), Some(unsafe { libc::getuid() }));
         assert!(!kernel().is_empty());
     }
 }

@@ -50,7 +50,8 @@ fn check_tool(tool: &str, out: std::io::Result<std::process::Output>) -> Result<
 /// the same bytes.
 pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u64) -> Result<()> {
     let (mut bytes, mut inodes) = (0u64, 16u64);
-    let mut paths = vec!["/".to_string()];
+    // (path, is a directory)
+    let mut paths = vec![("/".to_string(), true)];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
@@ -70,7 +71,7 @@ pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u6
             {
                 bail!("{rel:?}: names in the model partition may not contain spaces or quotes");
             }
-            paths.push(format!("/{rel}"));
+            paths.push((format!("/{rel}"), m.is_dir()));
             if m.is_dir() {
                 stack.push(e.path());
             }
@@ -99,8 +100,14 @@ pub fn make_from_dir(path: &Path, dir: &Path, label: &str, uuid: &str, epoch: u6
     let script = path.with_extension("debugfs");
     let lines: String = paths
         .iter()
-        .flat_map(|p| {
-            ["atime", "mtime", "ctime"].map(|f| format!("set_inode_field {p} {f} @{epoch}\n"))
+        .flat_map(|(p, dir)| {
+            // Readable by every user (the appliance is not root), whatever the host's umask
+            // made of the staged copies: the same tree gives the same bytes.
+            let mode = if *dir { "040755" } else { "0100644" };
+            ["atime", "mtime", "ctime"]
+                .map(|f| format!("set_inode_field {p} {f} @{epoch}\n"))
+                .into_iter()
+                .chain([format!("set_inode_field {p} mode {mode}\n")])
         })
         .collect();
     std::fs::write(&script, lines)?;
@@ -152,6 +159,15 @@ mod tests {
         std::fs::create_dir_all(tree.join("m")).unwrap();
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
         std::fs::write(tree.join("m/weights.bin"), &payload).unwrap();
+        // A host whose umask or download tool left the file private to its owner.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                tree.join("m/weights.bin"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
         let fix = |tree: &Path| {
             let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
             let t = std::fs::FileTimes::new()
@@ -178,6 +194,14 @@ mod tests {
         assert_eq!(da, db);
         // The payload is stored contiguously somewhere in the image.
         assert!(da.windows(4096).any(|w| w == &payload[..4096]));
+        // Every user can read it (the appliance does not run as root).
+        let stat = Command::new("debugfs")
+            .args(["-R", "stat /m/weights.bin"])
+            .arg(&a)
+            .output()
+            .unwrap();
+        let stat = String::from_utf8_lossy(&stat.stdout);
+        assert!(stat.contains("Mode:  0644"), "{stat}");
         // Without a journal (compat feature bit 0x4 clear).
         let compat = u32::from_le_bytes(da[1024 + 92..1024 + 96].try_into().unwrap());
         assert_eq!(compat & 0x4, 0);

@@ -434,6 +434,10 @@ fn run() -> Result<std::convert::Infallible, String> {
         .listen
         .clone()
         .unwrap_or_else(|| format!("0.0.0.0:{}", layout::HTTPS_PORT));
+    let listen_port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok());
     let mut args = vec![
         "serve".to_string(),
         "--data".into(),
@@ -457,6 +461,35 @@ fn run() -> Result<std::convert::Infallible, String> {
         .clone()
         .unwrap_or_else(|| format!("{}", opts.log));
     let mut sup = Supervisor::new(layout::APPLIANCE_BIN, args, vec![("RUST_LOG".into(), log)]);
+    // The appliance runs as its own user: it may bind its port below 1024 without being root
+    // (the only service on this machine), and it gets the data directory, all but init's seed.
+    if let Some(port) = listen_port
+        && port < 1024
+        && let Err(e) = sys::write_file(
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+            &port.to_string(),
+        )
+    {
+        info.warnings
+            .push(format!("letting the appliance bind port {port}: {e}"));
+    }
+    match crate::owner::hand_over(
+        std::path::Path::new(data_dir),
+        layout::APPLIANCE_UID,
+        layout::APPLIANCE_GID,
+        &[layout::INIT_PRIVATE, "lost+found"],
+    ) {
+        Ok(n) => {
+            if n > 0 {
+                info!("handed {n} entries of {data_dir} to the appliance's user");
+            }
+            sup = sup.run_as(layout::APPLIANCE_UID, layout::APPLIANCE_GID);
+        }
+        // Better a working appliance as root than none: said on the console and in boot.json.
+        Err(e) => info.warnings.push(format!(
+            "the appliance runs as root: handing {data_dir} to its user failed: {e}"
+        )),
+    }
     // Start the appliance first; what it does not need (the random seed's fsync, the power
     // button scan) follows. The pool is already seeded by the kernel (virtio-rng, jitter), the
     // saved seed only adds to it.

@@ -191,7 +191,8 @@ pub fn mount_esp(esp: &PartDev) -> Result<(), String> {
         layout::BOOT_MOUNT,
         "vfat",
         flags,
-        Some("umask=0077"),
+        // Readable by root and the appliance's group (the appliance reads `cairn.toml`).
+        Some(format!("uid=0,gid={},umask=0027", layout::APPLIANCE_GID).as_str()),
     )
     .map_err(|e| format!("mounting ESP {}: {e}", esp.dev.display()))
 }

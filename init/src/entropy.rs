@@ -30,7 +30,10 @@ pub fn save() {
     }
     let dir = std::path::Path::new(SEED_FILE).parent();
     if let Some(d) = dir {
+        // Root's alone: the appliance (another user) must not read or replace the seed.
+        use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::create_dir_all(d);
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
     }
     let tmp = format!("{SEED_FILE}.tmp");
     let ok = std::fs::File::create(&tmp)

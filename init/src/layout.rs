@@ -32,6 +32,12 @@ pub const BOOT_INFO: &str = "/run/cairn/boot.json";
 pub const VOLATILE_DATA: &str = "/run/cairn/volatile";
 /// The appliance binary.
 pub const APPLIANCE_BIN: &str = "/bin/cairn";
+/// The user the appliance runs as (no name: the image has no user database).
+pub const APPLIANCE_UID: u32 = 900;
+/// The appliance's group; it may also read the ESP.
+pub const APPLIANCE_GID: u32 = 900;
+/// The entry of the data directory that stays init's (root's): the random seed.
+pub const INIT_PRIVATE: &str = ".cairn";
 /// Config file on the ESP (editable on any computer).
 pub const ESP_CONFIG: &str = "/boot/cairn.toml";
 /// Config file on the data partition (written by the console; wins over the ESP's).

@@ -45,6 +45,8 @@ pub mod entropy;
 #[cfg(target_os = "linux")]
 pub mod net;
 #[cfg(target_os = "linux")]
+pub mod owner;
+#[cfg(target_os = "linux")]
 pub mod power;
 #[cfg(target_os = "linux")]
 pub mod supervise;

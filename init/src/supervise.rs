@@ -89,6 +89,8 @@ pub struct Supervisor {
     stopping: bool,
     /// Restart policy state.
     pub policy: RestartPolicy,
+    /// The user and group the appliance runs as (`None`: init's own, root).
+    user: Option<(u32, u32)>,
 }
 
 impl Supervisor {
@@ -104,7 +106,14 @@ impl Supervisor {
             control: None,
             stopping: false,
             policy: RestartPolicy::default(),
+            user: None,
         }
+    }
+
+    /// Runs the appliance as `uid:gid` with no supplementary groups.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Supervisor {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// Process id of the running appliance.
@@ -133,16 +142,30 @@ impl Supervisor {
             .env(crate::layout::CONTROL_FD_ENV, CHILD_CONTROL_FD.to_string())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        let user = self.user;
         // SAFETY: the closure only makes async-signal-safe calls (dup2, fcntl, sigprocmask,
-        // setsid, setrlimit, prctl) between fork and exec.
+        // setsid, setrlimit, prctl, and the raw setgroups/setgid/setuid system calls) between
+        // fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // Room for the appliance's connections (it caps them itself, docs/init.md).
+                // Raised while still root: the hard limit cannot be raised afterwards.
                 let files = libc::rlimit {
                     rlim_cur: APPLIANCE_OPEN_FILES,
                     rlim_max: APPLIANCE_OPEN_FILES,
                 };
                 libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+                // The appliance's own user. Raw system calls: the child has one thread, and
+                // the C library's wrappers would signal threads that only the parent has.
+                if let Some((uid, gid)) = user {
+                    let null: *const libc::gid_t = std::ptr::null();
+                    if libc::syscall(libc::SYS_setgroups, 0, null) != 0
+                        || libc::syscall(libc::SYS_setgid, gid) != 0
+                        || libc::syscall(libc::SYS_setuid, uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // Nothing the appliance executes gains privileges (it confines itself further).
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 if child_fd == CHILD_CONTROL_FD {

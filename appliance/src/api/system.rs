@@ -44,6 +44,7 @@ async fn system(State(s): State<Shared>) -> Json<Value> {
             name: "cairn-init".into(),
             pid: 1,
             rss_kib: rss,
+            uid: sysinfo::uid(1),
         });
     }
     let me = std::process::id();
@@ -51,6 +52,7 @@ async fn system(State(s): State<Shared>) -> Json<Value> {
         name: "cairn".into(),
         pid: me,
         rss_kib: sysinfo::rss_kib(me).unwrap_or(0),
+        uid: sysinfo::uid(me),
     });
     let data = json!({
         "mode": if s.degraded.is_some() { "degraded" } else { "read-write" },

@@ -5,6 +5,7 @@
 //! HTTPS port):
 //! - `direct_boot_reaches_healthz`: the console comes up, the API answers, the banner shows
 //!   the address, the certificate fingerprint the client sees and the boot timeline;
+//! - `appliance_runs_unprivileged`: the service runs as its own user, not root;
 //! - `killed_appliance_is_restarted`: SysRq-i kills every process but init; the service
 //!   comes back under a new pid;
 //! - `openai_client_against_booted_image`: the official `openai` Python client against the
@@ -69,6 +70,34 @@ fn appliance_lifecycle(arch: Arch) -> Result<()> {
         };
         c.check("direct_boot_reaches_healthz", || {
             healthz_and_banner(&b, arch)
+        });
+        c.check("appliance_runs_unprivileged", || {
+            let sys = b.system()?;
+            let uid = |name: &str| {
+                sys["processes"]
+                    .as_array()
+                    .and_then(|p| p.iter().find(|p| p["name"] == name))
+                    .map(|p| p["uid"].clone())
+            };
+            ensure!(
+                uid("cairn") == Some(json!(cairn_init::layout::APPLIANCE_UID)),
+                "the appliance runs as {:?}: {}",
+                uid("cairn"),
+                sys["processes"]
+            );
+            ensure!(
+                uid("cairn-init") == Some(json!(0)),
+                "init: {:?}",
+                uid("cairn-init")
+            );
+            ensure!(
+                sys["boot"]["warnings"].as_array().is_none_or(|w| w
+                    .iter()
+                    .all(|x| !x.as_str().unwrap_or("").contains("as root"))),
+                "init warned: {}",
+                sys["boot"]["warnings"]
+            );
+            Ok(())
         });
         c.check("killed_appliance_is_restarted", || kill_and_restart(&mut b));
         c.check("openai_client_against_booted_image", || openai_client(&b));
