@@ -34,11 +34,6 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BODY_MIN_RATE: u64 = 16 * 1024;
 /// How long a response write may make no progress (a client that stopped reading).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a closing connection keeps reading what the client still sends (see
-/// [`Guarded`]'s shutdown).
-pub const LINGER_TIME: Duration = Duration::from_secs(5);
-/// How many bytes a closing connection reads and discards at most.
-pub const LINGER_BYTES: u64 = 16 << 20;
 /// HTTP/2: streams a client may have open at once.
 pub const H2_MAX_STREAMS: u32 = 32;
 /// HTTP/2: largest header list a client may send (bytes, as HPACK counts them).
@@ -220,20 +215,12 @@ impl Drop for InFlight {
 }
 
 /// A connection's transport with the idle deadline on reads and the stall deadline on writes.
-///
-/// Its shutdown lingers: after the close is sent, what the client still sends is read and
-/// discarded (for [`LINGER_TIME`] or [`LINGER_BYTES`] at most) until the client closes too.
-/// Without it, a request answered before its body was read (a 401, a 413) is closed with
-/// unread bytes in the socket, the kernel resets the connection, and the client loses the
-/// answer it had not read yet.
 pub struct Guarded<T> {
     io: T,
     conn: Arc<ConnState>,
     read_timer: Pin<Box<Sleep>>,
     write_timer: Pin<Box<Sleep>>,
     write_stalled: bool,
-    /// Set once the close was sent: the linger deadline and the bytes discarded so far.
-    linger: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
 impl<T> Guarded<T> {
@@ -246,7 +233,6 @@ impl<T> Guarded<T> {
             read_timer: Box::pin(tokio::time::sleep_until(deadline)),
             write_timer: Box::pin(tokio::time::sleep(WRITE_TIMEOUT)),
             write_stalled: false,
-            linger: None,
         }
     }
 
@@ -321,7 +307,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     }
 }
 
-impl<T: AsyncWrite + AsyncRead + Unpin> AsyncWrite for Guarded<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -354,33 +340,8 @@ impl<T: AsyncWrite + AsyncRead + Unpin> AsyncWrite for Guarded<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.linger.is_none() {
-            let r = Pin::new(&mut this.io).poll_shutdown(cx);
-            match this.write_progress(cx, r) {
-                Poll::Ready(Ok(())) => {
-                    this.linger = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
-                }
-                other => return other,
-            }
-        }
-        let Some((deadline, drained)) = this.linger.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let mut buf = [0u8; 8192];
-        loop {
-            if *drained >= LINGER_BYTES || deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut rb = ReadBuf::new(&mut buf);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
-                    *drained += rb.filled().len() as u64;
-                }
-                // The client closed (or the connection broke): nothing is left to protect.
-                Poll::Ready(_) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.write_progress(cx, r)
     }
 }
 
