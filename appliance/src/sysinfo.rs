@@ -220,22 +220,23 @@ pub fn interfaces() -> Vec<Interface> {
     out
 }
 
-/// Resident memory of a process, KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// The first number of a `/proc/PID/status` line (`VmRSS:`, `Uid:`).
+fn status_field<T: std::str::FromStr>(pid: u32, key: &str) -> Option<T> {
     read(format!("/proc/{pid}/status"))
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
 
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
 /// The real user id of a process.
 pub fn uid(pid: u32) -> Option<u32> {
-    read(format!("/proc/{pid}/status"))
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    status_field(pid, "Uid:")
 }
 
 /// Kernel release.

@@ -438,25 +438,20 @@ fn serve_client(stream: UnixStream, cache: &Mutex<Cache>, stop: &AtomicBool) -> 
                         Err(_) => (EIO, &[]),
                     }
                 }
-                CMD_WRITE if in_range => {
+                CMD_WRITE | CMD_WRITE_ZEROES if in_range && len <= MAX_REQUEST => {
+                    let zeroes;
+                    let data: &[u8] = if kind == CMD_WRITE {
+                        &buf
+                    } else {
+                        zeroes = vec![0u8; len as usize];
+                        &zeroes
+                    };
+                    // FUA: durable on its own, as if a flush followed.
                     let fua = flags & CMD_FLAG_FUA != 0;
                     match c
-                        .write(offset, &buf)
+                        .write(offset, data)
                         .and_then(|()| if fua { c.flush() } else { Ok(()) })
                     {
-                        Ok(()) => (0, &[]),
-                        Err(_) => (EIO, &[]),
-                    }
-                }
-                CMD_WRITE_ZEROES if in_range && len <= MAX_REQUEST => {
-                    let zeroes = vec![0u8; len as usize];
-                    match c.write(offset, &zeroes).and_then(|()| {
-                        if flags & CMD_FLAG_FUA != 0 {
-                            c.flush()
-                        } else {
-                            Ok(())
-                        }
-                    }) {
                         Ok(()) => (0, &[]),
                         Err(_) => (EIO, &[]),
                     }
