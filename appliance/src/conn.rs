@@ -34,6 +34,14 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BODY_MIN_RATE: u64 = 16 * 1024;
 /// How long a response write may make no progress (a client that stopped reading).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing connection keeps reading what the client still sends (see
+/// [`Guarded`]'s shutdown).
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How many bytes a closing connection reads and discards at most.
+pub const LINGER_BYTES: u64 = 16 << 20;
+/// Closing connections that linger at once, box-wide (a lingering connection has left the
+/// admission counts; when these are taken, a connection closes at once).
+pub const MAX_LINGERING: usize = 64;
 /// HTTP/2: streams a client may have open at once.
 pub const H2_MAX_STREAMS: u32 = 32;
 /// HTTP/2: largest header list a client may send (bytes, as HPACK counts them).
@@ -214,18 +222,64 @@ impl Drop for InFlight {
     }
 }
 
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_LINGERING`] places of closing connections, given back on drop.
+struct LingerSlot;
+
+impl LingerSlot {
+    fn take() -> Option<LingerSlot> {
+        LINGERING
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LingerSlot)
+    }
+}
+
+impl Drop for LingerSlot {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a connection is in its close.
+enum Closing {
+    /// Not closing.
+    Open,
+    /// The close was sent; reading and discarding until the deadline or the byte cap.
+    Lingering {
+        deadline: Pin<Box<Sleep>>,
+        drained: u64,
+        _slot: LingerSlot,
+    },
+    /// Closed.
+    Done,
+}
+
 /// A connection's transport with the idle deadline on reads and the stall deadline on writes.
+///
+/// Its shutdown lingers: after the close is sent, the connection leaves the admission counts
+/// (its [`Permit`] is dropped) and what the client still sends is read and discarded (for
+/// [`LINGER_TIME`] or [`LINGER_BYTES`] at most, in one of [`MAX_LINGERING`] places) until the
+/// client closes too. Without it, a request answered before its body was read (a 401, a 413, a
+/// refused restore) is closed with unread bytes in the socket, the kernel resets the
+/// connection, and the client loses the answer it had not read yet.
 pub struct Guarded<T> {
     io: T,
     conn: Arc<ConnState>,
     read_timer: Pin<Box<Sleep>>,
     write_timer: Pin<Box<Sleep>>,
     write_stalled: bool,
+    permit: Option<Permit>,
+    closing: Closing,
 }
 
 impl<T> Guarded<T> {
-    /// Guards `io`, whose requests are counted in `conn`.
-    pub fn new(io: T, conn: Arc<ConnState>) -> Guarded<T> {
+    /// Guards `io`, whose requests are counted in `conn`; `permit` (its place in the admission
+    /// counts) is given back when it starts closing.
+    pub fn new(io: T, conn: Arc<ConnState>, permit: Option<Permit>) -> Guarded<T> {
         let deadline = conn.idle_deadline();
         Guarded {
             io,
@@ -233,6 +287,8 @@ impl<T> Guarded<T> {
             read_timer: Box::pin(tokio::time::sleep_until(deadline)),
             write_timer: Box::pin(tokio::time::sleep(WRITE_TIMEOUT)),
             write_stalled: false,
+            permit,
+            closing: Closing::Open,
         }
     }
 
@@ -307,7 +363,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+impl<T: AsyncWrite + AsyncRead + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -340,8 +396,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.write_progress(cx, r)
+        if let Closing::Open = this.closing {
+            let r = Pin::new(&mut this.io).poll_shutdown(cx);
+            match this.write_progress(cx, r) {
+                Poll::Ready(Ok(())) => {
+                    this.permit = None;
+                    this.closing = match LingerSlot::take() {
+                        Some(slot) => Closing::Lingering {
+                            deadline: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                            drained: 0,
+                            _slot: slot,
+                        },
+                        None => Closing::Done,
+                    };
+                }
+                other => return other,
+            }
+        }
+        let Closing::Lingering {
+            deadline, drained, ..
+        } = &mut this.closing
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut buf = [0u8; 8192];
+        loop {
+            if *drained >= LINGER_BYTES || deadline.as_mut().poll(cx).is_ready() {
+                this.closing = Closing::Done;
+                return Poll::Ready(Ok(()));
+            }
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    *drained += rb.filled().len() as u64;
+                }
+                // The client closed (or the connection broke): nothing is left to protect.
+                Poll::Ready(_) => {
+                    this.closing = Closing::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -342,15 +342,15 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
             if !starts_with_tls(&tcp, deadline).await {
                 redirect_plain_http(tcp, port).await;
+                drop(permit);
                 return;
             }
             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(tls, peer, app, limits).await,
+                Ok(Ok(tls)) => serve_connection(tls, peer, app, limits, permit).await,
                 Ok(Err(e)) => debug!("TLS handshake from {peer} failed: {e}"),
                 Err(_) => debug!("TLS handshake from {peer} timed out"),
             }
@@ -386,6 +386,7 @@ async fn serve_connection(
     peer: SocketAddr,
     app: axum::Router,
     limits: crate::conn::Limits,
+    permit: crate::conn::Permit,
 ) {
     use crate::conn::{BodyDeadline, ConnState, Guarded, TimedBody, TrackedBody};
     use crate::conn::{
@@ -428,7 +429,7 @@ async fn serve_connection(
             }
         })
     };
-    let io = TokioIo::new(Guarded::new(tls, conn));
+    let io = TokioIo::new(Guarded::new(tls, conn, Some(permit)));
     if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
         debug!("connection from {peer}: {e}");
     }
