@@ -9,22 +9,28 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-pub(crate) const TRUST: TableDefinition<&str, &str> = TableDefinition::new("agent_trust");
-pub(crate) const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_packages");
-pub(crate) const AGENTS: TableDefinition<&str, &str> = TableDefinition::new("agent_agents");
-pub(crate) const RUNS: TableDefinition<&str, &str> = TableDefinition::new("agent_runs");
-pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("agent_kv");
+/// Publisher key → trust entry (JSON).
+pub const TRUST: TableDefinition<&str, &str> = TableDefinition::new("agent_trust");
+/// Agent name → its signed package.
+pub const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_packages");
+/// Agent name → installed agent (JSON: version, desired state).
+pub const AGENTS: TableDefinition<&str, &str> = TableDefinition::new("agent_agents");
+/// Run id → run (JSON).
+pub const RUNS: TableDefinition<&str, &str> = TableDefinition::new("agent_runs");
+/// (agent, key) → value of the agent's key-value store.
+pub const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("agent_kv");
 /// Agent → bytes (keys plus values) its key-value store holds.
-pub(crate) const KV_BYTES: TableDefinition<&str, u64> = TableDefinition::new("agent_kv_bytes");
-pub(crate) const CHECKPOINTS: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("agent_checkpoints");
-pub(crate) const USAGE: TableDefinition<(&str, u64), (u64, f64)> =
-    TableDefinition::new("agent_usage");
-pub(crate) const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("agent_audit");
-pub(crate) const WORKFLOW_RUNS: TableDefinition<&str, &str> =
-    TableDefinition::new("agent_workflow_runs");
+pub const KV_BYTES: TableDefinition<&str, u64> = TableDefinition::new("agent_kv_bytes");
+/// Agent name → its last checkpoint.
+pub const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_checkpoints");
+/// (agent, hour) → (calls, cost).
+pub const USAGE: TableDefinition<(&str, u64), (u64, f64)> = TableDefinition::new("agent_usage");
+/// Sequence → audit entry (JSON).
+pub const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("agent_audit");
+/// Workflow run id → run (JSON).
+pub const WORKFLOW_RUNS: TableDefinition<&str, &str> = TableDefinition::new("agent_workflow_runs");
 /// Workflow name → stored definition (JSON).
-pub(crate) const WORKFLOWS: TableDefinition<&str, &str> = TableDefinition::new("agent_workflows");
+pub const WORKFLOWS: TableDefinition<&str, &str> = TableDefinition::new("agent_workflows");
 
 /// Bytes of keys and values an agent's store holds, counted from the store itself (for stores
 /// written before the running total was kept).

@@ -306,6 +306,9 @@ pub enum ManageCommand {
     /// Workflows: stored definitions, runs, cancellation.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Whole-box backups: make one, or restore one (admin; a fresh box with its setup code).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Cancels a queued or running agent run.
     Cancel {
         /// The run id.
@@ -422,6 +425,28 @@ pub enum MachineCommand {
     Revert,
     /// Sets the appliance's clock to this computer's time.
     SetClock,
+}
+
+/// `cairn backup …`. The passphrase comes from `CAIRN_BACKUP_PASSPHRASE` or is asked for.
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Downloads an encrypted backup of everything that makes the appliance itself.
+    Create {
+        /// Where to write it (`.tar.age`; written under a temporary name, then renamed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Include the TLS identity (certificate and private key).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Uploads a backup; the appliance checks it, restarts and comes back as the backed-up box.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// On a box not onboarded yet: its setup code, instead of a login.
+        #[arg(long)]
+        setup_code: Option<String>,
+    },
 }
 
 /// `cairn workflow …`.
@@ -608,8 +633,14 @@ fn print_json(v: &serde_json::Value) {
 /// Runs a management command.
 pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let mut api = Api::connect(remote, Duration::from_secs(120)).await?;
+        // A backup moves the whole data partition over the wire.
+        let timeout = match cmd {
+            ManageCommand::Backup(_) => Duration::from_secs(6 * 3600),
+            _ => Duration::from_secs(120),
+        };
+        let mut api = Api::connect(remote, timeout).await?;
         match cmd {
+            ManageCommand::Backup(cmd) => backup(&api, cmd).await?,
             ManageCommand::Login { user } => {
                 let mut minted = None;
                 if let Some(user) = user {
@@ -1016,7 +1047,97 @@ async fn session_token(
 
 /// A password from `CAIRN_PASSWORD`, or asked for on the terminal without echo.
 fn read_password(prompt: &str) -> Result<String> {
-    if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+    read_secret("CAIRN_PASSWORD", prompt)
+}
+
+/// `cairn backup create|restore`.
+async fn backup(api: &Api, cmd: BackupCommand) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    match cmd {
+        BackupCommand::Create { out, tls } => {
+            let passphrase = read_secret("CAIRN_BACKUP_PASSPHRASE", "backup passphrase")?;
+            let resp = api
+                .send_raw(
+                    api.post("/api/v1/backup")
+                        .json(&serde_json::json!({"passphrase": passphrase, "tls": tls})),
+                )
+                .await?;
+            let mut partial = out.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let mut f = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut resp = resp;
+            let mut n = 0u64;
+            while let Some(chunk) = resp.chunk().await.context("downloading the backup")? {
+                f.write_all(&chunk)
+                    .await
+                    .with_context(|| format!("writing {}", partial.display()))?;
+                n += chunk.len() as u64;
+            }
+            f.sync_all().await?;
+            drop(f);
+            tokio::fs::rename(&partial, &out)
+                .await
+                .with_context(|| format!("renaming to {}", out.display()))?;
+            println!("backup written to {} ({n} bytes)", out.display());
+        }
+        BackupCommand::Restore { file, setup_code } => {
+            let passphrase = read_secret("CAIRN_BACKUP_PASSPHRASE", "backup passphrase")?;
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let len = f.metadata().await?.len();
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+            let mut req = match &setup_code {
+                Some(code) => api
+                    .post_anonymous("/api/v1/backup/restore")
+                    .header("x-cairn-setup-code", code.as_str()),
+                None => api.post("/api/v1/backup/restore"),
+            };
+            req = req
+                .header("x-cairn-passphrase", passphrase.as_str())
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(body);
+            let v = api.send(req).await?;
+            println!(
+                "restore accepted: backup of {} made by Cairn {} ({} files, {} bytes); the appliance restarts",
+                v["backup"]["hostname"].as_str().unwrap_or("?"),
+                v["backup"]["cairn"].as_str().unwrap_or("?"),
+                v["files"],
+                v["bytes"]
+            );
+            if v["backup"]["tls"].as_bool() == Some(true) {
+                println!(
+                    "the backup carries its box's TLS identity: the appliance comes back with that \
+                     certificate, so pass its fingerprint with --fingerprint next time"
+                );
+                return Ok(());
+            }
+            // Back when its health answers again (the old process may still answer briefly).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            loop {
+                if let Ok(r) = api.get("/healthz").send().await
+                    && r.status().is_success()
+                {
+                    println!("the appliance is back");
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("the appliance did not come back within 5 minutes; see its console");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A secret from the environment variable `env`, or asked for on the terminal without echo.
+fn read_secret(env: &str, prompt: &str) -> Result<String> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(p);
     }
     use std::io::{BufRead, IsTerminal, Write};
@@ -1041,10 +1162,10 @@ fn read_password(prompt: &str) -> Result<String> {
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
         eprintln!();
     }
-    read.context("reading the password")?;
+    read.with_context(|| format!("reading the {prompt}"))?;
     let p = line.trim_end_matches(['\r', '\n']).to_string();
     if p.is_empty() {
-        bail!("no password given");
+        bail!("no {prompt} given");
     }
     Ok(p)
 }

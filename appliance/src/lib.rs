@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod conn;
 pub mod console;

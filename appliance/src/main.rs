@@ -86,6 +86,17 @@ fn init_tracing(appliance: bool) {
     }
 }
 
+/// Replaces this process with a fresh `cairn serve` with the same arguments (hosted: no init
+/// restarts it).
+fn restart_hosted() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(anyhow::anyhow!("starting again: {err}"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -161,11 +172,20 @@ fn main() -> Result<()> {
                     body_timeout: std::time::Duration::from_secs(body_timeout),
                 },
             };
-            if let Err(e) = rt.block_on(cairn::serve::run(opts, control)) {
-                tracing::error!("{e:#}");
-                return Err(e);
+            match rt.block_on(cairn::serve::run(opts, control)) {
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    Err(e)
+                }
+                Ok(cairn::serve::Exit::Stop) => Ok(()),
+                // Under cairn-init the exit is the restart: init starts the service again.
+                Ok(cairn::serve::Exit::Restart) if appliance => Ok(()),
+                Ok(cairn::serve::Exit::Restart) => {
+                    drop(rt);
+                    tracing::info!("starting again");
+                    restart_hosted()
+                }
             }
-            Ok(())
         }
     }
 }

@@ -204,6 +204,14 @@ impl Api {
 
     /// Sends a request and returns its JSON body, or the appliance's error message.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+        let resp = self.send_raw(req).await?;
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Sends a request and returns the successful response (to stream its body), or the
+    /// appliance's error message.
+    pub async fn send_raw(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
@@ -221,19 +229,19 @@ impl Api {
             }
         })?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let bytes = resp.bytes().await.unwrap_or_default();
         let body: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let msg = body["error"]["message"].as_str().unwrap_or("no message");
-            if status.as_u16() == 401 {
-                bail!(
-                    "the appliance answered {status}: {msg}\n(pass an API token with --token or CAIRN_TOKEN)"
-                );
-            }
-            bail!("the appliance answered {status}: {msg}");
+        let msg = body["error"]["message"].as_str().unwrap_or("no message");
+        if status.as_u16() == 401 {
+            bail!(
+                "the appliance answered {status}: {msg}\n(pass an API token with --token or CAIRN_TOKEN)"
+            );
         }
-        Ok(body)
+        bail!("the appliance answered {status}: {msg}");
     }
 }
 

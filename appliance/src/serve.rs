@@ -122,10 +122,34 @@ async fn redirect_plain_http(mut tcp: tokio::net::TcpStream, port: u16) {
     let _ = tcp.shutdown().await;
 }
 
-/// Runs the server until SIGTERM/SIGINT.
-pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT: stop.
+    Stop,
+    /// The appliance asked to start again (a restore is staged).
+    Restart,
+}
+
+/// Runs the server until SIGTERM/SIGINT or a restart request.
+pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
     let started = Instant::now();
     let mut degraded = opts.degraded.clone();
+    if degraded.is_none() {
+        // A restore staged by the previous run goes into place before anything opens the data.
+        let data = opts.data.clone();
+        match tokio::task::spawn_blocking(move || crate::backup::apply_staged(&data)).await? {
+            Ok(Some(m)) => warn!(
+                "restored the backup of {:?} made by Cairn {} at {} (Unix time)",
+                m.hostname, m.cairn, m.created
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                error!("applying the staged restore: {e}; continuing in degraded, read-only mode");
+                degraded = Some(format!("a staged restore could not be applied: {e}"));
+            }
+        }
+    }
     // The store and the TLS identity are independent: open them at the same time.
     let store_task = {
         let dir = opts.data.clone();
@@ -279,6 +303,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
         agents,
         router,
         auth: auth.clone(),
+        restart: Arc::new(tokio::sync::Notify::new()),
     });
     let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));
     let app = api::router(state.clone());
@@ -317,6 +342,8 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     let admission = crate::conn::Admission::new(limits);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let restart = state.restart.clone();
+    let mut exit = Exit::Stop;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -329,6 +356,10 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
                 }
             },
             _ = &mut shutdown => break,
+            _ = restart.notified() => {
+                exit = Exit::Restart;
+                break;
+            }
         };
         // Over a limit: closed at once, before any byte is read.
         let permit = match admission.admit(peer.ip()) {
@@ -377,7 +408,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<()> {
     // The database closes when the last state handle drops.
     drop(state);
     info!("stopped");
-    Ok(())
+    Ok(exit)
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established TLS connection under `limits`.

@@ -16,7 +16,7 @@ pub const SCHEMA_VERSION: u64 = 4;
 pub const FILE_NAME: &str = "cairn.redb";
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+pub(crate) const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 /// Why a store operation failed, in terms the API maps to status codes. Each failure keeps its
 /// cause as a typed source, logged on the box; the client of a 500 sees a generic message.

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 #[path = "../../fuzz/src/agent_package.rs"]
 mod agent_package;
+#[path = "../../fuzz/src/backup_archive.rs"]
+mod backup_archive;
 #[path = "../../fuzz/src/config.rs"]
 mod config;
 #[path = "../../fuzz/src/gguf.rs"]
@@ -64,6 +66,11 @@ fn replay(target: &str, run: fn(&[u8])) {
 #[test]
 fn agent_package_corpus() {
     replay("agent_package", agent_package::run);
+}
+
+#[test]
+fn backup_archive_corpus() {
+    replay("backup_archive", backup_archive::run);
 }
 
 #[test]

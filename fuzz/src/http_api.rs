@@ -120,6 +120,7 @@ fn app() -> &'static App {
                 memory: Some(memory),
                 router,
                 auth,
+                restart: Arc::new(tokio::sync::Notify::new()),
             })
         });
         let auth = state.auth.clone();

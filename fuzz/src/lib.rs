@@ -5,6 +5,7 @@
 //! corpora through them, so `cargo xtask test` runs every target on its corpus without an
 //! instrumented build.
 pub mod agent_package;
+pub mod backup_archive;
 pub mod config;
 pub mod gguf;
 pub mod gpt;

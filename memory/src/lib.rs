@@ -30,7 +30,8 @@ mod postings;
 mod recall;
 mod record;
 mod records;
-mod tables;
+/// The engine's redb tables (whole-box backups copy them row by row).
+pub mod tables;
 mod text;
 mod vector;
 mod write;

@@ -138,8 +138,22 @@ fn reserve(keys: &[(&Limiter, &str)]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks the setup code of a public request made before onboarding (a restore): a wrong code
+/// counts against the client's address like a wrong password.
+pub(super) fn check_setup_code(
+    s: &Shared,
+    peer: Option<Extension<PeerAddr>>,
+    code: &str,
+) -> Result<(), ApiError> {
+    let addr = addr_key(peer);
+    reserve(&[(&s.auth.by_addr, addr.as_str())])?;
+    s.auth.check_setup_code(code)?;
+    s.auth.by_addr.refund(&addr);
+    Ok(())
+}
+
 /// Audits a POST to a public route (the guard only audits authenticated callers).
-fn audit_public(s: &Shared, actor: String, path: &str, status: u16) {
+pub(super) fn audit_public(s: &Shared, actor: String, path: &str, status: u16) {
     crate::auth::guard::record_later(
         s.auth.clone(),
         AuditEntry {

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod backup;
 mod machine;
 mod memory;
 mod model_router;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub router: Arc<crate::router::Router>,
     /// Accounts, sessions, API tokens and the operator audit log.
     pub auth: Arc<crate::auth::Auth>,
+    /// Notified to stop serving and start again (a staged restore is applied at start).
+    pub restart: Arc<tokio::sync::Notify>,
 }
 
 /// Shared state handle.
@@ -239,12 +242,14 @@ fn routes() -> Routes {
         .merge(memory::routes())
         .merge(agents::routes())
         .merge(model_router::routes())
+        .merge(backup::routes())
         .merge(crate::console::routes())
         .body_limit(MAX_BODY)
         // Conversations and embedding batches are bigger than settings.
         .merge(openai::routes().body_limit(MAX_MODEL_BODY))
         .merge(memory::import_routes())
         .merge(agents::install_routes().body_limit(agents::MAX_PACKAGE_BODY))
+        .merge(backup::restore_routes())
 }
 
 /// Every path of the route table, as registered (`{name}` marks a parameter).

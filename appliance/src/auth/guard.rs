@@ -25,6 +25,9 @@ pub fn is_public(method: &Method, path: &str, onboarded: bool) -> bool {
         "/api/v1/auth/state" => read,
         "/api/v1/auth/login" => method == Method::POST,
         "/api/v1/auth/onboard" => method == Method::POST && !onboarded,
+        // A freshly flashed box restores a backup instead of creating an administrator; the
+        // handler checks the setup code.
+        "/api/v1/backup/restore" => method == Method::POST && !onboarded,
         p if PUBLIC_PAGES.contains(&p) => read,
         p => read && p.starts_with("/assets/"),
     }
@@ -39,6 +42,7 @@ fn admin_only(method: &Method, path: &str) -> bool {
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
     under("/api/v1/auth/tokens")
         || under("/api/v1/system/power")
+        || under("/api/v1/backup")
         || (!is_safe(method)
             && (under("/api/v1/settings")
                 || under("/api/v1/system/settings")

@@ -18,10 +18,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const USERS: TableDefinition<&str, &str> = TableDefinition::new("auth_users");
-const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("auth_sessions");
-const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("auth_tokens");
-const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit_actions");
+pub(crate) const USERS: TableDefinition<&str, &str> = TableDefinition::new("auth_users");
+pub(crate) const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("auth_sessions");
+pub(crate) const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("auth_tokens");
+pub(crate) const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit_actions");
 
 /// Idle time after which a session ends, seconds.
 pub const SESSION_IDLE: u64 = 12 * 3600;
@@ -374,15 +374,8 @@ impl Auth {
         self.lock().setup_code.clone()
     }
 
-    /// Creates the administrator with the setup code; the code is void afterwards.
-    /// Blocking (argon2id under `permit`, and an fsync).
-    pub fn onboard(
-        &self,
-        permit: &password::Permit,
-        code: &str,
-        user: &str,
-        pass: &str,
-    ) -> Result<NewSession, AuthError> {
+    /// Checks the setup code (spaces, dashes and case do not matter); only before onboarding.
+    pub fn check_setup_code(&self, code: &str) -> Result<(), AuthError> {
         let expected = self.setup_code().ok_or(AuthError::Onboarded)?;
         let normalized: String = code
             .chars()
@@ -392,6 +385,19 @@ impl Auth {
         if !constant_eq(&normalized, &expected.replace('-', "")) {
             return Err(AuthError::BadCode);
         }
+        Ok(())
+    }
+
+    /// Creates the administrator with the setup code; the code is void afterwards.
+    /// Blocking (argon2id under `permit`, and an fsync).
+    pub fn onboard(
+        &self,
+        permit: &password::Permit,
+        code: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<NewSession, AuthError> {
+        self.check_setup_code(code)?;
         check_name("username", user)?;
         password::check(pass).map_err(|message| AuthError::Invalid {
             field: "password",

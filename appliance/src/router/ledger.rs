@@ -20,18 +20,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Provider name → stored provider (JSON).
-const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("router_providers");
+pub(crate) const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("router_providers");
 /// `"settings"` → router settings (JSON).
-const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("router_settings");
+pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("router_settings");
 /// (UTC day number, caller, provider, model) → usage row (JSON).
-const USAGE: TableDefinition<(u32, &str, &str, &str), &[u8]> = TableDefinition::new("router_usage");
+pub(crate) const USAGE: TableDefinition<(u32, &str, &str, &str), &[u8]> =
+    TableDefinition::new("router_usage");
 /// (UTC hour number, caller) → tokens.
-const HOURLY: TableDefinition<(u64, &str), u64> = TableDefinition::new("router_hourly");
+pub(crate) const HOURLY: TableDefinition<(u64, &str), u64> = TableDefinition::new("router_hourly");
 /// (model, task kind) → score (JSON: n, sum).
-const SCORES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("router_scores");
+pub(crate) const SCORES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("router_scores");
 /// `"epoch"` and `"seq"`: which writer process and which queued row the last usage commit
 /// reached (see the module documentation).
-const USAGE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("router_usage_seq");
+pub(crate) const USAGE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("router_usage_seq");
 
 /// A provider as stored: its configuration and its sealed key (hex).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,6 +16,9 @@
 //!   `confirmed_static_network`, `operator_sets_the_clock` (`docs/console.md`, "Machine
 //!   settings"): a network change that cuts the operator off really cuts them off and comes
 //!   back by itself when nobody confirms it;
+//! - `backup_restores_under_init` (`docs/backup.md`): a backup downloaded, a setting written
+//!   after it, the backup restored: init restarts the service, which swaps the backup in and
+//!   comes back without the later setting and with its agent;
 //! - `data_survives_acpi_power_off` (first half): an acknowledged setting, then the power
 //!   button, and a clean shutdown on the console.
 //!
@@ -103,6 +106,7 @@ fn appliance_lifecycle(arch: Arch) -> Result<()> {
         c.check("openai_client_against_booted_image", || openai_client(&b));
         c.check("agents_run_and_checkpoint", || agents_first_boot(&b, &key));
         settings_first_boot(&mut c, &b);
+        c.check("backup_restores_under_init", || backup_and_restore(&mut b));
         c.check("data_survives_acpi_power_off (write, power button)", || {
             let (st, r) = b.send("PUT", "/api/v1/settings/e2e.persist", &persisted)?;
             ensure!(st == 200 && r["durable"] == true, "PUT: {st} {r}");
@@ -299,6 +303,66 @@ fn agents_first_boot(b: &Booted, key: &cairn_agents::package::SigningKey) -> Res
     }
     let (st, r) = b.send("POST", "/api/v1/agents/echo/checkpoint", &json!({}))?;
     ensure!(st == 200, "checkpoint: {st} {r}");
+    Ok(())
+}
+
+/// A backup, a write, the restore: the service restarts under init and the write is gone.
+fn backup_and_restore(b: &mut Booted) -> Result<()> {
+    const PASSPHRASE: &str = "e2e backup passphrase";
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], b.port));
+    let bearer = format!("Bearer {}", b.token);
+    let slow = Duration::from_secs(300);
+    let r = http::request_with(
+        addr,
+        "POST",
+        "/api/v1/backup",
+        &[("Authorization", &bearer)],
+        Some(json!({"passphrase": PASSPHRASE}).to_string().as_bytes()),
+        None,
+        slow,
+    )?;
+    ensure!(r.status == 200, "backup: {} {}", r.status, r.text());
+    let archive = r.body;
+    ensure!(
+        archive.starts_with(b"age-encryption.org/v1\n"),
+        "not an age file"
+    );
+    let (st, r) = b.send("PUT", "/api/v1/settings/e2e.after-backup", &json!(true))?;
+    ensure!(st == 200, "PUT: {st} {r}");
+    let pid = cairn_pid(&b.system()?).context("no cairn pid")?;
+    let mark = b.vm.console_len();
+    let r = http::request_with(
+        addr,
+        "POST",
+        "/api/v1/backup/restore",
+        &[
+            ("Authorization", &bearer),
+            ("X-Cairn-Passphrase", PASSPHRASE),
+        ],
+        Some(&archive),
+        None,
+        slow,
+    )?;
+    ensure!(r.status == 202, "restore: {} {}", r.status, r.text());
+    b.vm.wait_for_console_from(
+        cairn_init::layout::READY_MARKER,
+        mark,
+        cairn_e2e::BOOT_TIMEOUT,
+    )?;
+    b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
+    let sys = b.system()?;
+    ensure!(
+        cairn_pid(&sys).is_some_and(|p| p != pid),
+        "the service did not restart: {}",
+        sys["processes"]
+    );
+    let (st, r) = b.get("/api/v1/settings/e2e.after-backup")?;
+    ensure!(
+        st == 404,
+        "the write after the backup survived the restore: {st} {r}"
+    );
+    let (st, r) = b.get("/api/v1/agents/echo")?;
+    ensure!(st == 200 && r["state"] == "running", "agent: {st} {r}");
     Ok(())
 }
 
