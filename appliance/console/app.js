@@ -191,19 +191,20 @@ function form({ fields, submit, onSubmit, label }) {
 }
 
 // Error codes of the auth contract that belong to one field even when the answer names none.
-const CODE_FIELD = { bad_code: 'code', bad_credentials: 'password', locked: 'username', bad_password: 'current' };
+const CODE_FIELD = { bad_code: 'code', bad_credentials: 'password', locked: 'username', bad_password: 'current', wrong_passphrase: 'passphrase', bad_passphrase: 'passphrase' };
 
 // router
 
 const routes = {
   '/onboard': pageOnboard, '/login': pageLogin, '/': pageOverview, '/chat': pageChat,
   '/agents': pageAgents, '/workflows': pageWorkflows, '/memory': pageMemory, '/models': pageModels,
-  '/events': pageEvents, '/audit': pageAudit, '/settings': pageSettings, '/power': pagePower,
+  '/events': pageEvents, '/audit': pageAudit, '/settings': pageSettings, '/backup': pageBackup,
+  '/power': pagePower,
 };
 const titles = {
   '/onboard': 'Set up', '/login': 'Log in', '/': 'Overview', '/chat': 'Chat', '/agents': 'Agents',
   '/workflows': 'Workflows', '/memory': 'Memory', '/models': 'Models and routing', '/events': 'Events',
-  '/audit': 'Audit', '/settings': 'Settings', '/power': 'Power',
+  '/audit': 'Audit', '/settings': 'Settings', '/backup': 'Backup', '/power': 'Power',
 };
 
 function go(path, replace = false) {
@@ -312,7 +313,10 @@ async function pageOnboard(m) {
         signedIn(await api('POST', '/api/v1/auth/onboard', { code: v.code.trim(), username: v.username.trim(), password: v.password }));
         go('/');
       },
-    }));
+    }),
+    section('Or restore a backup',
+      h('p', {}, 'Replacing another box? Restore its backup instead of creating an administrator: this box comes back with that box\'s accounts, agents, memory and settings.'),
+      restoreForm({ setupCode: true })));
 }
 
 async function pageLogin(m) {
@@ -1248,6 +1252,122 @@ async function machineSections() {
   }
   await load().catch((e) => put(box, h('p', { class: 'bad' }, e.message)));
   return box;
+}
+
+// backup
+
+/** Uploads a backup with a progress bar; resolves with the answer's JSON or rejects with ApiError. */
+function uploadBackup(file, passphrase, code, bar) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', '/api/v1/backup/restore');
+    x.setRequestHeader('X-Cairn-Passphrase', passphrase);
+    if (code) x.setRequestHeader('X-Cairn-Setup-Code', code);
+    else if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
+    x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } };
+    x.onload = () => {
+      let data = null;
+      try { data = JSON.parse(x.responseText); } catch { data = x.responseText; }
+      if (x.status >= 200 && x.status < 300) resolve(data);
+      else reject(new ApiError(x.status, data, x.getResponseHeader('Retry-After')));
+    };
+    x.onerror = () => reject(new ApiError(0, 'the upload was cut off'));
+    x.send(file);
+  });
+}
+
+/** Waits until the restarted appliance answers again, then shows the log-in page. */
+async function waitForRestart(status) {
+  await new Promise((r) => setTimeout(r, 1500));
+  for (let i = 0; i < 600; i++) {
+    try {
+      const r = await fetch('/api/v1/auth/state', { credentials: 'same-origin' });
+      if (r.ok) {
+        const s = await r.json();
+        auth.onboarded = s.onboarded;
+        auth.user = null;
+        auth.csrf = null;
+        status.textContent = 'Restored. Log in with an account of the restored box.';
+        return go('/login');
+      }
+    } catch { /* restarting */ }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  status.textContent = 'The appliance did not come back within 10 minutes; check its console.';
+}
+
+/** The restore form: a backup file and its passphrase (and the setup code before onboarding). */
+function restoreForm({ setupCode }) {
+  const bar = h('progress', { value: 0, max: 1, 'aria-label': 'Upload progress', hidden: true });
+  const status = h('p', { role: 'status' });
+  const fields = [];
+  if (setupCode) fields.push({ name: 'code', label: 'Setup code for the restore', required: true, placeholder: 'XXXX-XXXX-XXXX', autocomplete: 'one-time-code' });
+  fields.push({ name: 'file', label: 'Backup file', type: 'file', required: true, accept: '.age,application/octet-stream' },
+    { name: 'passphrase', label: 'Backup passphrase', type: 'password', required: true, autocomplete: 'off' });
+  const f = form({
+    label: 'Restore a backup',
+    submit: 'Restore',
+    fields,
+    async onSubmit(v) {
+      if (!setupCode && !confirm('Restore this backup? Everything on this box is replaced by the backup; the appliance restarts.')) return;
+      bar.hidden = false;
+      status.textContent = 'Uploading and checking the backup…';
+      try {
+        const r = await uploadBackup(v.file, v.passphrase, setupCode ? v.code.trim() : null, bar);
+        status.textContent = `Backup of ${r.backup.hostname} (Cairn ${r.backup.cairn}, ${r.files} files, ${fmtBytes(r.bytes)}) accepted; the appliance is restarting…`;
+        await waitForRestart(status);
+      } catch (e) {
+        bar.hidden = true;
+        status.textContent = '';
+        throw e;
+      }
+    },
+  });
+  return h('div', {}, f, bar, status);
+}
+
+async function pageBackup(m) {
+  const status = h('p', { role: 'status' });
+  const download = form({
+    label: 'Download a backup',
+    submit: 'Download backup',
+    fields: [
+      { name: 'passphrase', label: 'Passphrase', type: 'password', required: true, autocomplete: 'new-password', hint: 'At least 10 characters. Without it the backup cannot be opened: keep it apart from the file.' },
+      { name: 'confirm', label: 'Confirm passphrase', type: 'password', required: true, autocomplete: 'new-password' },
+      { name: 'tls', label: "Include this box's TLS identity (its certificate and private key)", type: 'checkbox' },
+    ],
+    async onSubmit(v, { show }) {
+      if (v.passphrase !== v.confirm) return show('confirm', 'The passphrases do not match.');
+      status.textContent = 'Making the backup…';
+      const r = await fetch('/api/v1/backup', {
+        method: 'POST', credentials: 'same-origin',
+        headers: headers('POST', { 'Content-Type': 'application/json' }),
+        body: JSON.stringify({ passphrase: v.passphrase, tls: v.tls }),
+      });
+      if (!r.ok) {
+        status.textContent = '';
+        let data = null;
+        try { data = await r.json(); } catch { /* not JSON */ }
+        throw new ApiError(r.status, data, r.headers.get('Retry-After'));
+      }
+      const blob = await r.blob();
+      const name = (/filename="([^"]+)"/.exec(r.headers.get('Content-Disposition') || '') || [])[1] || 'cairn-backup.tar.age';
+      const url = URL.createObjectURL(blob);
+      const a = h('a', { href: url, download: name }, name);
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      status.textContent = `Backup downloaded: ${name} (${fmtBytes(blob.size)}).`;
+    },
+  });
+  m.append(
+    section('Download a backup',
+      h('p', {}, 'One encrypted file with everything that makes this box itself: accounts and API tokens, settings, agents and their state, memory, workflows, runs and usage, model providers (their keys stay sealed). Open it elsewhere with ', h('code', {}, 'age -d'), '.'),
+      download, status),
+    section('Restore a backup',
+      h('p', {}, 'Replaces everything on this box with the backup. Writes made since the backup was taken are lost.'),
+      restoreForm({ setupCode: false })));
 }
 
 // power

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The console's page paths: each answers `index.html`.
-pub const PAGES: [&str; 12] = [
+pub const PAGES: [&str; 13] = [
     "/",
     "/login",
     "/onboard",
@@ -24,6 +24,7 @@ pub const PAGES: [&str; 12] = [
     "/events",
     "/audit",
     "/settings",
+    "/backup",
     "/power",
 ];
 

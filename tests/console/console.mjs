@@ -108,7 +108,7 @@ async function login(page) {
 }
 
 const PAGES = [['/', 'Overview'], ['/chat', 'Chat'], ['/agents', 'Agents'], ['/workflows', 'Workflows'], ['/memory', 'Memory'],
-  ['/models', 'Models and routing'], ['/events', 'Events'], ['/audit', 'Audit'], ['/settings', 'Settings'], ['/power', 'Power']];
+  ['/models', 'Models and routing'], ['/events', 'Events'], ['/audit', 'Audit'], ['/settings', 'Settings'], ['/backup', 'Backup'], ['/power', 'Power']];
 
 async function onboardScenario() {
   await scenario('onboarding with the setup code', page, async () => {
@@ -413,6 +413,34 @@ if (phase === 'chat') {
     await until(async () => (await page.getByLabel('Site name', { exact: true }).inputValue()) === siteName, 'the site name in its field');
     await until(async () => (await page.getByRole('textbox', { name: 'Host name', exact: true }).inputValue()) === hostName, 'the host name in its field');
     await shot(page, 'settings-after-restart');
+  });
+
+  await scenario('a backup downloads, and restores through the browser', page, async () => {
+    const passphrase = 'console test backup passphrase';
+    await page.goto(`${base}/backup`);
+    await heading(page, 'Backup');
+    await page.getByLabel('Passphrase', { exact: true }).fill(passphrase);
+    await page.getByLabel('Confirm passphrase', { exact: true }).fill(passphrase);
+    const download = page.waitForEvent('download', { timeout: 120000 * slow });
+    await page.getByRole('button', { name: 'Download backup', exact: true }).click();
+    const file = await (await download).path();
+    const head = fs.readFileSync(file).subarray(0, 22).toString();
+    if (head !== 'age-encryption.org/v1\n') throw new Error(`the download is not an age file: ${JSON.stringify(head)}`);
+    await until(async () => /Backup downloaded: cairn-.*\.tar\.age/.test(await page.locator('main').textContent()), 'the downloaded message');
+    // A wrong passphrase is refused next to its field, and nothing happens.
+    await page.getByLabel('Backup file', { exact: true }).setInputFiles(file);
+    await page.getByLabel('Backup passphrase', { exact: true }).fill('not the passphrase');
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'Restore', exact: true }).click();
+    await until(async () => /wrong passphrase/.test(await fieldError(page, 'Backup passphrase')), 'the wrong-passphrase message');
+    await shot(page, 'backup-wrong-passphrase');
+    // The right one: the appliance restarts and the console asks for a log-in.
+    await page.getByLabel('Backup passphrase', { exact: true }).fill(passphrase);
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'Restore', exact: true }).click();
+    await until(async () => (await page.locator('main h1').textContent()) === 'Log in', 'the log-in page after the restore', 120000);
+    await login(page);
+    await until(async () => (await page.locator('#site').textContent()) === siteName, 'the site name after the restore');
   });
 
   // Last: the lockout also limits this client address.

@@ -12,10 +12,14 @@
 //!
 //! `memory`: insert, recall latency and quality, and size on disk next to SQLite (see
 //! [`memory`]).
+//!
+//! `update`: whole-box backup and restore per 10,000 memory records next to `tar | age` of
+//! the stopped data directory (see [`update`]).
 
 mod agents;
 mod inference;
 mod memory;
+mod update;
 
 use crate::build::{self, ImageOptions};
 use crate::deps;
@@ -331,8 +335,21 @@ pub fn bench(area: &str, opts: &Options, as_json: bool) -> Result<()> {
             inference::print_table,
         ),
         "agents" => (agents::run()?, inference::print_table),
+        "update" => {
+            let records = match opts.records.as_deref() {
+                None => 10_000,
+                Some([n]) if *n > 0 => *n,
+                Some(_) => bail!("bench update takes one record count (--records N)"),
+            };
+            (
+                update::run(records, runs.unwrap_or(3))?,
+                inference::print_table,
+            )
+        }
         other => {
-            bail!("unknown benchmark area {other:?}; available: boot, inference, memory, agents")
+            bail!(
+                "unknown benchmark area {other:?}; available: boot, inference, memory, agents, update"
+            )
         }
     };
     match json_out {

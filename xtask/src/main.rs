@@ -102,7 +102,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
-    /// Measure an area against its named peer in the same run (areas: boot, inference, memory, agents).
+    /// Measure an area against its named peer in the same run (areas: boot, inference, memory,
+    /// agents, update).
     Bench {
         /// What to measure.
         area: String,
@@ -112,7 +113,8 @@ enum Cmd {
         /// default 3, interleaved with the peer, medians).
         #[arg(long)]
         runs: Option<usize>,
-        /// memory: record counts to measure, comma-separated (default 10000,100000).
+        /// memory: record counts to measure, comma-separated (default 10000,100000); update: the
+        /// one record count of the backup measurements (default 10000).
         #[arg(long, value_delimiter = ',')]
         records: Option<Vec<usize>>,
         /// memory: also boot the image (`--arch`, default this machine's) and cut its power
