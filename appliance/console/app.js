@@ -1276,19 +1276,24 @@ function uploadBackup(file, passphrase, code, bar) {
   });
 }
 
-/** Waits until the restarted appliance answers again, then shows the log-in page. */
+/** Waits until the restarted appliance answers again (the old one answers 503 while it stops),
+ * then shows the overview, or the log-in page when this browser's session is not in the
+ * restored box. */
 async function waitForRestart(status) {
   await new Promise((r) => setTimeout(r, 1500));
   for (let i = 0; i < 600; i++) {
     try {
       const r = await fetch('/api/v1/auth/state', { credentials: 'same-origin' });
       if (r.ok) {
+        // The restored box's own sessions: this browser's is still valid only if the backup
+        // holds it (a backup of this same box).
         const s = await r.json();
         auth.onboarded = s.onboarded;
-        auth.user = null;
-        auth.csrf = null;
-        status.textContent = 'Restored. Log in with an account of the restored box.';
-        return go('/login');
+        auth.user = s.user || null;
+        auth.csrf = s.csrf || null;
+        status.textContent = 'Restored.';
+        toast('Backup restored');
+        return go(auth.user ? '/' : '/login');
       }
     } catch { /* restarting */ }
     await new Promise((r) => setTimeout(r, 1000));

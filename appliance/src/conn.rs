@@ -99,10 +99,12 @@ struct Counts {
     per: HashMap<IpAddr, usize>,
 }
 
-/// Admission of new connections against the global and per-address limits.
+/// Admission of new connections against the global and per-address limits; it also counts
+/// the requests in flight on all of them (what a shutdown waits for).
 pub struct Admission {
     limits: Limits,
     counts: Mutex<Counts>,
+    requests: Arc<AtomicUsize>,
 }
 
 /// Why a connection was refused.
@@ -126,6 +128,7 @@ impl Admission {
         Arc::new(Admission {
             limits,
             counts: Mutex::new(Counts::default()),
+            requests: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -156,6 +159,16 @@ impl Admission {
     pub fn open(&self) -> usize {
         self.counts().total
     }
+
+    /// Requests in flight now, on every connection.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The state of a new connection admitted here, idle from now.
+    pub fn connection(&self) -> Arc<ConnState> {
+        ConnState::new(self.limits.idle_timeout, self.requests.clone())
+    }
 }
 
 impl Drop for Permit {
@@ -175,6 +188,7 @@ impl Drop for Permit {
 pub struct ConnState {
     idle_timeout: Duration,
     in_flight: AtomicUsize,
+    all_requests: Arc<AtomicUsize>,
     idle_since: Mutex<Instant>,
     reader: Mutex<Option<Waker>>,
 }
@@ -183,11 +197,12 @@ pub struct ConnState {
 pub struct InFlight(Arc<ConnState>);
 
 impl ConnState {
-    /// A connection idle from now.
-    pub fn new(idle_timeout: Duration) -> Arc<ConnState> {
+    /// A connection idle from now; its requests are also counted in `all_requests`.
+    pub fn new(idle_timeout: Duration, all_requests: Arc<AtomicUsize>) -> Arc<ConnState> {
         Arc::new(ConnState {
             idle_timeout,
             in_flight: AtomicUsize::new(0),
+            all_requests,
             idle_since: Mutex::new(Instant::now()),
             reader: Mutex::new(None),
         })
@@ -195,6 +210,7 @@ impl ConnState {
 
     /// Marks a request in flight until the returned value drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.all_requests.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
@@ -206,6 +222,7 @@ impl ConnState {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.all_requests.fetch_sub(1, Ordering::SeqCst);
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             // The reader waits on the socket only; wake it so it arms the idle deadline.

@@ -304,6 +304,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
         router,
         auth: auth.clone(),
         restart: Arc::new(tokio::sync::Notify::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let memory_job = memory.map(|m| tokio::spawn(crate::memory::background(m, inference.clone())));
     let app = api::router(state.clone());
@@ -355,7 +356,10 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                state.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
             _ = restart.notified() => {
                 exit = Exit::Restart;
                 break;
@@ -372,6 +376,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let conn = admission.connection();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
@@ -381,7 +386,7 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
                 return;
             }
             match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(tls, peer, app, limits, permit).await,
+                Ok(Ok(tls)) => serve_connection(tls, peer, app, limits, permit, conn).await,
                 Ok(Err(e)) => debug!("TLS handshake from {peer} failed: {e}"),
                 Err(_) => debug!("TLS handshake from {peer} timed out"),
             }
@@ -389,8 +394,10 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
     }
     info!("shutting down");
     drop(listener);
+    // Requests in flight may finish; idle connections are not waited for (new requests on
+    // them are answered 503 `stopping` by the guard).
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while admission.open() > 0 && Instant::now() < deadline {
+    while admission.requests() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(app);
@@ -418,8 +425,9 @@ async fn serve_connection(
     app: axum::Router,
     limits: crate::conn::Limits,
     permit: crate::conn::Permit,
+    conn: Arc<crate::conn::ConnState>,
 ) {
-    use crate::conn::{BodyDeadline, ConnState, Guarded, TimedBody, TrackedBody};
+    use crate::conn::{BodyDeadline, Guarded, TimedBody, TrackedBody};
     use crate::conn::{
         H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, H2_MAX_ERROR_RESETS, H2_MAX_HEADER_LIST,
         H2_MAX_PENDING_RESETS, H2_MAX_STREAMS,
@@ -438,7 +446,6 @@ async fn serve_connection(
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
-    let conn = ConnState::new(limits.idle_timeout);
     let peer_addr = crate::auth::guard::PeerAddr(peer);
     let svc = {
         let conn = conn.clone();

@@ -121,6 +121,7 @@ fn app() -> &'static App {
                 router,
                 auth,
                 restart: Arc::new(tokio::sync::Notify::new()),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             })
         });
         let auth = state.auth.clone();

@@ -282,11 +282,7 @@ async fn restore(
         );
     }
     // Answered first; the restart follows once the answer is on its way.
-    let restart = s.restart.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        restart.notify_one();
-    });
+    s.request_restart();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -60,6 +60,21 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Notified to stop serving and start again (a staged restore is applied at start).
     pub restart: Arc<tokio::sync::Notify>,
+    /// Set when the service is stopping: every request is answered 503 `stopping` from then
+    /// on, so no client mistakes the old process for the restarted one.
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    /// Stops serving and starts again (the answer to the current request still goes out).
+    pub fn request_restart(self: &Arc<Self>) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            s.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            s.restart.notify_one();
+        });
+    }
 }
 
 /// Shared state handle.

@@ -94,6 +94,20 @@ fn is_page(method: &Method, path: &str) -> bool {
 
 /// The middleware (see the module documentation).
 pub async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
+    if s.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut r = crate::api::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the appliance is stopping or restarting; try again in a few seconds",
+        );
+        r.retry_after = Some(2);
+        let mut r = r.into_response();
+        r.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let auth = s.auth.clone();
