@@ -267,6 +267,8 @@ async fn restore(
     pump.abort();
     let (manifest, files) = staged?;
     let bytes: u64 = files.iter().map(|f| f.size).sum();
+    // Init applies host name and network at boot.
+    let machine = files.iter().any(|f| f.path == "etc/cairn.toml");
     tracing::warn!(
         "restore staged: backup of {:?} made by Cairn {} at {}; restarting to apply it",
         manifest.hostname,
@@ -290,6 +292,7 @@ async fn restore(
             "files": files.len(),
             "bytes": bytes,
             "restarting": true,
+            "machine_settings_at_next_boot": machine,
         })),
     )
         .into_response())

@@ -137,19 +137,20 @@ pub fn apply_staged(data_dir: &Path) -> Result<Option<Manifest>, BackupError> {
         }
         Err(e) => return Err(BackupError::io("reading the restore marker", e)),
     };
-    // The memory journal belongs to the database being replaced: its entries must never be
-    // replayed into the restored one.
-    let journal = data_dir
-        .join(crate::store::FILE_NAME)
-        .with_extension("journal");
-    match std::fs::remove_file(&journal) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(BackupError::io(
-                format!("removing {}", journal.display()),
-                e,
-            ));
+    // What belongs to the box being replaced goes first: memory's journal (its entries must
+    // never be replayed into the restored database) and a network change still on probation
+    // (its rollback would put the replaced box's settings back over the restored ones).
+    let leftovers = [
+        data_dir
+            .join(crate::store::FILE_NAME)
+            .with_extension("journal"),
+        data_dir.join("etc").join("cairn.toml.revert"),
+    ];
+    for path in leftovers {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackupError::io(format!("removing {}", path.display()), e)),
         }
     }
     for item in ITEMS {
@@ -218,6 +219,8 @@ mod tests {
         std::fs::create_dir_all(live.join("agents/files/old")).unwrap();
         std::fs::write(live.join("agents/files/old/x"), "old").unwrap();
         std::fs::write(live.join("cairn.journal"), "entries of the old database").unwrap();
+        std::fs::create_dir_all(live.join("etc")).unwrap();
+        std::fs::write(live.join("etc/cairn.toml.revert"), "hostname = \"old\"\n").unwrap();
         // A refused restore leaves nothing behind.
         assert!(stage(&live, &file[..file.len() / 2], "passphrase!").is_err());
         assert!(!live.join(STAGED_DIR).exists());
@@ -237,6 +240,7 @@ mod tests {
         assert_eq!(applied.hostname, "a");
         assert!(!live.join(STAGED_DIR).exists());
         assert!(!live.join("cairn.journal").exists());
+        assert!(!live.join("etc/cairn.toml.revert").exists());
         assert!(!live.join("agents/files/old").exists());
         assert_eq!(
             std::fs::read_to_string(live.join("agents/files/echo/a.txt")).unwrap(),
