@@ -877,7 +877,11 @@ async function pageMemory(m) {
 
 /** A model's state: loaded, loading with a progress bar, failed, or a Load button. */
 function modelState(x, reload) {
-  if (x.loaded) return h('span', { class: 'badge ok' }, 'loaded');
+  if (x.loaded) {
+    return h('span', {}, h('span', { class: 'badge ok' }, 'loaded'), ' ', h('button', { type: 'button', class: 'secondary', 'aria-label': `unload ${x.id}`, onclick: async () => {
+      if (await attempt(() => api('POST', `/api/v1/models/${encodeURIComponent(x.id)}/unload`), `Unload ${x.id}`)) reload();
+    } }, 'Unload'));
+  }
   if (x.load && x.load.error) {
     return h('span', {}, h('span', { class: 'bad' }, `failed: ${x.load.error}`), ' ', h('button', { type: 'button', class: 'secondary', onclick: () => startLoad(x.id, reload) }, 'Retry'));
   }
@@ -899,7 +903,13 @@ async function pageModels(m) {
   async function loadLocal() {
     const lm = await api('GET', '/api/v1/models');
     put(local, h('p', { class: 'muted' }, `Device: ${lm.device}`), (lm.warnings || []).map((w) => h('p', { class: 'bad' }, w)),
-      table([['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Origin', (x) => x.origin], ['State', (x) => modelState(x, loadLocal)]], lm.models, 'No local models are installed.'));
+      table([['Model', (x) => x.id], ['Kind', (x) => x.kind], ['Origin', (x) => x.origin], ['State', (x) => modelState(x, loadLocal)],
+        ['', (x) => (x.origin === 'registered' ? h('button', { type: 'button', class: 'danger', 'aria-label': `remove model ${x.id}`, onclick: async () => {
+          if (!confirm(`Remove model ${x.id}? An uploaded file is deleted.`)) return;
+          // A removal answers 204 without a body: reload whatever the answer was.
+          await attempt(() => api('DELETE', `/api/v1/models/${encodeURIComponent(x.id)}`), `Remove ${x.id}`);
+          loadLocal();
+        } }, 'remove') : '')]], lm.models, 'No local models are installed.'));
     // Poll while a load runs; stop when none does.
     const busy = lm.models.some((x) => x.load && !x.load.error);
     if (busy && !polling) { polling = setInterval(() => loadLocal().catch(() => {}), 500); page.timers.push(polling); }
@@ -971,7 +981,43 @@ async function pageModels(m) {
       load();
     },
   });
-  m.append(section('Local models', local), section('Routing', policyBox), section('Providers', providers, h('h3', {}, 'Add a provider'), create),
+  const bar = h('progress', { value: 0, max: 1, 'aria-label': 'Upload progress', hidden: true });
+  const upload = form({
+    submit: 'Upload model', label: 'Add a model',
+    fields: [
+      { name: 'id', label: 'Model id', required: true, placeholder: 'my-model', hint: '1-64 of a-z, 0-9, ".", "_", "-": what clients ask for.' },
+      { name: 'file', label: 'GGUF file (chat model)', type: 'file', required: true, accept: '.gguf' },
+    ],
+    async onSubmit(v, { form: f }) {
+      bar.hidden = false;
+      bar.removeAttribute('value');
+      // The hash goes with the upload, so the appliance can tell a cut or altered file.
+      const sha = [...new Uint8Array(await crypto.subtle.digest('SHA-256', await v.file.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
+      try {
+        await new Promise((resolve, reject) => {
+          const x = new XMLHttpRequest();
+          x.open('PUT', `/api/v1/models/${encodeURIComponent(v.id.trim())}`);
+          x.setRequestHeader('X-Cairn-Sha256', sha);
+          if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
+          x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } };
+          x.onload = () => {
+            let data = null;
+            try { data = JSON.parse(x.responseText); } catch { data = x.responseText; }
+            if (x.status >= 200 && x.status < 300) resolve(data);
+            else reject(new ApiError(x.status, data));
+          };
+          x.onerror = () => reject(new ApiError(0, 'the upload was cut off'));
+          x.send(v.file);
+        });
+      } finally {
+        bar.hidden = true;
+      }
+      f.reset();
+      toast('Model added');
+      loadLocal();
+    },
+  });
+  m.append(section('Local models', local, h('h3', {}, 'Add a model'), upload, bar), section('Routing', policyBox), section('Providers', providers, h('h3', {}, 'Add a provider'), create),
     section('Circuit breakers', breakers), section('Usage, last 7 days', usage));
   await load();
 }

@@ -292,8 +292,12 @@ pub enum ManageCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Local models and remote providers.
-    Models,
+    /// Local models and remote providers; with a subcommand, adds, unloads or removes a model.
+    Models {
+        /// What to do (nothing: list).
+        #[command(subcommand)]
+        cmd: Option<ModelCommand>,
+    },
     /// Agent memory.
     #[command(subcommand)]
     Memory(MemoryCommand),
@@ -425,6 +429,92 @@ pub enum MachineCommand {
     Revert,
     /// Sets the appliance's clock to this computer's time.
     SetClock,
+}
+
+/// `cairn models …`.
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Uploads a GGUF chat model (admin): usable at once, kept on the data partition.
+    Add {
+        /// The id clients will use (1-64 of a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        id: String,
+        /// The GGUF file.
+        file: PathBuf,
+    },
+    /// Frees a loaded model's memory (it loads again on use).
+    Unload {
+        /// The model.
+        id: String,
+    },
+    /// Removes an uploaded or registered model (admin); the image's models stay.
+    Remove {
+        /// The model.
+        id: String,
+    },
+}
+
+/// `cairn models add|unload|remove`.
+async fn model(api: &Api, cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Add { id, file } => {
+            use sha2::Digest;
+            let path = file.clone();
+            let (sha, len) = tokio::task::spawn_blocking(move || -> Result<(String, u64)> {
+                use std::io::Read;
+                let mut f = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let mut h = sha2::Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut n = 0u64;
+                loop {
+                    let k = f.read(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    h.update(&buf[..k]);
+                    n += k as u64;
+                }
+                Ok((hex::encode(h.finalize()), n))
+            })
+            .await??;
+            eprintln!("uploading {} ({len} bytes, sha256 {sha})", file.display());
+            let f = tokio::fs::File::open(&file).await?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+            let v = api
+                .send(
+                    api.put(&format!("/api/v1/models/{id}"))
+                        .header("x-cairn-sha256", sha.as_str())
+                        .header(reqwest::header::CONTENT_LENGTH, len)
+                        .body(body),
+                )
+                .await?;
+            println!(
+                "model {} added ({} bytes); it loads on first use",
+                v["model"]["id"].as_str().unwrap_or(&id),
+                v["bytes"]
+            );
+        }
+        ModelCommand::Unload { id } => {
+            let v = api
+                .send(api.post(&format!("/api/v1/models/{id}/unload")))
+                .await?;
+            println!(
+                "{id}: {}",
+                if v["unloaded"] == true {
+                    "unloaded"
+                } else {
+                    "was not loaded"
+                }
+            );
+        }
+        ModelCommand::Remove { id } => {
+            api.send(api.delete(&format!("/api/v1/models/{id}")))
+                .await?;
+            println!("{id} removed");
+        }
+    }
+    Ok(())
 }
 
 /// `cairn backup …`. The passphrase comes from `CAIRN_BACKUP_PASSPHRASE` or is asked for.
@@ -635,7 +725,9 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
     runtime()?.block_on(async {
         // A backup moves the whole data partition over the wire.
         let timeout = match cmd {
-            ManageCommand::Backup(_) => Duration::from_secs(6 * 3600),
+            ManageCommand::Backup(_) | ManageCommand::Models { cmd: Some(_) } => {
+                Duration::from_secs(6 * 3600)
+            }
             _ => Duration::from_secs(120),
         };
         let mut api = Api::connect(remote, timeout).await?;
@@ -704,7 +796,8 @@ pub fn manage(cmd: ManageCommand, remote: &RemoteArgs) -> Result<()> {
                     }
                 }
             },
-            ManageCommand::Models => {
+            ManageCommand::Models { cmd: Some(cmd) } => model(&api, cmd).await?,
+            ManageCommand::Models { cmd: None } => {
                 let local = api.send(api.get("/v1/models")).await?;
                 let providers = api.send(api.get("/api/v1/router/providers")).await?;
                 print_json(&serde_json::json!({"local": local["data"], "providers": providers}));

@@ -11,7 +11,7 @@ use cairn_models::store::ModelStore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The operator's registrations in `path` (none when it does not exist).
 fn read_registry(path: &Path) -> Result<Vec<(Registered, &'static str)>, String> {
@@ -142,6 +142,15 @@ pub enum InferenceError {
         /// The error.
         why: String,
     },
+    /// A model of that id exists already.
+    #[error("a model {0:?} exists already")]
+    Exists(String),
+    /// The model comes with the image (read-only model partition) and cannot be removed.
+    #[error("model {0:?} comes with the image and cannot be removed")]
+    Builtin(String),
+    /// The operator's registry (`models.toml`) could not be read or written.
+    #[error("the model registry: {0}")]
+    Registry(String),
 }
 
 /// Settings of the inference service.
@@ -178,7 +187,11 @@ impl Drop for LoadGuard<'_> {
 
 /// The service.
 pub struct Inference {
-    entries: BTreeMap<String, ModelEntry>,
+    entries: RwLock<BTreeMap<String, ModelEntry>>,
+    /// The operator's registry file (`models.toml`), rewritten when models are added or removed.
+    registry: Option<PathBuf>,
+    /// Serialises changes of the registry file.
+    registry_lock: Mutex<()>,
     backend: Backend,
     device_name: String,
     chat: Mutex<BTreeMap<String, Arc<Engine>>>,
@@ -305,7 +318,9 @@ impl Inference {
             }
         }
         let me = Inference {
-            entries,
+            entries: RwLock::new(entries),
+            registry: opts.registry.clone(),
+            registry_lock: Mutex::new(()),
             backend,
             device_name,
             chat: Mutex::new(BTreeMap::new()),
@@ -315,7 +330,7 @@ impl Inference {
             warnings,
         };
         if opts.load == LoadPolicy::Boot {
-            for (id, e) in &me.entries {
+            for (id, e) in &me.entries() {
                 let r = match e.kind {
                     "chat" => me.chat_engine(id).map(|_| ()),
                     _ => me.embedder(id).map(|_| ()),
@@ -338,6 +353,10 @@ impl Inference {
         &self.device_name
     }
 
+    fn entries(&self) -> BTreeMap<String, ModelEntry> {
+        self.entries.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
     /// Every model, with whether it is loaded.
     pub fn list(&self) -> Vec<ModelEntry> {
         let chat = self
@@ -351,7 +370,7 @@ impl Inference {
             .map(|c| c.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default();
         let loads = self.loads.lock().map(|l| l.clone()).unwrap_or_default();
-        self.entries
+        self.entries()
             .values()
             .map(|e| ModelEntry {
                 loaded: chat.contains(&e.id) || embed.contains(&e.id),
@@ -380,16 +399,18 @@ impl Inference {
 
     /// The first chat model (what requests without a known model get in the console).
     pub fn default_chat(&self) -> Option<String> {
-        self.entries
+        self.entries()
             .values()
             .find(|e| e.kind == "chat")
             .map(|e| e.id.clone())
     }
 
-    fn entry(&self, id: &str, kind: &'static str) -> Result<&ModelEntry, InferenceError> {
+    fn entry(&self, id: &str, kind: &'static str) -> Result<ModelEntry, InferenceError> {
         let e = self
             .entries
-            .get(id)
+            .read()
+            .ok()
+            .and_then(|e| e.get(id).cloned())
             .ok_or_else(|| InferenceError::Unknown(id.to_string()))?;
         if e.kind != kind {
             return Err(InferenceError::WrongKind {
@@ -450,13 +471,133 @@ impl Inference {
     pub fn load(&self, id: &str) -> Result<(), InferenceError> {
         let kind = self
             .entries
-            .get(id)
-            .ok_or_else(|| InferenceError::Unknown(id.to_string()))?
-            .kind;
+            .read()
+            .ok()
+            .and_then(|e| e.get(id).map(|e| e.kind))
+            .ok_or_else(|| InferenceError::Unknown(id.to_string()))?;
         match kind {
             "chat" => self.chat_engine(id).map(|_| ()),
             _ => self.embedder(id).map(|_| ()),
         }
+    }
+
+    /// Drops a loaded model from memory (requests running on it finish first); whether it was
+    /// loaded.
+    pub fn unload(&self, id: &str) -> Result<bool, InferenceError> {
+        self.entry_any(id)?;
+        Ok(self.drop_loaded(id))
+    }
+
+    fn drop_loaded(&self, id: &str) -> bool {
+        let chat = self.chat.lock().ok().and_then(|mut c| c.remove(id));
+        let embed = self.embed.lock().ok().and_then(|mut c| c.remove(id));
+        let was = chat.is_some() || embed.is_some();
+        if was {
+            crate::events::emit("model.unload", id, "info", format!("{id} unloaded"));
+        }
+        was
+    }
+
+    fn entry_any(&self, id: &str) -> Result<ModelEntry, InferenceError> {
+        self.entries
+            .read()
+            .ok()
+            .and_then(|e| e.get(id).cloned())
+            .ok_or_else(|| InferenceError::Unknown(id.to_string()))
+    }
+
+    /// Rewrites the registry file with `f` applied to its list (atomically: a new file, synced,
+    /// renamed over the old one).
+    fn edit_registry(
+        &self,
+        f: impl FnOnce(&mut Vec<Registered>) -> Result<(), InferenceError>,
+    ) -> Result<(), InferenceError> {
+        let path = self
+            .registry
+            .as_ref()
+            .ok_or_else(|| InferenceError::Registry("this appliance keeps no registry".into()))?;
+        let _one = self.registry_lock.lock();
+        let mut list: Vec<Registered> = read_registry(path)
+            .map_err(InferenceError::Registry)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        f(&mut list)?;
+        let text = toml::to_string(&RegistryFile { model: list })
+            .map_err(|e| InferenceError::Registry(e.to_string()))?;
+        let tmp = path.with_extension("toml.new");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| InferenceError::Registry(format!("{}: {e}", path.display())))
+    }
+
+    /// Adds a model file the operator uploaded (checked by the caller) to the registry and
+    /// makes it available at once.
+    pub fn register(&self, r: Registered) -> Result<ModelEntry, InferenceError> {
+        let kind = match r.kind.as_str() {
+            "chat" => "chat",
+            "embedding" => "embedding",
+            other => return Err(InferenceError::Registry(format!("unknown kind {other:?}"))),
+        };
+        if self.entry_any(&r.id).is_ok() {
+            return Err(InferenceError::Exists(r.id));
+        }
+        let entry = ModelEntry {
+            id: r.id.clone(),
+            kind,
+            path: r.path.clone(),
+            loaded: false,
+            origin: "registered",
+            load: None,
+        };
+        self.edit_registry(|list| {
+            if list.iter().any(|m| m.id == r.id) {
+                return Err(InferenceError::Exists(r.id.clone()));
+            }
+            list.push(r.clone());
+            Ok(())
+        })?;
+        if let Ok(mut e) = self.entries.write() {
+            e.insert(entry.id.clone(), entry.clone());
+        }
+        crate::events::emit(
+            "model.add",
+            &entry.id,
+            "info",
+            format!("{} added", entry.id),
+        );
+        Ok(entry)
+    }
+
+    /// Unloads and unregisters an operator's model; returns it (its file is the caller's to
+    /// delete). The image's models are refused.
+    pub fn remove(&self, id: &str) -> Result<ModelEntry, InferenceError> {
+        let e = self.entry_any(id)?;
+        if e.origin != "registered" {
+            return Err(InferenceError::Builtin(id.to_string()));
+        }
+        self.edit_registry(|list| {
+            list.retain(|m| m.id != id);
+            Ok(())
+        })?;
+        if let Ok(mut entries) = self.entries.write() {
+            entries.remove(id);
+        }
+        self.drop_loaded(id);
+        if let Ok(mut l) = self.loads.lock() {
+            l.remove(id);
+        }
+        crate::events::emit("model.remove", id, "info", format!("{id} removed"));
+        Ok(e)
     }
 
     /// Takes the load lock for `id`; a wait of more than 10 s is logged with the load that

@@ -90,6 +90,21 @@ fn by_cause(io: Option<std::io::ErrorKind>, e: StoreError) -> StoreError {
     }
 }
 
+impl StoreError {
+    /// A file-system failure while doing `what`, sorted into full disk, read-only disk or
+    /// [`StoreError::Io`].
+    pub fn from_io(what: impl Into<String>, source: std::io::Error) -> StoreError {
+        let kind = source.kind();
+        by_cause(
+            Some(kind),
+            StoreError::Io {
+                what: what.into(),
+                source,
+            },
+        )
+    }
+}
+
 /// Sorts a redb failure into full disk, read-only disk or a database error by its I/O cause.
 pub(crate) fn classify(e: impl Into<redb::Error>, io: Option<std::io::ErrorKind>) -> StoreError {
     by_cause(io, StoreError::Database(Box::new(e.into())))

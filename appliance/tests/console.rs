@@ -268,6 +268,12 @@ fn a_chat_reply_streams_into_the_console() {
         ("CAIRN_CHAT_MODEL", CHAT.to_string()),
         ("CAIRN_SETUP_CODE", wait_for_code(&lines)),
     ];
+    // The same weights again, uploaded through the models page under another id.
+    let gguf = store
+        .file(catalog.get(CHAT).expect("catalog entry"), "weights")
+        .expect("the chat model's file");
+    let mut env = env;
+    env.push(("CAIRN_UPLOAD_GGUF", gguf.display().to_string()));
     browser("chat", &url, &env);
 }
 

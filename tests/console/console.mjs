@@ -178,6 +178,27 @@ async function chatScenario() {
     }, 'today\'s calls in the chart');
     await shot(page, 'models-usage');
   });
+
+  if (!env.CAIRN_UPLOAD_GGUF) return;
+  await scenario('models: upload a GGUF with a progress bar, unload it, remove it', page, async () => {
+    await page.goto(`${base}/models`);
+    await heading(page, 'Models and routing');
+    await page.getByLabel('Model id', { exact: true }).fill('browser-upload');
+    await page.getByLabel('GGUF file (chat model)', { exact: true }).setInputFiles(env.CAIRN_UPLOAD_GGUF);
+    const answer = page.waitForResponse((r) => r.url().endsWith('/api/v1/models/browser-upload') && r.request().method() === 'PUT', { timeout: 180000 * slow });
+    await page.getByRole('button', { name: 'Upload model', exact: true }).click();
+    const r = await answer;
+    if (r.status() !== 201) throw new Error(`the upload answered ${r.status()}: ${await r.text()}`);
+    const row = page.locator('main table tr', { hasText: 'browser-upload' });
+    await until(async () => (await row.count()) > 0, 'the uploaded model in the list');
+    await page.getByRole('button', { name: 'load browser-upload', exact: true }).click();
+    await until(async () => ((await row.first().textContent()) || '').includes('loaded'), 'the uploaded model loaded', 180000);
+    await page.getByRole('button', { name: 'unload browser-upload', exact: true }).click();
+    await until(async () => (await page.getByRole('button', { name: 'load browser-upload', exact: true }).count()) > 0, 'the model unloaded');
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'remove model browser-upload', exact: true }).click();
+    await until(async () => (await row.count()) === 0, 'the model removed');
+  });
 }
 
 const browser = await chromium.launch({

@@ -265,6 +265,7 @@ fn routes() -> Routes {
         .merge(memory::import_routes())
         .merge(agents::install_routes().body_limit(agents::MAX_PACKAGE_BODY))
         .merge(backup::restore_routes())
+        .merge(models::upload_routes())
 }
 
 /// Every path of the route table, as registered (`{name}` marks a parameter).

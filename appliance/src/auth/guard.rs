@@ -43,6 +43,7 @@ fn admin_only(method: &Method, path: &str) -> bool {
     under("/api/v1/auth/tokens")
         || under("/api/v1/system/power")
         || under("/api/v1/backup")
+        || (matches!(*method, Method::PUT | Method::DELETE) && path.starts_with("/api/v1/models/"))
         || (!is_safe(method)
             && (under("/api/v1/settings")
                 || under("/api/v1/system/settings")
