@@ -103,10 +103,13 @@ pub async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Res
         );
         r.retry_after = Some(2);
         let mut r = r.into_response();
-        r.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
+        // HTTP/1.1 only: HTTP/2 has no per-response connection header.
+        if req.version() <= axum::http::Version::HTTP_11 {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         return r;
     }
     let method = req.method().clone();
