@@ -138,7 +138,11 @@ pub async fn run(opts: ServeOptions, control: Control) -> Result<Exit> {
     if degraded.is_none() {
         // A restore staged by the previous run goes into place before anything opens the data.
         let data = opts.data.clone();
-        match tokio::task::spawn_blocking(move || crate::backup::apply_staged(&data)).await? {
+        let staged = tokio::task::spawn_blocking(move || {
+            crate::api::remove_partial_uploads(&data);
+            crate::backup::apply_staged(&data)
+        });
+        match staged.await? {
             Ok(Some(m)) => warn!(
                 "restored the backup of {:?} made by Cairn {} at {} (Unix time)",
                 m.hostname, m.cairn, m.created

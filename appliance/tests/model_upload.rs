@@ -172,7 +172,9 @@ async fn a_model_uploaded_on_a_running_box_answers_chat_without_a_restart() {
     let (st, v) = call(upload(&c, &url, "mine", model.clone(), Some(&sha))).await;
     assert_eq!(st, 201, "{v}");
 
-    // Still there after a restart; deleted with its file.
+    // Still there after a restart (and an upload a crash interrupted is cleaned up); deleted
+    // with its file.
+    std::fs::write(uploads.join(".upload-cut"), b"half a model").unwrap();
     s.restart("upload-again", &args);
     let c = s.client();
     assert!(

@@ -7,6 +7,8 @@ mod machine;
 mod memory;
 mod model_router;
 mod models;
+
+pub use models::remove_partial_uploads;
 mod openai;
 mod settings;
 mod system;

@@ -91,6 +91,25 @@ impl Drop for Uploading {
     }
 }
 
+/// Removes uploads a crash or a power cut interrupted (`models/.upload-*`); called at start,
+/// before any upload can run.
+pub fn remove_partial_uploads(data_dir: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(data_dir.join(UPLOAD_DIR)) else {
+        return;
+    };
+    for e in dir.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".upload-") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::warn!(
+                    "removed an interrupted model upload: {}",
+                    e.path().display()
+                ),
+                Err(err) => tracing::warn!("{}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, msg)
 }
