@@ -235,12 +235,7 @@ fn kill_and_restart(b: &mut Booted) -> Result<()> {
         mark,
         Duration::from_secs(60),
     )?;
-    b.vm.wait_for_console_from(
-        cairn_init::layout::READY_MARKER,
-        mark,
-        cairn_e2e::BOOT_TIMEOUT,
-    )?;
-    b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
+    service_back(b, mark)?;
     let after = b.system()?;
     let new_pid = cairn_pid(&after).context("no cairn pid after restart")?;
     ensure!(new_pid != pid, "same pid {pid} after the kill");
@@ -249,6 +244,18 @@ fn kill_and_restart(b: &mut Booted) -> Result<()> {
         "restarts: {}",
         after["boot"]["appliance"]
     );
+    Ok(())
+}
+
+/// Waits until init has started the service again (its ready line after console offset
+/// `mark`) and it answers.
+fn service_back(b: &mut Booted, mark: usize) -> Result<()> {
+    b.vm.wait_for_console_from(
+        cairn_init::layout::READY_MARKER,
+        mark,
+        cairn_e2e::BOOT_TIMEOUT,
+    )?;
+    b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
     Ok(())
 }
 
@@ -344,12 +351,7 @@ fn backup_and_restore(b: &mut Booted) -> Result<()> {
         slow,
     )?;
     ensure!(r.status == 202, "restore: {} {}", r.status, r.text());
-    b.vm.wait_for_console_from(
-        cairn_init::layout::READY_MARKER,
-        mark,
-        cairn_e2e::BOOT_TIMEOUT,
-    )?;
-    b.vm.wait_https(b.port, "/healthz", Duration::from_secs(60))?;
+    service_back(b, mark)?;
     let sys = b.system()?;
     ensure!(
         cairn_pid(&sys).is_some_and(|p| p != pid),

@@ -111,7 +111,11 @@ fn router_overhead() -> Result<Value> {
 }
 
 /// `cargo run --release` of example `example` of `package` with `args`; its stdout as JSON.
-fn run_example(package: &str, example: &str, args: &[&std::ffi::OsStr]) -> Result<Value> {
+pub(super) fn run_example(
+    package: &str,
+    example: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<Value> {
     let out = cargo()
         .current_dir(crate::build::repo_root())
         .args([

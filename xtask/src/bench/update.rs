@@ -7,40 +7,22 @@
 //! listed under `not_measured` until then.
 
 use super::inference::{cores, cpu_model};
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 /// Runs the backup measurements at `records` memory records, `runs` times each; the report.
 pub fn run(records: usize, runs: usize) -> Result<Value> {
     eprintln!("bench update: backup and restore of {records} memory records, {runs} runs");
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::build::repo_root())
-        .args([
-            "run",
-            "--release",
-            "--locked",
-            "-q",
-            "-p",
-            "cairn",
-            "--example",
-            "bench_backup",
-            "--",
-        ])
-        .args([
-            "--records",
-            &records.to_string(),
-            "--runs",
-            &runs.to_string(),
-        ])
-        .output()
-        .context("running bench_backup")?;
-    if !out.status.success() {
-        bail!(
-            "bench_backup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let m: Value = serde_json::from_slice(&out.stdout).context("bench_backup output")?;
+    let m = super::agents::run_example(
+        "cairn",
+        "bench_backup",
+        &[
+            "--records".as_ref(),
+            records.to_string().as_ref(),
+            "--runs".as_ref(),
+            runs.to_string().as_ref(),
+        ],
+    )?;
     let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
     let per = 10_000.0 / records as f64;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
