@@ -10,25 +10,12 @@ mod support;
 
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use support::{Server, call};
 
 /// Runs the CLI with its own config file (never the user's).
 fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_CONFIG", config)
-        .env_remove("CAIRN_TOKEN")
-        .env_remove("CAIRN_REMOTE")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    support::cli(config, &[], args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Server, anonymous, call, token_client};
 
@@ -28,20 +27,7 @@ const PROVIDER_KEY: &str = "sk-only-in-the-backup";
 
 /// The CLI with its own config file and the backup passphrase in the environment.
 fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .env("CAIRN_CONFIG", config)
-        .env("CAIRN_BACKUP_PASSPHRASE", PASSPHRASE)
-        .env_remove("CAIRN_TOKEN")
-        .env_remove("CAIRN_REMOTE")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    support::cli(config, &[("CAIRN_BACKUP_PASSPHRASE", PASSPHRASE)], args)
 }
 
 /// An OpenAI-compatible provider that answers only callers with [`PROVIDER_KEY`].

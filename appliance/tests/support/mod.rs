@@ -246,6 +246,25 @@ impl Server {
     }
 }
 
+/// Runs the `cairn` CLI with its own config file (never the user's) and `env`; whether it
+/// succeeded, and its stdout and stderr.
+pub fn cli(config: &Path, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .env("CAIRN_CONFIG", config)
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_REMOTE")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run the cairn CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// A client that sends `token` as `Authorization: Bearer`.
 pub fn token_client(token: &str) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
