@@ -109,6 +109,28 @@ async function api(method, path, body, extraHeaders = {}) {
   return data;
 }
 
+/** Sends `body` (a file) with `hdrs`, showing the upload in the progress bar `bar` (fetch has no
+ * upload progress); resolves with the answer's JSON or rejects with ApiError. */
+function uploadWithProgress(method, path, hdrs, body, bar) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open(method, path);
+    x.withCredentials = true;
+    for (const [k, v] of Object.entries(hdrs)) x.setRequestHeader(k, v);
+    x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } };
+    // Sent: the bar turns indeterminate while the appliance checks what it got.
+    x.upload.onload = () => bar.removeAttribute('value');
+    x.onload = () => {
+      let data = null;
+      try { data = JSON.parse(x.responseText); } catch { data = x.responseText; }
+      if (x.status >= 200 && x.status < 300) resolve(data);
+      else reject(new ApiError(x.status, data, x.getResponseHeader('Retry-After')));
+    };
+    x.onerror = () => reject(new ApiError(0, 'the upload was cut off'));
+    x.send(body);
+  });
+}
+
 /** Calls `f`, reporting a failure as a toast; answers undefined on failure. */
 async function attempt(f, what) {
   try { return await f(); } catch (e) { toast(`${what}: ${e.message}`, true); return undefined; }
@@ -554,22 +576,7 @@ async function pageChat(m) {
 // agents
 
 function uploadPackage(file, start, progress) {
-  return new Promise((resolve, reject) => {
-    const x = new XMLHttpRequest();
-    x.open('POST', `/api/v1/agents?start=${start}`);
-    x.withCredentials = true;
-    x.setRequestHeader('Content-Type', 'application/octet-stream');
-    if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
-    x.upload.onprogress = (e) => { if (e.lengthComputable) { progress.max = e.total; progress.value = e.loaded; } };
-    x.upload.onload = () => progress.removeAttribute('value');
-    x.onload = () => {
-      let d = null;
-      try { d = JSON.parse(x.responseText); } catch { d = x.responseText; }
-      if (x.status >= 200 && x.status < 300) resolve(d); else reject(new ApiError(x.status, d));
-    };
-    x.onerror = () => reject(new ApiError(0, 'the upload was interrupted'));
-    x.send(file);
-  });
+  return uploadWithProgress('POST', `/api/v1/agents?start=${start}`, headers('POST', { 'Content-Type': 'application/octet-stream' }), file, progress);
 }
 
 async function pageAgents(m) {
@@ -994,21 +1001,7 @@ async function pageModels(m) {
       // The hash goes with the upload, so the appliance can tell a cut or altered file.
       const sha = [...new Uint8Array(await crypto.subtle.digest('SHA-256', await v.file.arrayBuffer()))].map((b) => b.toString(16).padStart(2, '0')).join('');
       try {
-        await new Promise((resolve, reject) => {
-          const x = new XMLHttpRequest();
-          x.open('PUT', `/api/v1/models/${encodeURIComponent(v.id.trim())}`);
-          x.setRequestHeader('X-Cairn-Sha256', sha);
-          if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
-          x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } };
-          x.onload = () => {
-            let data = null;
-            try { data = JSON.parse(x.responseText); } catch { data = x.responseText; }
-            if (x.status >= 200 && x.status < 300) resolve(data);
-            else reject(new ApiError(x.status, data));
-          };
-          x.onerror = () => reject(new ApiError(0, 'the upload was cut off'));
-          x.send(v.file);
-        });
+        await uploadWithProgress('PUT', `/api/v1/models/${encodeURIComponent(v.id.trim())}`, headers('PUT', { 'X-Cairn-Sha256': sha }), v.file, bar);
       } finally {
         bar.hidden = true;
       }
@@ -1302,24 +1295,12 @@ async function machineSections() {
 
 // backup
 
-/** Uploads a backup with a progress bar; resolves with the answer's JSON or rejects with ApiError. */
+/** Uploads a backup to restore (with the setup code before onboarding, else the session). */
 function uploadBackup(file, passphrase, code, bar) {
-  return new Promise((resolve, reject) => {
-    const x = new XMLHttpRequest();
-    x.open('POST', '/api/v1/backup/restore');
-    x.setRequestHeader('X-Cairn-Passphrase', passphrase);
-    if (code) x.setRequestHeader('X-Cairn-Setup-Code', code);
-    else if (auth.csrf) x.setRequestHeader('X-CSRF-Token', auth.csrf);
-    x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } };
-    x.onload = () => {
-      let data = null;
-      try { data = JSON.parse(x.responseText); } catch { data = x.responseText; }
-      if (x.status >= 200 && x.status < 300) resolve(data);
-      else reject(new ApiError(x.status, data, x.getResponseHeader('Retry-After')));
-    };
-    x.onerror = () => reject(new ApiError(0, 'the upload was cut off'));
-    x.send(file);
-  });
+  const hdrs = { 'X-Cairn-Passphrase': passphrase };
+  if (code) hdrs['X-Cairn-Setup-Code'] = code;
+  else if (auth.csrf) hdrs['X-CSRF-Token'] = auth.csrf;
+  return uploadWithProgress('POST', '/api/v1/backup/restore', hdrs, file, bar);
 }
 
 /** Waits until the restarted appliance answers again (the old one answers 503 while it stops),
